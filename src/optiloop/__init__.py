@@ -1,0 +1,29 @@
+"""optiloop: torch.optim, torch.optim.lr_scheduler and the training loop, coupled correctly.
+
+Example:
+    >>> import torch, optiloop as ol
+    >>> X, y = torch.randn(128, 8), torch.randint(0, 3, (128,))
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    >>> history = ol.fit(model, (X, y), val_data=(X, y), optimizer="adamw", lr=1e-2,
+    ...                  scheduler="cosine", epochs=3, metrics=["accuracy"], progress=False, seed=0)
+    >>> len(history["val_acc"])
+    3
+"""
+
+from .callbacks import Callback, EarlyStopping, LRMonitor, Monitor, ProgressBar, TerminateOnNaN
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .errors import CheckpointError, NonFiniteLossError, OptiloopError
+from .history import History
+from .loop import TrainState, evaluate, fit, resolve_device, seed_everything
+from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
+from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "History", "LRMonitor", "Monitor",
+    "NonFiniteLossError", "OPTIMIZERS", "OptiloopError", "ProgressBar", "SCHEDULERS", "Schedule",
+    "TerminateOnNaN", "TrainState", "build_optimizer", "build_scheduler", "evaluate", "fit",
+    "load_checkpoint", "optimizer_defaults", "preview_schedule", "resolve_device", "save_checkpoint",
+    "seed_everything",
+]

@@ -1,0 +1,256 @@
+"""Callbacks on a small fixed event set, and the one Monitor that EarlyStopping and Checkpoint share.
+
+Events, in order (each receives the loop ``state`` and a ``logs`` dict):
+    on_fit_start, on_epoch_start, on_step_end (after the optimizer and scheduler),
+    on_eval_end, on_epoch_end, on_fit_end; on_exception if training raises.
+A callback stops training by setting ``state.stop = True`` (and ``state.stop_reason``), never by
+raising. Callbacks run in ``order`` (lower first); ``main_process_only`` ones run on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from .errors import NonFiniteLossError, OptiloopError
+
+if TYPE_CHECKING:
+    from .loop import TrainState
+
+
+class Callback:
+    """Base class: override the events you need. State to resume goes in ``state_dict``."""
+
+    order: int = 0
+    main_process_only: bool = False
+
+    def on_fit_start(self, state: TrainState, logs: dict[str, Any]) -> None: ...
+    def on_epoch_start(self, state: TrainState, logs: dict[str, Any]) -> None: ...
+    def on_step_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
+    def on_eval_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
+    def on_fit_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
+    def on_exception(self, state: TrainState, error: BaseException) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+_MAX_HINTS = ("acc", "top", "f1", "auc", "precision", "recall", "r2")
+
+
+class Monitor:
+    """Which logged value to watch, in which direction, and the best seen so far.
+
+    Example:
+        >>> m = Monitor("val_acc")          # mode "auto": accuracy-like keys are maximised
+        >>> m.mode, m.update(0.9), m.update(0.8), m.best
+        ('max', True, False, 0.9)
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", min_delta: float = 0.0):
+        if mode not in ("auto", "min", "max"):
+            raise OptiloopError(f"unknown mode {mode!r}; choose one of: auto, max, min")
+        if mode == "auto":
+            mode = "max" if any(h in monitor.lower() for h in _MAX_HINTS) else "min"
+        self.monitor, self.mode, self.min_delta = monitor, mode, abs(min_delta)
+        self.best: float | None = None
+
+    def check_available(self, keys: list[str]) -> None:
+        """Fail before training if the monitored key will never be logged."""
+        if self.monitor in keys:
+            return
+        if self.monitor.startswith("val_") and not any(k.startswith("val_") for k in keys):
+            raise OptiloopError(f"monitor {self.monitor!r} needs val_data; pass val_data= or "
+                                f"monitor one of: {', '.join(keys)}")
+        raise OptiloopError(f"monitor {self.monitor!r} is never logged; logged keys: {', '.join(keys)}")
+
+    def value(self, logs: dict[str, Any]) -> float:
+        if self.monitor not in logs:
+            raise OptiloopError(f"monitor {self.monitor!r} is not in the logs; logged keys: "
+                                f"{', '.join(logs)}")
+        return float(logs[self.monitor])
+
+    def is_improvement(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, value: float) -> bool:
+        """Record ``value``; True if it is the new best."""
+        if self.is_improvement(value):
+            self.best = value
+            return True
+        return False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+
+    With ``restore_best=True`` the model ends with the weights of its best epoch.
+    A non-finite monitored value stops training at once, with the reason in ``state.stop_reason``.
+
+    Example:
+        >>> import optiloop as ol
+        >>> es = ol.EarlyStopping(monitor="val_loss", patience=2)
+    """
+
+    def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 5,
+                 min_delta: float = 0.0, restore_best: bool = False):
+        if patience < 1:
+            raise OptiloopError(f"patience must be >= 1, got {patience}")
+        self.monitor = Monitor(monitor, mode, min_delta)
+        self.patience, self.restore_best = patience, restore_best
+        self.wait = 0
+        self.best_epoch: int | None = None
+        self.best_weights: dict | None = None
+
+    def on_fit_start(self, state, logs):
+        self.monitor.check_available(state.log_keys)
+
+    def on_epoch_end(self, state, logs):
+        value = self.monitor.value(logs)
+        if not math.isfinite(value):
+            state.request_stop(f"early stopping: {self.monitor.monitor} is {value} at epoch {state.epoch}")
+            return
+        if self.monitor.update(value):
+            self.wait, self.best_epoch = 0, state.epoch
+            if self.restore_best:
+                self.best_weights = copy.deepcopy(state.unwrapped_model.state_dict())
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            state.request_stop(f"early stopping: {self.monitor.monitor} has not improved for "
+                               f"{self.patience} epochs (best {self.monitor.best:.6g} at epoch "
+                               f"{self.best_epoch})")
+
+    def on_fit_end(self, state, logs):
+        if self.restore_best and self.best_weights is not None:
+            state.unwrapped_model.load_state_dict(self.best_weights)
+
+    def state_dict(self):
+        return {"monitor": self.monitor.state_dict(), "wait": self.wait, "best_epoch": self.best_epoch,
+                "best_weights": self.best_weights}
+
+    def load_state_dict(self, state):
+        self.monitor.load_state_dict(state["monitor"])
+        self.wait, self.best_epoch = state["wait"], state["best_epoch"]
+        self.best_weights = state.get("best_weights")
+
+
+class TerminateOnNaN(Callback):
+    """Raise NonFiniteLossError at the end of an epoch whose training loss went NaN/inf.
+
+    Runs before every other epoch-end callback, so no checkpoint of the broken state is written.
+    The loop finds the first bad step after the fact from the per-batch losses it keeps on the
+    device: detecting it costs no host sync per step.
+    """
+
+    order = -100
+
+    def on_epoch_end(self, state, logs):
+        if state.nonfinite_step is not None:
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {state.epoch}, step {state.nonfinite_step}: stopped "
+                "before saving; lower the LR, clip gradients, or skip bad batches (nonfinite='skip')"
+            )
+
+
+class LRMonitor(Callback):
+    """Record every param group's LR: per epoch into the logs (``lr_group<i>``), and per step
+    into ``self.steps`` when ``per_step=True`` (reading ``param_groups`` needs no sync)."""
+
+    def __init__(self, per_step: bool = False):
+        self.per_step = per_step
+        self.steps: list[list[float]] = []
+
+    def on_step_end(self, state, logs):
+        if self.per_step:
+            self.steps.append([g["lr"] for g in state.optimizer.param_groups])
+
+    def on_epoch_end(self, state, logs):
+        groups = state.optimizer.param_groups
+        if len(groups) > 1:
+            for i, g in enumerate(groups):
+                logs[f"lr_group{i}"] = g["lr"]
+
+
+def format_logs(logs: dict[str, Any]) -> str:
+    parts = []
+    for k, v in logs.items():
+        if k in ("epoch",) or not isinstance(v, (int, float)):
+            continue
+        if k == "lr" or k.startswith("lr_"):
+            parts.append(f"{k} {v:.3g}")
+        elif k == "seconds":
+            parts.append(f"{v:.1f}s")
+        else:
+            parts.append(f"{k} {v:.4f}")
+    return "  ".join(parts)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch (stderr) and a one-line summary per epoch (stdout).
+
+    The running loss on the bar is read at most every ``refresh`` seconds: that read is a host
+    sync, so it is throttled by wall time, never done per step.
+    """
+
+    main_process_only = True
+    order = 50
+
+    def __init__(self, refresh: float = 0.5, file=None):
+        self.refresh, self.file = refresh, file
+        self.bar = None
+        self._last = 0.0
+
+    def on_epoch_start(self, state, logs):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.steps_per_epoch, desc=f"epoch {state.epoch}/{state.epochs}",
+                        leave=False, file=self.file or sys.stderr, dynamic_ncols=True, unit="batch",
+                        disable=None)  # None: no bar when stderr is not a terminal
+        self._last = time.monotonic()
+
+    def on_step_end(self, state, logs):
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.monotonic()
+        if now - self._last >= self.refresh:
+            self._last = now
+            running = state.running_logs()  # one sync, at most every `refresh` seconds
+            self.bar.set_postfix_str(format_logs(running), refresh=False)
+
+    def on_epoch_end(self, state, logs):
+        self._close()
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"epoch {state.epoch}/{state.epochs}  {format_logs(logs)}", file=self.file or sys.stdout)
+
+    def on_exception(self, state, error):
+        self._close()
+
+    def on_fit_end(self, state, logs):
+        self._close()
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

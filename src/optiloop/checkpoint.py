@@ -1,0 +1,249 @@
+"""Whole-state checkpoints: atomic save, verified safe load, and the Checkpoint callback.
+
+A checkpoint holds everything a run needs to continue as if never stopped: model, optimizer,
+scheduler, grad scaler, epoch / step / batch position, every RNG state, callback state, history,
+the data seed and the resolved config.
+
+Saving writes a temporary sibling, fsyncs it and ``os.replace``s it over the real name; the file it
+replaces is first kept as ``<name>.prev.pt``, so a crash at any moment leaves at least one valid
+checkpoint. Loading first verifies the zip's CRC-32 of every record (torch's reader does not), then
+uses ``torch.load(weights_only=True)``: nothing in a checkpoint can execute code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import warnings
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .callbacks import Callback, Monitor
+from .errors import CheckpointError
+from .files import atomic_open
+
+if TYPE_CHECKING:
+    from .loop import TrainState
+
+FORMAT = "optiloop.checkpoint"
+VERSION = 1
+
+
+# --- files -----------------------------------------------------------------------------------------
+def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike, *, keep_previous: bool = True) -> None:
+    """Atomically write ``obj`` with torch.save; the replaced file survives as ``*.prev.pt``."""
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        if keep_previous and path.exists():
+            # Both renames are atomic: at every instant a valid copy exists under one of the names.
+            os.replace(path, previous_path(path))
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.stem + ".prev" + path.suffix)
+
+
+def verify(path: str | os.PathLike) -> None:
+    """Raise CheckpointError if the file is missing, truncated or any record fails its CRC."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e})") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: record {bad} fails its checksum")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Verify and safely load a checkpoint (``weights_only=True``: no code runs)."""
+    verify(path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(f"checkpoint {path} refused: it holds objects that are not plain data "
+                              f"and loading them could run code ({first[:160]})") from None
+    except (RuntimeError, EOFError) as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({str(e).splitlines()[0]})") from None
+    return obj
+
+
+def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load weights, or raise one line listing missing, unexpected and mismatched keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+                  for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        parts = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                 for name, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("shape mismatch (checkpoint vs model)", mismatched)) if keys]
+        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(parts))
+    model.load_state_dict(state_dict)
+
+
+def find_resumable(run_dir: str | os.PathLike) -> Path:
+    """The newest valid whole-state checkpoint of a run folder (or the file itself).
+
+    Tries ``last.pt``, then ``last.prev.pt``; a corrupt one is reported as a warning and skipped.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        return run_dir
+    candidates = [run_dir / "last.pt", previous_path(run_dir / "last.pt")]
+    errors = []
+    for c in candidates:
+        if not c.exists():
+            continue
+        try:
+            verify(c)
+            if errors:
+                warnings.warn(f"{errors[-1]}; resuming from {c.name} instead", stacklevel=2)
+            return c
+        except CheckpointError as e:
+            errors.append(str(e))
+    if errors:
+        raise CheckpointError("; ".join(errors) + "; no valid checkpoint to resume from")
+    raise CheckpointError(f"nothing to resume in {run_dir}: no last.pt")
+
+
+# --- RNG ----------------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # numpy's key array becomes a tensor: weights_only loading takes tensors, not ndarrays
+        "numpy": {"bit_generator": np_state["bit_generator"],
+                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"],
+                  "gauss": np_state["gauss"]},
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+    }
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state({"bit_generator": n["bit_generator"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
+    random.setstate((s["python_version"], tuple(s["python"]), s["python_gauss"]))
+
+
+# --- the training state -------------------------------------------------------------------------------
+def training_state(state: TrainState) -> dict[str, Any]:
+    """Everything needed to continue ``state`` exactly."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": state.unwrapped_model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.schedule.state_dict(),
+        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+        "epoch": state.epoch,
+        "epoch_done": state.epoch_done,
+        "batch": state.batch,
+        "step": state.step,
+        "data_seed": state.data_seed,
+        "partial_train": state.train_metrics.state_dict() if not state.epoch_done else None,
+        "rng": rng_state(),
+        "callbacks": state.callback_states(),
+        "history": state.history.state_dict(),
+        "settings": dict(state.settings),
+        "config": state.config,
+    }
+
+
+def restore_training_state(state: TrainState, ckpt: dict[str, Any]) -> None:
+    if ckpt.get("format") != FORMAT:
+        raise CheckpointError("not an optiloop training checkpoint (no whole training state in it)")
+    load_model_weights(state.unwrapped_model, ckpt["model"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.schedule.load_state_dict(ckpt["scheduler"])
+    if state.scaler is not None and ckpt["scaler"] is not None:
+        state.scaler.load_state_dict(ckpt["scaler"])
+    state.epoch, state.epoch_done = ckpt["epoch"], ckpt["epoch_done"]
+    state.batch, state.step = ckpt["batch"], ckpt["step"]
+    state.data_seed = ckpt["data_seed"]
+    if ckpt["partial_train"] is not None:
+        state.train_metrics.load_state_dict(ckpt["partial_train"])
+    state.load_callback_states(ckpt["callbacks"])
+    state.history.load_state_dict(ckpt["history"])
+    set_rng_state(ckpt["rng"])
+
+
+class Checkpoint(Callback):
+    """Write ``best.pt`` (best ``monitor``) and ``last.pt`` (every epoch) into ``dirpath``.
+
+    Both hold the whole training state, so either can be resumed or evaluated. With
+    ``every_n_steps`` ``last.pt`` is also written mid-epoch, resumable with the same data order.
+    Runs after every other epoch-end callback, so their state (early-stopping counters) is saved
+    as of this epoch.
+
+    Example:
+        >>> import optiloop as ol
+        >>> ck = ol.Checkpoint("runs/demo", monitor="val_loss")
+    """
+
+    order = 100
+    main_process_only = True
+
+    def __init__(self, dirpath: str | os.PathLike, monitor: str | None = "val_loss", mode: str = "auto",
+                 save_best: bool = True, save_last: bool = True, every_n_steps: int | None = None):
+        self.dir = Path(dirpath)
+        self.monitor = Monitor(monitor, mode) if monitor and save_best else None
+        self.save_last, self.every_n_steps = save_last, every_n_steps
+        self.best_epoch: int | None = None
+
+    @property
+    def best_path(self) -> Path:
+        return self.dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.dir / "last.pt"
+
+    def on_fit_start(self, state, logs):
+        if self.monitor is not None:
+            self.monitor.check_available(state.log_keys)
+
+    def on_step_end(self, state, logs):
+        if self.every_n_steps and state.step % self.every_n_steps == 0 and state.batch < state.batches_per_epoch:
+            save_checkpoint(training_state(state), self.last_path)
+
+    def on_epoch_end(self, state, logs):
+        improved = False
+        if self.monitor is not None:
+            improved = self.monitor.update(self.monitor.value(logs))
+            if improved:
+                self.best_epoch = state.epoch
+        snapshot = training_state(state)  # one snapshot for both files: same bytes, same state
+        if improved:
+            save_checkpoint(snapshot, self.best_path, keep_previous=False)
+        if self.save_last:
+            save_checkpoint(snapshot, self.last_path)
+
+    def state_dict(self):
+        return {"monitor": self.monitor.state_dict() if self.monitor else None, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state):
+        if self.monitor is not None and state["monitor"] is not None:
+            self.monitor.load_state_dict(state["monitor"])
+        self.best_epoch = state["best_epoch"]
