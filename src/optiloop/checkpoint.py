@@ -46,6 +46,15 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike, *, keep_previo
             os.replace(path, previous_path(path))
 
 
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete temporaries a killed writer left (``.<name>.*.tmp``); real files are untouched."""
+    folder = Path(folder)
+    stale = list(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
 def previous_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     return path.with_name(path.stem + ".prev" + path.suffix)
@@ -162,6 +171,7 @@ def training_state(state: TrainState) -> dict[str, Any]:
         "batch": state.batch,
         "step": state.step,
         "data_seed": state.data_seed,
+        "epoch_lr": state.epoch_lr,
         "partial_train": state.train_metrics.state_dict() if not state.epoch_done else None,
         "rng": rng_state(),
         "callbacks": state.callback_states(),
@@ -181,7 +191,7 @@ def restore_training_state(state: TrainState, ckpt: dict[str, Any]) -> None:
         state.scaler.load_state_dict(ckpt["scaler"])
     state.epoch, state.epoch_done = ckpt["epoch"], ckpt["epoch_done"]
     state.batch, state.step = ckpt["batch"], ckpt["step"]
-    state.data_seed = ckpt["data_seed"]
+    state.data_seed, state.epoch_lr = ckpt["data_seed"], ckpt["epoch_lr"]
     if ckpt["partial_train"] is not None:
         state.train_metrics.load_state_dict(ckpt["partial_train"])
     state.load_callback_states(ckpt["callbacks"])
@@ -223,6 +233,7 @@ class Checkpoint(Callback):
     def on_fit_start(self, state, logs):
         if self.monitor is not None:
             self.monitor.check_available(state.log_keys)
+        remove_stale_temporaries(self.dir)
 
     def on_step_end(self, state, logs):
         if self.every_n_steps and state.step % self.every_n_steps == 0 and state.batch < state.batches_per_epoch:

@@ -26,7 +26,7 @@ from torch import nn
 from . import distributed as D
 from .callbacks import Callback, Monitor, ProgressBar, TerminateOnNaN
 from .data import make_batches
-from .errors import OptiloopError, choices
+from .errors import NonFiniteLossError, OptiloopError, choices
 from .history import History
 from .metrics import MetricSet, get_loss
 from .optim import build_optimizer
@@ -87,6 +87,7 @@ class TrainState:
     epoch_done: bool = True  # False while an epoch is under way (mid-epoch checkpoints)
     batch: int = 0  # batches done in the current epoch
     step: int = 0  # optimizer steps done in the whole run
+    epoch_lr: float = 0.0  # group 0's LR at the epoch's first step: the history's "lr"
     stop: bool = False
     stop_reason: str | None = None
     nonfinite_step: int | None = None
@@ -158,6 +159,7 @@ def fit(
     progress: bool = True,
     nonfinite: str = "stop",
     resume: str | None = None,
+    force_resume: bool = False,
     compile: bool = False,
     fast: bool = True,
     config: dict[str, Any] | None = None,
@@ -183,6 +185,8 @@ def fit(
         nonfinite: "stop" (default: raise NonFiniteLossError at the epoch's end, before any
             checkpoint), "skip" (drop batches whose loss is NaN/inf; one sync per step), "ignore".
         resume: a checkpoint file or run folder to continue from (see optiloop.checkpoint).
+            Refused if batch size, accumulation, world size or the training data changed,
+            unless ``force_resume=True``.
         compile: wrap the model in torch.compile.
         fast: use the fastest optimizer implementation torch has for the device.
         config: a resolved config to store in checkpoints (the CLI passes its own).
@@ -259,10 +263,10 @@ def fit(
         epochs=epochs, batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch,
         data_seed=data_seed, log_keys=log_keys, config=config,
         settings={"batch_size": batch_size, "grad_accum": grad_accum, "world_size": world.world_size,
-                  "train_samples": train.num_samples},
+                  "train_data": _fingerprint(train)},
     )
     if resume is not None:
-        _resume(state, resume)
+        _resume(state, resume, force_resume)
         train = make_batches(train_data, batch_size=batch_size, shuffle=True, seed=state.data_seed,
                              device=dev, rank=world.rank, world_size=world.world_size)
 
@@ -283,14 +287,24 @@ def fit(
     return state.history
 
 
-def _resume(state: TrainState, path: str) -> None:
+def _fingerprint(batches: Any) -> str:
+    """Sample count, and for in-memory data a checksum of it: resuming on other data is refused."""
+    X = getattr(batches, "X", None)
+    if X is None:
+        return f"{batches.num_samples} samples"
+    # One sync at set-up; float64 so the sum is stable for the same data.
+    return f"{batches.num_samples} samples, sum {X.double().sum().item():.10g}"
+
+
+def _resume(state: TrainState, path: str, force: bool) -> None:
     from .checkpoint import find_resumable, load_checkpoint, restore_training_state
 
     ckpt = load_checkpoint(find_resumable(path), map_location=state.device)
     saved = ckpt.get("settings", {})
-    changed = [f"{k}: {saved[k]} -> {v}" for k, v in state.settings.items() if k in saved and saved[k] != v]
-    if changed and not state.extra.get("force_resume"):
-        raise OptiloopError(f"cannot resume {path}: settings changed ({'; '.join(changed)})")
+    changed = [f"{k} {saved[k]} -> {v}" for k, v in state.settings.items() if k in saved and saved[k] != v]
+    if changed and not force:
+        raise OptiloopError(f"cannot resume {path}: settings changed ({'; '.join(changed)}); "
+                            "pass force_resume=True to continue anyway")
     restore_training_state(state, ckpt)
 
 
@@ -322,13 +336,15 @@ def _run_epoch(ctx: _Context, epoch: int) -> None:
     if not resuming_mid_epoch:
         state.epoch, state.batch = epoch, 0
         state.train_metrics.reset()
+        state.epoch_lr = state.optimizer.param_groups[0]["lr"]
     state.epoch_done, state.nonfinite_step = False, None
     ctx.train.set_epoch(epoch)
     _fire(ctx.callbacks, "on_epoch_start", state, {})
     t0 = time.perf_counter()
-    lr_used = state.optimizer.param_groups[0]["lr"]
 
     _train_epoch(ctx)
+    if state.train_metrics.count == 0:
+        raise NonFiniteLossError(f"every batch of epoch {epoch} had a non-finite loss; nothing was trained")
     reduce = D.all_reduce_sum if state.world.distributed else None
     logs: dict[str, Any] = {"epoch": epoch}
     logs.update({f"train_{k}": v for k, v in state.train_metrics.compute(reduce).items()})
@@ -338,7 +354,7 @@ def _run_epoch(ctx: _Context, epoch: int) -> None:
     if ctx.val is not None:
         logs.update({f"val_{k}": v for k, v in _evaluate(ctx).items()})
         _fire(ctx.callbacks, "on_eval_end", state, logs)
-    logs["lr"] = lr_used
+    logs["lr"] = state.epoch_lr
     logs["seconds"] = time.perf_counter() - t0
 
     # The one epoch-level scheduler call: per-epoch schedules step here, plateau with its metric.

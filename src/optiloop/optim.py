@@ -164,14 +164,18 @@ def build_optimizer(
         return MuonWithAdamW(model_or_params, fast=fast, **kwargs)
     _check_kwargs(name, cls, kwargs)
     device = named[0][1].device
-    kwargs.update(_fast_impl(cls, device, kwargs))
+    if fast:
+        kwargs.update(_fast_impl(cls, device, kwargs))
     decoupled = name in _DECOUPLED or (name in _MAY_DECOUPLE and kwargs.get("decoupled_weight_decay"))
     if decoupled and not decay_bias_and_norm:
         wd = kwargs.pop("weight_decay", optimizer_defaults(name).get("weight_decay", 0.0))
         params: Any = decay_groups(named, wd)
     else:
         params = [p for _, p in named]
-    return cls(params, **kwargs)
+    try:
+        return cls(params, **kwargs)
+    except (ValueError, TypeError, RuntimeError) as e:  # torch's own range checks, one line
+        raise OptiloopError(f"optimizer {name!r}: {str(e).strip().splitlines()[0]}") from None
 
 
 def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -214,8 +218,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
         _check_kwargs("adamw", torch.optim.AdamW, adamw_kwargs)
         self.muon = torch.optim.Muon(hidden, **kwargs)
         self.adamw = None
-        if rest:
+        if rest and fast:
             adamw_kwargs.update(_fast_impl(torch.optim.AdamW, rest[0].device, adamw_kwargs))
+        if rest:
             wd = adamw_kwargs.pop("weight_decay", 0.01)
             named = [("", p) for p in rest]
             self.adamw = torch.optim.AdamW(decay_groups(named, wd), **adamw_kwargs)

@@ -1,0 +1,115 @@
+"""Callbacks with scripted values and no model; ProgressBar and LRMonitor inside fit."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import optiloop as ol
+
+
+class FakeState(SimpleNamespace):
+    def request_stop(self, reason):
+        self.stop, self.stop_reason = True, reason
+
+
+def feed(cb, values, key="val_loss"):
+    """Drive a callback with a scripted metric; return the epoch at which it stopped (or None)."""
+    state = FakeState(stop=False, stop_reason=None, epoch=0, log_keys=["epoch", key],
+                      unwrapped_model=nn.Linear(1, 1))
+    cb.on_fit_start(state, {})
+    for epoch, v in enumerate(values, start=1):
+        state.epoch = epoch
+        cb.on_epoch_end(state, {key: v})
+        if state.stop:
+            return epoch, state.stop_reason
+    return None, None
+
+
+def test_early_stopping_patience():
+    epoch, reason = feed(ol.EarlyStopping(patience=2), [1.0, 0.9, 0.95, 0.91, 0.5])
+    assert epoch == 4 and "not improved for 2 epochs (best 0.9 at epoch 2)" in reason
+
+
+def test_early_stopping_min_delta_and_max_mode():
+    assert feed(ol.EarlyStopping(patience=2, min_delta=0.1), [1.0, 0.95, 0.92])[0] == 3
+    assert feed(ol.EarlyStopping(monitor="val_acc", patience=1), [0.5, 0.6, 0.7, 0.65], "val_acc")[0] == 4
+
+
+def test_early_stopping_never_stops_while_improving():
+    assert feed(ol.EarlyStopping(patience=1), [5, 4, 3, 2, 1]) == (None, None)
+
+
+def test_early_stopping_stops_on_a_nonfinite_monitored_value():
+    epoch, reason = feed(ol.EarlyStopping(patience=10), [1.0, float("nan")])
+    assert epoch == 2 and "val_loss is nan at epoch 2" in reason
+
+
+def test_early_stopping_state_round_trip():
+    a = ol.EarlyStopping(patience=3)
+    feed(a, [1.0, 1.1])
+    b = ol.EarlyStopping(patience=3)
+    b.load_state_dict(a.state_dict())
+    assert (b.wait, b.best_epoch, b.monitor.best) == (1, 1, 1.0)
+
+
+def test_monitor_auto_mode_and_missing_key():
+    assert ol.Monitor("val_loss").mode == "min" and ol.Monitor("val_acc").mode == "max"
+    with pytest.raises(ol.OptiloopError, match="monitor 'val_f1' is never logged; logged keys: epoch, val_loss"):
+        ol.Monitor("val_f1").check_available(["epoch", "val_loss"])
+    with pytest.raises(ol.OptiloopError, match="unknown mode 'up'"):
+        ol.Monitor("val_loss", mode="up")
+
+
+def test_progress_bar_prints_one_summary_line_per_epoch(capsys):
+    X, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    ol.fit(nn.Linear(4, 2), (X, y), val_data=(X, y), epochs=3, batch_size=8, metrics=["accuracy"], seed=0)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3  train_loss ")
+    assert "val_acc" in lines[-1]
+
+
+def test_progress_bar_running_loss_is_time_throttled(monkeypatch):
+    reads = []
+    real = ol.TrainState.running_logs
+    monkeypatch.setattr(ol.TrainState, "running_logs", lambda self: reads.append(1) or real(self))
+    X, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    ol.fit(nn.Linear(4, 2), (X, y), epochs=1, batch_size=2, seed=0, callbacks=[ol.ProgressBar(refresh=3600)])
+    assert reads == []  # 32 steps, none read the device: the timer never fired
+    ol.fit(nn.Linear(4, 2), (X, y), epochs=1, batch_size=2, seed=0, callbacks=[ol.ProgressBar(refresh=0)])
+    assert len(reads) == 32
+
+
+def test_lr_monitor_logs_every_group():
+    X, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    h = ol.fit(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), (X, y), optimizer="adamw", lr=0.01,
+               weight_decay=0.1, epochs=2, progress=False, callbacks=[ol.LRMonitor()])
+    assert h["lr_group0"] == h["lr_group1"] == [0.01, 0.01]
+
+
+def test_custom_callback_sees_events_in_order():
+    events = []
+
+    class Spy(ol.Callback):
+        def on_fit_start(self, state, logs): events.append("fit_start")
+        def on_epoch_start(self, state, logs): events.append("epoch_start")
+        def on_step_end(self, state, logs): events.append("step")
+        def on_eval_end(self, state, logs): events.append("eval_end")
+        def on_epoch_end(self, state, logs): events.append("epoch_end")
+        def on_fit_end(self, state, logs): events.append("fit_end")
+
+    X, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    ol.fit(nn.Linear(4, 2), (X, y), val_data=(X, y), epochs=1, batch_size=4, progress=False, callbacks=[Spy()])
+    assert events == ["fit_start", "epoch_start", "step", "step", "eval_end", "epoch_end", "fit_end"]
+
+
+def test_stop_flag_ends_training_after_the_epoch():
+    class StopAt2(ol.Callback):
+        def on_epoch_end(self, state, logs):
+            if state.epoch == 2:
+                state.request_stop("enough")
+
+    X, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    h = ol.fit(nn.Linear(4, 2), (X, y), epochs=5, progress=False, callbacks=[StopAt2()])
+    assert h["epoch"] == [1, 2]
