@@ -102,17 +102,24 @@ class TrainState:
         return {f"train_{k}": v for k, v in self.train_metrics.compute().items()}
 
     def callback_states(self) -> dict[str, Any]:
-        return {_cb_key(i, cb): cb.state_dict() for i, cb in enumerate(self.callbacks)}
+        return {key: cb.state_dict() for key, cb in _keyed(self.callbacks)}
 
     def load_callback_states(self, states: Mapping[str, Any]) -> None:
-        for i, cb in enumerate(self.callbacks):
-            key = _cb_key(i, cb)
+        for key, cb in _keyed(self.callbacks):
             if key in states:
                 cb.load_state_dict(states[key])
 
 
-def _cb_key(i: int, cb: Callback) -> str:
-    return f"{i}:{type(cb).__name__}"
+def _keyed(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
+    """Stable keys for callback state: the class name, numbered from the second of a kind, so
+    adding or removing a callback of another kind does not mix up whose state is whose."""
+    seen: dict[str, int] = {}
+    out = []
+    for cb in callbacks:
+        name = type(cb).__name__
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))
+    return out
 
 
 def _overrides(cb: Callback, event: str) -> bool:

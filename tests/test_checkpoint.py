@@ -1,0 +1,194 @@
+"""Checkpoints: whole state, atomic writes under failure, corruption, safe loading, resume rules."""
+
+import errno
+import pathlib
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import optiloop as ol
+from optiloop import checkpoint as C
+
+
+def data(n=48):
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(n, 4, generator=g)
+    return X, (X[:, 0] > 0).long()
+
+
+def net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def train(run_dir, epochs=3, **kw):
+    X, y = data()
+    model = net()
+    h = ol.fit(model, (X, y), val_data=(X, y), epochs=epochs, batch_size=8, seed=0, progress=False,
+               scheduler="cosine", metrics=["accuracy"],
+               callbacks=[ol.EarlyStopping(patience=5), ol.Checkpoint(run_dir)], **kw)
+    return model, h
+
+
+def test_checkpoint_holds_the_whole_training_state(tmp_path):
+    model, h = train(tmp_path, config={"optimizer": {"name": "adamw"}})
+    ck = ol.load_checkpoint(tmp_path / "last.pt")
+    assert {"model", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "callbacks", "history",
+            "config", "data_seed", "settings"} <= set(ck)
+    assert ck["epoch"] == 3 and ck["step"] == 18 and ck["config"] == {"optimizer": {"name": "adamw"}}
+    assert ck["history"] == h.rows
+    assert set(ck["rng"]) >= {"torch", "numpy", "python"}
+    es = ck["callbacks"]["EarlyStopping"]
+    assert es["best_epoch"] == h.best("val_loss")["epoch"]
+    assert all(torch.equal(v, ck["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_best_follows_the_monitor(tmp_path):
+    _, h = train(tmp_path, epochs=4)
+    assert ol.load_checkpoint(tmp_path / "best.pt")["epoch"] == h.best("val_loss")["epoch"]
+
+
+class StopAfter(ol.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, state, logs):
+        if state.epoch == self.epoch:
+            state.request_stop("interrupted")
+
+
+def test_resume_at_epoch_boundary_equals_uninterrupted(tmp_path):
+    straight, h_straight = train(tmp_path / "a", epochs=4)
+    X, y = data()
+    ol.fit(net(), (X, y), val_data=(X, y), epochs=4, batch_size=8, seed=0, progress=False, scheduler="cosine",
+           metrics=["accuracy"], callbacks=[ol.EarlyStopping(patience=5), ol.Checkpoint(tmp_path / "b"),
+                                            StopAfter(2)])
+    assert ol.load_checkpoint(tmp_path / "b" / "last.pt")["epoch"] == 2
+    resumed, h_resumed = train(tmp_path / "b", epochs=4, resume=tmp_path / "b")
+    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in h_straight]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in h_resumed] == strip
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle this")
+
+
+def test_failed_write_keeps_previous_checkpoint_byte_identical(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    C.save_checkpoint({"weights": torch.ones(3)}, path)
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        C.save_checkpoint({"weights": torch.zeros(3), "bad": Unpicklable()}, path)
+    real_save = torch.save
+
+    def disk_full(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        C.save_checkpoint({"weights": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert torch.equal(ol.load_checkpoint(path)["weights"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary, no .prev
+
+
+def test_a_valid_best_exists_at_every_replace(tmp_path, monkeypatch):
+    seen = []
+    real_replace = C.os.replace
+
+    def spy(src, dst):
+        best = tmp_path / "best.pt"
+        if best.exists():
+            C.verify(best)  # raises if best.pt were ever missing or half-written
+        seen.append(pathlib.Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(C.os, "replace", spy)
+    train(tmp_path, epochs=3)
+    assert seen.count("best.pt") >= 1 and "last.pt" in seen
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda b: b[: len(b) // 2], "corrupt or truncated"),
+    (lambda b: b[:200] + bytes([b[200] ^ 0xFF]) + b[201:], "fails its checksum"),
+])
+def test_corruption_is_detected_and_named(tmp_path, damage, match):
+    path = tmp_path / "last.pt"
+    C.save_checkpoint({"weights": torch.arange(1000.0)}, path)
+    raw = path.read_bytes()
+    # truncate the file, or flip a byte inside the tensor data record
+    pos = raw.index(b"data/0") + 100 if "checksum" in match else 0
+    path.write_bytes(_damage(raw, damage, pos))
+    with pytest.raises(ol.CheckpointError, match=match) as e:
+        ol.load_checkpoint(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def _damage(raw, damage, pos):
+    if pos == 0:
+        return damage(raw)
+    b = bytearray(raw)
+    b[pos + 200] ^= 0xFF
+    return bytes(b)
+
+
+def test_resume_falls_back_to_previous_valid_checkpoint_with_a_warning(tmp_path):
+    train(tmp_path, epochs=2)
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated
+    with pytest.warns(UserWarning, match="last.pt is corrupt or truncated.*resuming from last.prev.pt"):
+        path = C.find_resumable(tmp_path)
+    assert path.name == "last.prev.pt" and ol.load_checkpoint(path)["epoch"] == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, h = train(tmp_path, epochs=3, resume=tmp_path)
+    assert h["epoch"] == [1, 2, 3]
+
+
+def test_no_valid_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(ol.CheckpointError, match="nothing to resume"):
+        C.find_resumable(tmp_path)
+
+
+class Touch:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def test_code_in_a_checkpoint_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": C.FORMAT, "model": Touch(marker)}, evil)
+    with pytest.raises(ol.CheckpointError, match="refused: it holds objects that are not plain data"):
+        ol.load_checkpoint(evil)
+    with pytest.raises(ol.CheckpointError, match="refused"):
+        train(tmp_path / "run", resume=evil)
+    assert not marker.exists()
+
+
+def test_model_shape_mismatch_lists_keys(tmp_path):
+    train(tmp_path, epochs=1)
+    other = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2), nn.Linear(2, 2))
+    with pytest.raises(ol.CheckpointError) as e:
+        C.load_model_weights(other, ol.load_checkpoint(tmp_path / "best.pt")["model"])
+    msg = str(e.value)
+    assert "missing: 3.weight, 3.bias" in msg and "0.weight (8, 4) vs (16, 4)" in msg
+
+
+def test_changed_settings_are_refused_unless_forced(tmp_path):
+    train(tmp_path, epochs=1)
+    X, y = data()
+    with pytest.raises(ol.OptiloopError, match="settings changed \\(batch_size 8 -> 16\\)"):
+        ol.fit(net(), (X, y), epochs=2, batch_size=16, progress=False, resume=tmp_path)
+    with pytest.raises(ol.OptiloopError, match="train_data 48 samples.*-> 40 samples"):
+        ol.fit(net(), (X[:40], y[:40]), epochs=2, batch_size=8, progress=False, resume=tmp_path)
+    h = ol.fit(net(), (X, y), epochs=2, batch_size=16, progress=False, resume=tmp_path, force_resume=True)
+    assert h["epoch"] == [1, 2]
