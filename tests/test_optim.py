@@ -41,6 +41,8 @@ def test_torch_keywords_pass_through_unchanged():
     opt = ol.build_optimizer({"name": "adam", "betas": (0.8, 0.9)}, mlp())
     assert opt.param_groups[0]["betas"] == (0.8, 0.9)
     assert opt.param_groups[0]["lr"] == ol.optimizer_defaults("adam")["lr"]
+    # fit passes lr=None when not given: a dict's own lr must survive that
+    assert ol.build_optimizer({"name": "adamw", "lr": 0.01}, mlp(), lr=None).param_groups[0]["lr"] == 0.01
 
 
 def test_unknown_name_and_keyword_are_one_clear_line():

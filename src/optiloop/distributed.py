@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -42,9 +43,25 @@ def current_world() -> World:
 def setup(device: torch.device) -> World:
     """Join the process group torchrun describes (once); a no-op for a single process."""
     if dist.is_available() and not dist.is_initialized() and launched_by_torchrun():
-        if int(os.environ["WORLD_SIZE"]) > 1:
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+        if world_size > 1:
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                    store=_attempt_store(rank, world_size), rank=rank, world_size=world_size)
     return current_world()
+
+
+def _attempt_store(rank: int, world_size: int) -> dist.Store:
+    """torchrun's rendezvous store, with keys private to this restart attempt.
+
+    After ``torchrun --max-restarts`` restarts the workers, the agent's store still holds the
+    previous attempt's keys, and gloo's mesh set-up would read the dead rank 0's address from them
+    and fail. A prefix per TORCHELASTIC_RESTART_COUNT keeps each attempt's rendezvous apart.
+    """
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent_store and rank == 0, timeout=timedelta(minutes=10),
+                          multi_tenant=not agent_store)
+    return dist.PrefixStore(f"optiloop/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def local_device(device: torch.device, world: World) -> torch.device:

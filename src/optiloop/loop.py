@@ -219,6 +219,9 @@ def fit(
     dev = resolve_device(device)
     world = D.setup(dev)
     dev = D.local_device(dev, world)
+    if nonfinite == "skip" and world.distributed:
+        raise OptiloopError("nonfinite='skip' is not supported under DDP (ranks would step apart); "
+                            "use 'stop'")
     if amp == "fp16" and dev.type != "cuda":
         raise OptiloopError("amp='fp16' needs CUDA; on CPU use amp='bf16'")
     if seed is not None:
@@ -370,6 +373,9 @@ def _run_epoch(ctx: _Context, epoch: int) -> None:
     state.epoch_done, state.batch = True, 0
     state.history.rows.append(logs)  # the same dict: epoch-end callbacks may add keys to it
     _fire(ctx.callbacks, "on_epoch_end", state, logs)
+    # Rank 0 may have just written checkpoints: no rank runs ahead of that write. Every rank saw
+    # the same all-reduced logs, so early stopping decided the same everywhere.
+    D.barrier()
 
 
 def _train_epoch(ctx: _Context) -> None:

@@ -149,7 +149,7 @@ class MetricSet:
         """Add one batch. ``loss`` is the batch mean; nothing here syncs with the device."""
         self.losses.append(loss.detach())
         self.sizes.append(output.shape[0])
-        for acc, (_, fn) in zip(self.sums, self.items):
+        for acc, (_, fn) in zip(self.sums, self.items, strict=True):
             acc.append(fn(output, target))
 
     def totals(self) -> torch.Tensor:
@@ -170,7 +170,7 @@ class MetricSet:
         *sums, count = t.tolist()  # the sync point: once per epoch (or per progress refresh)
         if count == 0:
             return {}
-        return {k: s / count for k, s in zip(self.keys, sums)}
+        return {k: s / count for k, s in zip(self.keys, sums, strict=True)}
 
     def first_nonfinite(self) -> int | None:
         """Index of the first batch whose loss is NaN/inf, or None (syncs; call on failure only)."""

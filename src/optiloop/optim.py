@@ -146,6 +146,7 @@ def build_optimizer(
         if kwargs:
             raise OptiloopError("a built optimizer takes no extra keywords; configure it directly")
         return spec
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: "not given", keep config's
     if isinstance(spec, Mapping):
         spec = dict(spec)
         if "name" not in spec:
@@ -156,7 +157,6 @@ def build_optimizer(
         name = spec
     name = str(name).lower()
     cls = _lookup(name)
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     named = _named_params(model_or_params)
     if not named:
         raise OptiloopError("the model has no trainable parameters")

@@ -119,7 +119,7 @@ class Schedule:
     # -- internals ------------------------------------------------------------------------------
     def _step_main(self, metric: float | None = None) -> None:
         if self.scheduler is not None:
-            for g, lr in zip(self.optimizer.param_groups, self._main_lrs):
+            for g, lr in zip(self.optimizer.param_groups, self._main_lrs, strict=True):
                 g["lr"] = lr
             if metric is None:
                 self.scheduler.step()
@@ -130,7 +130,7 @@ class Schedule:
 
     def _apply_warmup(self) -> None:
         factor = self.warmup(self.steps_done) if self.warmup else 1.0
-        for g, lr in zip(self.optimizer.param_groups, self._main_lrs):
+        for g, lr in zip(self.optimizer.param_groups, self._main_lrs, strict=True):
             g["lr"] = lr * factor
 
     # -- inspection and persistence ---------------------------------------------------------

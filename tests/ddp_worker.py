@@ -1,0 +1,74 @@
+"""A user script calling optiloop.fit, run under torchrun by tests/test_distributed.py.
+
+usage: torchrun --nproc_per_node=N ddp_worker.py OUT_DIR [--scheduler NAME] [--run-dir DIR]
+                 [--die-at-step K]
+Each rank saves rank<r>.pt: final weights, history, the LR at every optimizer step.
+--die-at-step K: on torchrun's first attempt, rank 1 SIGKILLs itself after step K; torchrun
+(--max-restarts=1) restarts every rank, and they resume from RUN_DIR's last checkpoint.
+"""
+
+import argparse
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+import optiloop as ol
+from optiloop.distributed import current_world
+
+N, B, EPOCHS = 96, 8, 3  # per-rank batch B; the 1-process reference uses 2B
+
+
+def dataset():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(N, 6, generator=g)
+    y = (X[:, 0] + X[:, 1] > 0).long()
+    return X, y
+
+
+def model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+
+class StepLog(ol.Callback):
+    def __init__(self, die_at):
+        self.lrs, self.die_at = [], die_at
+
+    def on_step_end(self, state, logs):
+        self.lrs.append(state.optimizer.param_groups[0]["lr"])
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        if self.die_at and first_attempt and state.world.rank == 1 and state.step == self.die_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--scheduler", default="onecycle")
+    p.add_argument("--run-dir")
+    p.add_argument("--die-at-step", type=int, default=0)
+    a = p.parse_args()
+    X, y = dataset()
+    net = model()
+    log = StepLog(a.die_at_step)
+    callbacks = [log]
+    resume = None
+    if a.run_dir:
+        callbacks.append(ol.Checkpoint(a.run_dir, monitor="val_loss", every_n_steps=2))
+        if (Path(a.run_dir) / "last.pt").exists():
+            resume = a.run_dir
+    sched = {"name": "plateau", "patience": 0, "factor": 0.5, "threshold": 0.5} \
+        if a.scheduler == "plateau" else a.scheduler
+    h = ol.fit(net, (X, y), val_data=(X, y), optimizer="sgd", lr=0.5, scheduler=sched, epochs=EPOCHS,
+               batch_size=B, metrics=["accuracy"], seed=0, progress=False, callbacks=callbacks,
+               resume=resume)
+    world = current_world()
+    rows = [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    torch.save({"model": net.state_dict(), "history": rows, "lrs": log.lrs, "world_size": world.world_size},
+               Path(a.out) / f"rank{world.rank}.pt")
+
+
+if __name__ == "__main__":
+    main()
