@@ -94,8 +94,8 @@ def plot_history(history: History, path: str | os.PathLike, *, title: str | None
 def plot_schedules(curves: Mapping[str, Sequence[float]], path: str | os.PathLike, *,
                    steps_per_epoch: int = 1, title: str | None = None,
                    note: str | None = None) -> None:
-    """Overlay LR curves on one axis. With ``steps_per_epoch > 1`` each curve is per step and
-    the x axis still reads in epochs.
+    """Overlay LR curves on one axis, each value held over its epoch (or step). With
+    ``steps_per_epoch > 1`` each curve is per step and the x axis still reads in epochs.
 
     Args:
         curves: legend label -> LR per epoch (or per step).
@@ -110,13 +110,15 @@ def plot_schedules(curves: Mapping[str, Sequence[float]], path: str | os.PathLik
     ax = fig.subplots()
     all_values = []
     for label, lrs in curves.items():
-        x = [(i + 1) / steps_per_epoch if steps_per_epoch > 1 else i + 1 for i in range(len(lrs))]
-        ax.plot(x, lrs, label=label, linewidth=1.8, drawstyle="default" if steps_per_epoch > 1
-                else "steps-post")
+        # Value i holds from x = i / steps_per_epoch until the next one: x reads as "epochs of
+        # training done", and the last value is drawn across the whole last epoch (or step).
+        x = [i / steps_per_epoch for i in range(len(lrs))] + [len(lrs) / steps_per_epoch]
+        ax.plot(x, [*lrs, lrs[-1]], label=label, linewidth=1.8, drawstyle="steps-post")
         all_values += list(lrs)
     if _use_log(all_values):
         ax.set_yscale("log")
-    ax.set_xlabel("epoch" + (f" ({steps_per_epoch} steps each)" if steps_per_epoch > 1 else ""))
+    ax.set_xlabel("epochs done" + (f" ({steps_per_epoch} steps each)" if steps_per_epoch > 1
+                                   else ""))
     ax.set_ylabel("learning rate")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="best")
