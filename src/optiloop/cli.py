@@ -186,6 +186,12 @@ class Plan:
         # Dry build of optimizer and scheduler on the real model, exactly as fit() will: unknown
         # keys and impossible values fail here, before the run folder exists.
         o, s = cfg["optimizer"], cfg["scheduler"]
+        # step / multistep / exponential have no torch default for their one required argument:
+        # fill it as `optiloop schedule` shows it (in epochs), and the written config says so.
+        required = {"step": "step_size", "multistep": "milestones", "exponential": "gamma"}
+        if s["name"] in required and "interval" not in s:
+            key = required[s["name"]]
+            s.setdefault(key, schedule_defaults(s["name"], 0.0, t["epochs"], 1)[key])
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
         self.scheduler = {"name": s["name"], **extras(s)}
         opt = build_optimizer(self.optimizer, self.model, lr=o.get("lr"),

@@ -212,9 +212,10 @@ def parse_set(item: str) -> tuple[str, str, Any]:
     return section, name.strip(), parse_value(value.strip())
 
 
-def merge(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
-    """``layer`` over ``base``, section by section; a new ``name`` in a NAMED section starts it
-    afresh (see the module docstring)."""
+def merge(base: Mapping[str, Any], layer: Mapping[str, Any], *, renames: bool = True
+          ) -> dict[str, Any]:
+    """``layer`` over ``base``, section by section. With ``renames``, a new ``name`` in a NAMED
+    section drops ``base``'s other keys of that section (see the module docstring)."""
     out = copy.deepcopy(dict(base))
     for section, values in layer.items():
         if not isinstance(values, Mapping):
@@ -224,7 +225,8 @@ def merge(base: Mapping[str, Any], layer: Mapping[str, Any]) -> dict[str, Any]:
             raise OptiloopError(f"{section}: must be a table of keys, e.g. [{section}] in TOML")
         current = dict(out.get(section, {}))
         new_name = values.get("name")
-        if section in NAMED and new_name is not None and new_name != current.get("name"):
+        if renames and section in NAMED and new_name is not None \
+                and new_name != current.get("name"):
             current = {}
         current.update(copy.deepcopy(dict(values)))
         out[section] = current
@@ -235,25 +237,27 @@ def resolve(config_file: str | Path | None = None, sets: Iterable[str] = (),
             flags: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Defaults <- ``config_file`` <- ``--set`` items <- flags; validated, as plain data.
 
+    Everything the user gave is kept, whatever its layer; only the built-in defaults of a
+    section whose ``name`` the user changed are dropped.
+
     Args:
         config_file: a TOML file with any of the five sections.
         sets: ``section.key=value`` strings (value parsed as TOML).
         flags: ``{section: {key: value}}`` from named command-line flags (None values skipped).
     """
-    cfg = copy.deepcopy(DEFAULTS)
+    user: dict[str, Any] = {}
     if config_file is not None:
-        cfg = merge(cfg, read_toml(config_file))
+        user = merge(user, read_toml(config_file), renames=False)
     layer: dict[str, dict[str, Any]] = {}
     for item in sets:
         section, key, value = parse_set(item)
         layer.setdefault(section, {})[key] = value
-    # A renamed section in --set must start afresh whichever key came first: name goes first.
-    cfg = merge(cfg, {s: dict(sorted(v.items(), key=lambda kv: kv[0] != "name"))
-                      for s, v in layer.items()})
+    user = merge(user, layer, renames=False)
     if flags:
-        cfg = merge(cfg, {s: {k: v for k, v in kv.items() if v is not None}
-                          for s, kv in flags.items() if any(v is not None for v in kv.values())})
-    return validate(cfg)
+        user = merge(user, {s: {k: v for k, v in kv.items() if v is not None}
+                            for s, kv in flags.items() if any(v is not None for v in kv.values())},
+                     renames=False)
+    return validate(merge(DEFAULTS, user))
 
 
 def extras(section: Mapping[str, Any], *known: str) -> dict[str, Any]:

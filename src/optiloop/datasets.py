@@ -222,9 +222,6 @@ def _finish(name: str, X: Any, y: Any, task: str) -> Dataset:
             raise OptiloopError(f"data {name!r}: y has NaN or infinite values")
         return Dataset(name, X, y, "regression")
     classes, codes = np.unique(y, return_inverse=True)
-    if len(classes) < 2:
-        raise OptiloopError(f"data {name!r}: classification needs at least 2 classes, "
-                            f"got {len(classes)}")
     return Dataset(name, X, codes.astype(np.int64), "classification", [c.item() for c in classes])
 
 
@@ -234,6 +231,9 @@ def split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0,
 
     Features with zero spread in the train split are only centred (no division by zero).
     """
+    if ds.task == "classification" and ds.num_classes < 2:
+        raise OptiloopError(f"data {ds.name!r}: training a classifier needs at least 2 classes, "
+                            f"got {ds.num_classes}")
     n = len(ds.X)
     n_val = int(round(n * val_fraction))
     if not 1 <= n_val <= n - 1:
