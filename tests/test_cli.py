@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,19 @@ from optiloop.cli import COMMANDS, main
 from optiloop.config import tomllib  # the stdlib one, or tomli on Python 3.10
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """``cli("train", "--epochs", "2")`` runs ``python -m optiloop`` in tmp_path, as a user would."""
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
+        return subprocess.run([sys.executable, "-m", "optiloop", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
 
 
 def assert_png(path: Path, min_width: int = 400) -> None:
