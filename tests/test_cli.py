@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @pytest.fixture
 def cli(tmp_path):
-    """``cli("train", "--epochs", "2")`` runs ``python -m optiloop`` in tmp_path, as a user would."""
+    """``cli("train", "--epochs", "2")``: ``python -m optiloop`` in tmp_path, as a user runs it."""
 
     def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
