@@ -1,0 +1,579 @@
+"""The ``optiloop`` command line: one small class per subcommand, registered by name.
+
+    optiloop train [--config run.toml] [--optimizer sgd --lr 0.05 ...] [--set section.key=value]
+    optiloop schedule cosine onecycle --lr 0.1 --epochs 30 --plot lr.png
+    optiloop list
+    optiloop eval runs/NAME/best.pt [--data wine]
+
+Every failure the user can fix ends as one line ``error: ...`` on stderr and exit code 2, with
+nothing written: ``train`` loads the data and builds the model, optimizer and scheduler before it
+creates the run folder. Nothing imports this module; it sits on top of the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .callbacks import Callback
+from .errors import OptiloopError, choices
+
+# --- the registry ------------------------------------------------------------------------------
+COMMANDS: dict[str, type[Command]] = {}
+
+
+def command(name: str) -> Callable[[type[Command]], type[Command]]:
+    """Register a subcommand class under ``name`` (``compare`` and ``lr-find`` plug in here)."""
+
+    def register(cls: type[Command]) -> type[Command]:
+        cls.name = name
+        COMMANDS[name] = cls
+        return cls
+
+    return register
+
+
+class Command:
+    """A subcommand: its arguments and what it does. ``run`` returns the exit code."""
+
+    name = ""
+    help = ""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the subcommand's arguments."""
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its default prints the whole usage block first)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    from . import __version__
+
+    parser = _Parser(prog="optiloop", description="Train, inspect and compare PyTorch optimizers "
+                     "and LR schedules.")
+    parser.add_argument("--version", action="version", version=f"optiloop {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, cls in COMMANDS.items():
+        cmd = cls()
+        p = sub.add_parser(name, help=cls.help, description=cls.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_command=cmd)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``optiloop`` console script and ``python -m optiloop``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args._command.run(args)
+    except OptiloopError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `optiloop list | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
+    return str(v)
+
+
+# --- train -------------------------------------------------------------------------------------
+# flag -> (section, key): named flags are shorthands for config keys.
+TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
+    "--data": ("data", "name", str,
+               "built-in data set, .csv / .npz file, or package.module:function"),
+    "--target": ("data", "target", str, "CSV column holding the target"),
+    "--model": ("model", "name", str, "mlp, cnn, or package.module:function"),
+    "--optimizer": ("optimizer", "name", str, "optimizer name (see: optiloop list)"),
+    "--lr": ("optimizer", "lr", float, "learning rate"),
+    "--weight-decay": ("optimizer", "weight_decay", float, "weight decay"),
+    "--momentum": ("optimizer", "momentum", float, "momentum (sgd, rmsprop)"),
+    "--scheduler": ("scheduler", "name", str, "LR scheduler name (see: optiloop list)"),
+    "--step-size": ("scheduler", "step_size", int, "epochs between LR drops (step scheduler)"),
+    "--epochs": ("train", "epochs", int, "maximum number of epochs"),
+    "--batch-size": ("train", "batch_size", int, "samples per batch"),
+    "--early-stopping": ("train", "early_stopping", int,
+                         "patience in epochs on train.monitor; 0 turns early stopping off"),
+    "--seed": ("train", "seed", int, "seed for initialisation and data order"),
+    "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
+}
+
+
+class RunInfo(Callback):
+    """Notes what only the loop knows: device, world size, why it stopped."""
+
+    order = 200  # after Checkpoint; it only reads
+
+    def __init__(self):
+        self.device, self.world_size, self.is_main = "cpu", 1, True
+        self.stop_reason: str | None = None
+
+    def on_fit_start(self, state, logs):
+        self.device, self.world_size = str(state.device), state.world.world_size
+        self.is_main = state.world.is_main
+
+    def on_fit_end(self, state, logs):
+        self.stop_reason = logs.get("stop_reason")
+
+
+def _short(spec: str) -> str:
+    """A readable piece of a run name: 'digits', 'mydata' for mydata.csv, 'fn' for pkg.mod:fn."""
+    s = spec.rpartition(":")[2] if ":" in spec and not Path(spec).exists() else Path(spec).stem
+    return "".join(c if c.isalnum() or c in "_" else "-" for c in s)[:24] or "data"
+
+
+class Plan:
+    """Everything ``train`` needs, built and checked before anything is written."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        import torch
+
+        from .callbacks import Monitor
+        from .config import extras
+        from .datasets import is_user_function, load_dataset, split
+        from .loop import resolve_device, seed_everything
+        from .metrics import get_loss, resolve_metric
+        from .models import build_model
+        from .optim import build_optimizer
+        from .schedules import build_scheduler
+
+        d, t = cfg["data"], cfg["train"]
+        if not is_user_function(d["name"]) and Path(d["name"]).suffix.lower() in (".csv", ".npz"):
+            d["name"] = str(Path(d["name"]).resolve())  # re-runnable from any folder
+        self.dataset = load_dataset(d["name"], target=d.get("target"), task=d["task"])
+        d["task"] = self.dataset.task
+        self.split = split(self.dataset, val_fraction=d["val_fraction"], seed=d["seed"],
+                           standardize=d["standardize"])
+        regression = self.dataset.task == "regression"
+        t.setdefault("loss", "mse" if regression else "cross_entropy")
+        t.setdefault("metrics", ["mae"] if regression else ["accuracy"])
+        _with_key("train.loss", get_loss, t["loss"])
+        keys = [_with_key("train.metrics", resolve_metric, m)[0] for m in t["metrics"]]
+        log_keys = ["epoch", *(f"{p}_{k}" for p in ("train", "val") for k in ["loss", *keys]),
+                    "lr", "seconds"]
+        _with_key("train.monitor", lambda m: Monitor(m).check_available(log_keys), t["monitor"])
+        self.device = _with_key("train.device", resolve_device, t["device"])
+
+        seed_everything(t["seed"])  # the model's initial weights follow the run's seed
+        m = cfg["model"]
+        self.model = build_model(m["name"], self.dataset.X.shape[1], self.dataset.out_features,
+                                 **extras(m))
+        # Dry build of optimizer and scheduler on the real model, exactly as fit() will: unknown
+        # keys and impossible values fail here, before the run folder exists.
+        o, s = cfg["optimizer"], cfg["scheduler"]
+        # step / multistep / exponential have no torch default for their one required argument:
+        # fill it as `optiloop schedule` shows it (in epochs), and the written config says so.
+        required = {"step": "step_size", "multistep": "milestones", "exponential": "gamma"}
+        if s["name"] in required and "interval" not in s:
+            key = required[s["name"]]
+            s.setdefault(key, schedule_defaults(s["name"], 0.0, t["epochs"], 1)[key])
+        self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
+        self.scheduler = {"name": s["name"], **extras(s)}
+        opt = build_optimizer(self.optimizer, self.model, lr=o.get("lr"),
+                              weight_decay=o.get("weight_decay"))
+        batches = math.ceil(len(self.split.X_train) / t["batch_size"])
+        build_scheduler(self.scheduler, opt, epochs=t["epochs"],
+                        steps_per_epoch=math.ceil(batches / t["grad_accum"]))
+        del opt
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.torch_version = torch.__version__
+
+
+def _with_key(key: str, fn: Callable[[Any], Any], value: Any) -> Any:
+    """Call a library check and put the config key in front of its message."""
+    try:
+        return fn(value)
+    except OptiloopError as e:
+        raise OptiloopError(f"{key}: {e}") from None
+
+
+def _run_dir(out: str | None, cfg: dict[str, Any]) -> tuple[Path, bool]:
+    """The run folder and whether it must be created with a unique suffix."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise OptiloopError(f"--out {path} already exists and is not an empty folder; "
+                                "choose a new folder (runs are never overwritten)")
+        return path, False
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{_short(cfg['data']['name'])}-{_short(cfg['model']['name'])}-" \
+           f"{cfg['optimizer']['name']}-{stamp}"
+    return Path("runs") / name, True
+
+
+def _make_dir(path: Path, unique: bool) -> Path:
+    if not unique:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        candidate = path if i == 1 else path.with_name(f"{path.name}-{i}")
+        try:
+            candidate.mkdir()  # atomic: two runs started in the same second get different folders
+            return candidate
+        except FileExistsError:
+            continue
+    raise OptiloopError(f"cannot find a free run folder name next to {path}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    from .files import atomic_open
+
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+@command("train")
+class TrainCommand(Command):
+    help = "train a model (default: an MLP on scikit-learn's handwritten digits, seconds on a CPU)"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="TOML config with sections data, model, "
+                       "optimizer, scheduler, train (a run's config.toml re-runs it)")
+        p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<model>-"
+                       "<optimizer>-<time>); must not exist or be empty")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="any config key; VALUE is TOML (0.1, true, [128, 64], \"text\"); "
+                       "repeatable, e.g. --set model.hidden=[256,128] --set scheduler.eta_min=1e-5")
+        for flag, (section, key, typ, text) in TRAIN_FLAGS.items():
+            p.add_argument(flag, type=typ, dest=f"{section}__{key}",
+                           help=f"{text} ({section}.{key})")
+
+    def run(self, args: argparse.Namespace) -> int:
+        import tomli_w
+
+        from . import __version__
+        from .checkpoint import Checkpoint
+        from .config import resolve
+        from .loop import fit
+        from .plots import plot_history
+
+        flags: dict[str, dict[str, Any]] = {}
+        for section, key, _, _ in TRAIN_FLAGS.values():
+            flags.setdefault(section, {})[key] = getattr(args, f"{section}__{key}")
+        cfg = resolve(args.config, args.set, flags)
+        path, unique = _run_dir(args.out, cfg)
+        plan = Plan(cfg)  # everything checked; from here on files are written
+        t = cfg["train"]
+        run_dir = _make_dir(path, unique)
+        _write_text(run_dir / "config.toml",
+                    f"# optiloop {__version__}: the resolved config of this run. "
+                    "Re-run it with: optiloop train --config config.toml\n\n" + tomli_w.dumps(cfg))
+
+        from .callbacks import EarlyStopping
+
+        ckpt = Checkpoint(run_dir, monitor=t["monitor"])
+        info = RunInfo()
+        callbacks: list[Any] = [ckpt, info]
+        if t["early_stopping"]:
+            callbacks.insert(0, EarlyStopping(monitor=t["monitor"], patience=t["early_stopping"]))
+        s = plan.split
+        print(f"optiloop train: {plan.dataset.name} ({len(s.X_train)} train / {len(s.X_val)} val, "
+              f"{plan.dataset.task}), {cfg['model']['name']} ({plan.parameters:,} parameters), "
+              f"{cfg['optimizer']['name']} + {cfg['scheduler']['name']}, up to {t['epochs']} "
+              f"epochs on {plan.device} -> {run_dir}/", flush=True)
+        t0 = time.perf_counter()
+        try:
+            history = fit(
+                plan.model, (s.X_train, s.y_train), val_data=(s.X_val, s.y_val), loss=t["loss"],
+                optimizer=plan.optimizer, lr=cfg["optimizer"].get("lr"),
+                weight_decay=cfg["optimizer"].get("weight_decay"), scheduler=plan.scheduler,
+                epochs=t["epochs"], batch_size=t["batch_size"], metrics=t["metrics"],
+                callbacks=callbacks, device=plan.device, seed=t["seed"],
+                grad_accum=t["grad_accum"], clip_grad_norm=t.get("clip_grad_norm"),
+                amp=t.get("amp"), config=cfg,
+            )
+        except OptiloopError as e:
+            raise OptiloopError(f"{e} (files so far are in {run_dir}/)") from None
+        seconds = time.perf_counter() - t0
+        if not info.is_main:
+            return 0
+        history.to_csv(run_dir / "history.csv")
+        best = history.rows[ckpt.best_epoch - 1] if ckpt.best_epoch else history.rows[-1]
+        plot_history(history, run_dir / "curves.png", best_epoch=ckpt.best_epoch,
+                     title=f"{run_dir.name}: {cfg['optimizer']['name']} lr "
+                     f"{_fmt(cfg['optimizer'].get('lr', 'default'))}, {cfg['scheduler']['name']}")
+        summary = self._summary(cfg, plan, history, best, info, seconds, run_dir)
+        _write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+        vals = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
+        stop = f" ({info.stop_reason})" if info.stop_reason else ""
+        print(f"done: {len(history)} epochs in {seconds:.1f} s{stop}")
+        print(f"best epoch {best['epoch']}: {vals}")
+        if plan.dataset.task == "regression" and "val_mae" in best and cfg["data"]["standardize"]:
+            print(f"  (the target was standardized: val_mae {best['val_mae']:.4f} is "
+                  f"{best['val_mae'] * s.y_std:.4g} in the target's own units)")
+        files = ", ".join(sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")))
+        print(f"files in {run_dir}/: {files}")
+        return 0
+
+    @staticmethod
+    def _summary(cfg, plan, history, best, info, seconds, run_dir) -> dict[str, Any]:
+        from . import __version__
+
+        s, ds = plan.split, plan.dataset
+        out: dict[str, Any] = {
+            "run": run_dir.name,
+            "data": {"name": cfg["data"]["name"], "task": ds.task, "train_samples": len(s.X_train),
+                     "val_samples": len(s.X_val), "features": int(ds.X.shape[1]),
+                     "classes": ds.num_classes or None},
+            "model": {"name": cfg["model"]["name"], "parameters": plan.parameters},
+            "optimizer": cfg["optimizer"]["name"], "scheduler": cfg["scheduler"]["name"],
+            "epochs_run": len(history), "epochs_max": cfg["train"]["epochs"],
+            "stop_reason": info.stop_reason,
+            "monitor": cfg["train"]["monitor"],
+            "best": dict(best), "final": dict(history.rows[-1]),
+            "seconds": round(seconds, 3), "device": info.device, "world_size": info.world_size,
+            "versions": {"python": platform.python_version(), "torch": plan.torch_version,
+                         "optiloop": __version__},
+        }
+        if ds.task == "regression" and cfg["data"]["standardize"]:
+            out["target_standardized"] = {"mean": s.y_mean, "std": s.y_std}
+        return out
+
+
+# --- schedule ----------------------------------------------------------------------------------
+def schedule_defaults(name: str, lr: float, epochs: int, steps_per_epoch: int) -> dict[str, Any]:
+    """Arguments shown (and used) for ``name`` when the user gives none: every name plots."""
+    if name == "step":
+        return {"step_size": max(1, epochs // 3), "gamma": 0.1}
+    if name == "multistep":
+        return {"milestones": sorted({max(1, epochs // 2), max(1, epochs * 3 // 4)}), "gamma": 0.1}
+    if name == "exponential":
+        return {"gamma": 0.9}
+    if name == "cosine":
+        return {"T_max": epochs, "eta_min": 0.0}
+    if name == "cosine_restarts":
+        return {"T_0": max(1, epochs // 4)}
+    if name == "plateau":
+        return {"factor": 0.5, "patience": max(1, epochs // 10)}
+    if name == "onecycle":
+        return {"max_lr": lr}
+    if name == "linear":
+        return {"start_factor": 1.0, "end_factor": 0.0}
+    if name == "polynomial":
+        return {"power": 1.0}
+    return {}
+
+
+def simulated_metric(epochs: int) -> tuple[list[float], int]:
+    """A validation loss that improves for the first third of the run, then stalls."""
+    stall = max(1, epochs // 3)
+    return [1.0 * 0.8 ** min(e, stall) for e in range(epochs)], stall
+
+
+@command("schedule")
+class ScheduleCommand(Command):
+    help = "print (and plot) the LR per epoch of one or more schedulers, no model needed"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("names", nargs="+", metavar="NAME", help="scheduler names (see: optiloop "
+                       "list); several overlay on one plot")
+        p.add_argument("--lr", type=float, default=0.1, help="base learning rate (default 0.1)")
+        p.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
+        p.add_argument("--steps-per-epoch", type=int, default=1,
+                       help="optimizer steps per epoch; > 1 plots per-step curves (default 1)")
+        p.add_argument("--set", action="append", default=[], metavar="[NAME.]KEY=VALUE",
+                       help="a scheduler argument (TOML value) for all names, or NAME.KEY for one;"
+                       " e.g. --set gamma=0.5 --set step.step_size=5 --set warmup_epochs=3")
+        p.add_argument("--plot", metavar="FILE", help="write the plot (PNG) here")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .config import parse_value
+        from .plots import plot_schedules
+        from .schedules import SCHEDULERS, preview_schedule
+
+        names = [n.lower() for n in args.names]
+        for n in names:
+            if n not in SCHEDULERS:
+                raise OptiloopError(f"unknown scheduler {n!r}; "
+                                    f"choose one of: {choices(SCHEDULERS)}")
+        if len(set(names)) != len(names):
+            raise OptiloopError("each scheduler name once, please")
+        if not (args.lr > 0 and math.isfinite(args.lr)):
+            raise OptiloopError(f"--lr: must be > 0 (got {args.lr})")
+        if args.epochs < 1 or args.steps_per_epoch < 1:
+            raise OptiloopError("--epochs and --steps-per-epoch: must be >= 1")
+        common, scoped = self._sets(args.set, names, parse_value)
+
+        spe, per_step = args.steps_per_epoch, args.steps_per_epoch > 1
+        curves: dict[str, list[float]] = {}
+        table: dict[str, list[float]] = {}
+        note = None
+        for n in names:
+            given = {**common, **scoped.get(n, {})}
+            kwargs = {**schedule_defaults(n, args.lr, args.epochs, spe), **given}
+            metrics = None
+            if SCHEDULERS[n][0] == "metric":
+                metrics, stall = simulated_metric(args.epochs)
+                note = (f"plateau: shown against a simulated val_loss that improves until epoch "
+                        f"{stall}, then stalls")
+            try:
+                lrs = preview_schedule(n, lr=args.lr, epochs=args.epochs, steps_per_epoch=spe,
+                                       metrics=metrics, per_step=per_step, **kwargs)
+            except (TypeError, ValueError) as e:  # torch's own checks: bad values for its args
+                if isinstance(e, OptiloopError):
+                    raise
+                raise OptiloopError(f"scheduler {n!r}: {str(e).splitlines()[0]}") from None
+            label = n + (f" ({', '.join(f'{k}={_fmt(v)}' for k, v in kwargs.items())})"
+                         if kwargs else "")
+            curves[label] = lrs
+            table[n] = lrs[::spe] if per_step else lrs
+
+        for label in curves:
+            print(label)
+        if note:
+            print(note)
+        print()
+        width = max(10, *(len(n) for n in names))
+        print("epoch  " + "  ".join(f"{n:>{width}}" for n in names))
+        for e in range(args.epochs):
+            print(f"{e + 1:>5}  " + "  ".join(f"{table[n][e]:>{width}.4g}" for n in names))
+        if args.plot:
+            title = f"LR schedule{'s' if len(names) > 1 else ''}: base lr {args.lr:g}, " \
+                    f"{args.epochs} epochs"
+            plot_schedules(curves, args.plot, steps_per_epoch=spe, title=title, note=note)
+            print(f"plot: {args.plot}")
+        return 0
+
+    @staticmethod
+    def _sets(items, names, parse_value):
+        from .schedules import SCHEDULERS
+
+        common: dict[str, Any] = {}
+        scoped: dict[str, dict[str, Any]] = {}
+        for item in items:
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or not key:
+                raise OptiloopError(f"--set {item!r}: use KEY=VALUE or NAME.KEY=VALUE")
+            prefix, dot, rest = key.partition(".")
+            if dot:
+                if prefix not in SCHEDULERS:
+                    raise OptiloopError(f"--set {item!r}: {prefix!r} is not a scheduler; choose one"
+                                        f" of: {choices(SCHEDULERS)}")
+                if prefix not in names:
+                    raise OptiloopError(f"--set {item!r}: {prefix!r} is not among the schedulers "
+                                        f"shown ({', '.join(names)})")
+                scoped.setdefault(prefix, {})[rest] = parse_value(value.strip())
+            else:
+                common[key] = parse_value(value.strip())
+        return common, scoped
+
+
+# --- list --------------------------------------------------------------------------------------
+@command("list")
+class ListCommand(Command):
+    help = "list optimizers (with torch's defaults), schedulers, data sets and models"
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .datasets import describe_builtin
+        from .models import DESCRIPTIONS
+        from .optim import OPTIMIZERS, optimizer_defaults
+        from .schedules import SCHEDULERS, describe
+
+        print("optimizers (torch's defaults; any key can be set: --set optimizer.KEY=VALUE)")
+        for name in OPTIMIZERS:
+            defaults = ", ".join(f"{k}={_fmt(v)}" for k, v in optimizer_defaults(name).items())
+            print(f"  {name:<16}{defaults}")
+        print("\nschedulers (interval: when it is stepped; warmup: scheduler.warmup_epochs=N)")
+        for name in SCHEDULERS:
+            print(f"  {name:<16}{describe(name)}")
+        print("\ndata sets (data.name; also a .csv file + data.target, an .npz with X and y, or "
+              "package.module:function returning (X, y))")
+        for name, text in describe_builtin().items():
+            print(f"  {name:<16}{text}")
+        print("\nmodels (model.name; also package.module:function(in_features, out_features, "
+              "**keys of [model]))")
+        for name, text in DESCRIPTIONS.items():
+            print(f"  {name:<16}{text}")
+        return 0
+
+
+# --- eval --------------------------------------------------------------------------------------
+@command("eval")
+class EvalCommand(Command):
+    help = "evaluate a checkpoint on its run's validation split, or on other data"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("checkpoint", help="best.pt / last.pt, or a run folder (uses its best.pt)")
+        p.add_argument("--data", help="evaluate on all of this data set instead (same forms as "
+                       "data.name; standardized with the run's train statistics)")
+        p.add_argument("--target", help="CSV column holding the target (with --data FILE.csv)")
+        p.add_argument("--batch-size", type=int, default=256)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+    def run(self, args: argparse.Namespace) -> int:
+        import numpy as np
+
+        from .checkpoint import load_checkpoint, load_model_weights
+        from .config import extras, validate
+        from .datasets import apply_split_stats, load_dataset, split
+        from .loop import evaluate
+        from .models import build_model
+
+        path = Path(args.checkpoint)
+        if path.is_dir():
+            path = path / "best.pt"
+        ckpt = load_checkpoint(path)
+        raw = ckpt.get("config") if isinstance(ckpt, dict) else None
+        if not raw or "model" not in ckpt:
+            raise OptiloopError(f"{path} holds no run config: evaluate checkpoints written by "
+                                "optiloop train")
+        cfg = validate(raw)
+        d, t = cfg["data"], cfg["train"]
+        ds = load_dataset(d["name"], target=d.get("target"), task=d["task"])
+        s = split(ds, val_fraction=d["val_fraction"], seed=d["seed"], standardize=d["standardize"])
+        if args.data is None:
+            X, y, what = s.X_val, s.y_val, f"validation split of {d['name']}"
+        else:
+            other = load_dataset(args.data, target=args.target, task=ds.task)
+            X, y = apply_split_stats(s, other)
+            if ds.task == "classification":  # map the other set's labels to the run's class ids
+                lookup = {c: i for i, c in enumerate(ds.classes)}
+                unknown = [c for c in other.classes if c not in lookup]
+                if unknown:
+                    raise OptiloopError(f"--data {args.data}: labels {unknown[:5]} were not "
+                                        f"among the run's classes {ds.classes}")
+                y = np.array([lookup[other.classes[i]] for i in y], dtype=np.int64)
+            what = f"all of {args.data}"
+        model = build_model(cfg["model"]["name"], ds.X.shape[1], ds.out_features,
+                            **extras(cfg["model"]))
+        load_model_weights(model, ckpt["model"])
+        loss = t.get("loss", "mse" if ds.task == "regression" else "cross_entropy")
+        metrics = t.get("metrics", ["mae"] if ds.task == "regression" else ["accuracy"])
+        results = evaluate(model, (X, y), loss=loss, metrics=metrics, batch_size=args.batch_size,
+                           device=args.device)
+        if args.json:
+            print(json.dumps({"checkpoint": str(path), "epoch": ckpt.get("epoch"), "data": what,
+                              "samples": len(X), **results}))
+        else:
+            print(f"{path} (epoch {ckpt.get('epoch')}) on {what} ({len(X)} samples):")
+            print("  " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
+        return 0

@@ -1,0 +1,265 @@
+"""The run config of ``optiloop train``: defaults <- TOML file <- ``--set`` <- flags, validated.
+
+Sections: ``[data]``, ``[model]``, ``[optimizer]``, ``[scheduler]``, ``[train]``. ``data`` and
+``train`` are closed (an unknown key is an error). ``model``, ``optimizer`` and ``scheduler`` take
+a ``name`` plus the keys of what they name, passed through unchanged (``momentum``, ``betas``,
+``step_size``, ``T_max``, ``warmup_epochs``, ``hidden`` ...): the builders check those and name the
+keys they accept.
+
+When a layer changes a section's ``name`` (``--optimizer sgd``), that section starts from the
+name alone instead of the defaults written for the default name: ``lr = 3e-3`` tuned for AdamW
+does not silently carry over to SGD, which then gets torch's own default LR.
+
+Every failure is an :class:`OptiloopError` with one line that starts with the key path, e.g.
+``optimizer.lr: must be > 0 (got -1)``.
+
+Example:
+    >>> from optiloop.config import resolve
+    >>> cfg = resolve(sets=["optimizer.lr=0.01", "model.hidden=[64, 32]"])
+    >>> cfg["optimizer"]["lr"], cfg["model"]["hidden"], cfg["train"]["epochs"]
+    (0.01, [64, 32], 30)
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import OptiloopError, choices
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SECTIONS = ("data", "model", "optimizer", "scheduler", "train")
+
+# The default run: a real data set, seconds on a CPU, >95% validation accuracy on digits.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": {"name": "digits", "val_fraction": 0.2, "seed": 0},
+    "model": {"name": "mlp", "hidden": [128], "dropout": 0.0},
+    "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
+    "scheduler": {"name": "cosine"},
+    "train": {"epochs": 30, "batch_size": 64, "early_stopping": 5, "monitor": "val_loss",
+              "seed": 0, "device": "auto"},
+}
+# Sections whose keys depend on their name: the defaults above hold for the default name only.
+NAMED = ("model", "optimizer", "scheduler")
+
+
+# --- schema ---------------------------------------------------------------------------------------
+class _Closed(BaseModel):
+    # strict: no "5" -> 5 or 3.7 -> 3 coercion; a TOML int is still accepted where a float goes.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class DataConfig(_Closed):
+    name: str  # a built-in data set, a .csv / .npz path, or package.module:function
+    target: str | None = None
+    task: Literal["auto", "classification", "regression"] = "auto"
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    standardize: bool = True
+
+
+class ModelConfig(_Open):
+    name: str
+
+
+class OptimizerConfig(_Open):
+    name: str
+    lr: float | None = Field(None, gt=0)
+    weight_decay: float | None = Field(None, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .optim import OPTIMIZERS
+
+        if v.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}; choose one of: {choices(OPTIMIZERS)}")
+        return v.lower()
+
+
+class SchedulerConfig(_Open):
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .schedules import SCHEDULERS
+
+        if v.lower() not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {v!r}; choose one of: {choices(SCHEDULERS)}")
+        return v.lower()
+
+
+class TrainConfig(_Closed):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    early_stopping: int = Field(5, ge=0, description="patience in epochs; 0 turns it off")
+    monitor: str = "val_loss"
+    seed: int = 0
+    device: str = "auto"
+    loss: str | None = None  # None: cross_entropy for classes, mse for regression
+    metrics: list[str] | None = None  # None: ["accuracy"] for classes, ["mae"] for regression
+    grad_accum: int = Field(1, ge=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    amp: Literal["bf16", "fp16"] | None = None
+
+
+class RunConfig(_Closed):
+    data: DataConfig
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    scheduler: SchedulerConfig
+    train: TrainConfig
+
+
+# --- one-line errors ------------------------------------------------------------------------------
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
+           "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+_TYPES = {"int": "an integer", "float": "a number", "string": "a string", "bool": "true or false",
+          "list": "a list", "dict": "a table", "model": "a table"}
+
+
+def _fields(loc: tuple) -> list[str]:
+    """The valid keys at ``loc`` (a section or the top level)."""
+    if len(loc) <= 1:
+        return list(SECTIONS)
+    return list(RunConfig.model_fields[loc[0]].annotation.model_fields)
+
+
+def _one_line(err: Mapping[str, Any]) -> str:
+    loc = tuple(str(p) for p in err["loc"])
+    path = ".".join(loc)
+    kind, got = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        if len(loc) == 1:
+            return f"unknown section [{path}]; valid sections: {', '.join(SECTIONS)}"
+        return f"{path}: unknown key; valid keys: {', '.join(_fields(loc))}"
+    if kind == "missing":
+        return f"{path}: missing"
+    if kind in _BOUNDS:
+        key, op = _BOUNDS[kind]
+        bound = err["ctx"][key]
+        return f"{path}: must be {op} {bound:g} (got {got!r})"
+    if kind == "literal_error":
+        return f"{path}: must be one of: {err['ctx']['expected']} (got {got!r})"
+    if kind == "value_error":
+        return f"{path}: {err['ctx']['error']}"
+    base = kind.split("_")[0]
+    if kind.endswith("_type") and base in _TYPES:
+        return f"{path}: must be {_TYPES[base]} (got {got!r})"
+    return f"{path}: {err['msg']} (got {got!r})"
+
+
+def validate(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a merged config; return it as plain data (None values dropped for TOML)."""
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        errs = e.errors(include_url=False)
+        # One line: the first problem. Union types (``float | None``) report one error per
+        # member; the first member's is the meaningful one.
+        raise OptiloopError(_one_line(errs[0])) from None
+    return _drop_none(cfg.model_dump())
+
+
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
+# --- layers ---------------------------------------------------------------------------------------
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Read a config file; unreadable or malformed TOML is a one-line error."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise OptiloopError(f"--config: no file at {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise OptiloopError(f"--config {path}: not valid TOML ({e})") from None
+
+
+def parse_value(text: str) -> Any:
+    """A TOML scalar or array (``0.1``, ``true``, ``[128, 64]``, ``"x"``); else the bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # unquoted words: --set data.name=wine
+
+
+def parse_set(item: str) -> tuple[str, str, Any]:
+    """``section.key=value`` -> (section, key, parsed value)."""
+    key, eq, value = item.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not eq or not dot or not name:
+        raise OptiloopError(f"--set {item!r}: use section.key=value, e.g. optimizer.lr=0.01 "
+                            f"(sections: {', '.join(SECTIONS)})")
+    return section, name.strip(), parse_value(value.strip())
+
+
+def merge(base: Mapping[str, Any], layer: Mapping[str, Any], *, renames: bool = True
+          ) -> dict[str, Any]:
+    """``layer`` over ``base``, section by section. With ``renames``, a new ``name`` in a NAMED
+    section drops ``base``'s other keys of that section (see the module docstring)."""
+    out = copy.deepcopy(dict(base))
+    for section, values in layer.items():
+        if not isinstance(values, Mapping):
+            if section not in SECTIONS:
+                raise OptiloopError(f"unknown section [{section}]; valid sections: "
+                                    f"{', '.join(SECTIONS)}")
+            raise OptiloopError(f"{section}: must be a table of keys, e.g. [{section}] in TOML")
+        current = dict(out.get(section, {}))
+        new_name = values.get("name")
+        if renames and section in NAMED and new_name is not None \
+                and new_name != current.get("name"):
+            current = {}
+        current.update(copy.deepcopy(dict(values)))
+        out[section] = current
+    return out
+
+
+def resolve(config_file: str | Path | None = None, sets: Iterable[str] = (),
+            flags: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Defaults <- ``config_file`` <- ``--set`` items <- flags; validated, as plain data.
+
+    Everything the user gave is kept, whatever its layer; only the built-in defaults of a
+    section whose ``name`` the user changed are dropped.
+
+    Args:
+        config_file: a TOML file with any of the five sections.
+        sets: ``section.key=value`` strings (value parsed as TOML).
+        flags: ``{section: {key: value}}`` from named command-line flags (None values skipped).
+    """
+    user: dict[str, Any] = {}
+    if config_file is not None:
+        user = merge(user, read_toml(config_file), renames=False)
+    layer: dict[str, dict[str, Any]] = {}
+    for item in sets:
+        section, key, value = parse_set(item)
+        layer.setdefault(section, {})[key] = value
+    user = merge(user, layer, renames=False)
+    if flags:
+        user = merge(user, {s: {k: v for k, v in kv.items() if v is not None}
+                            for s, kv in flags.items() if any(v is not None for v in kv.values())},
+                     renames=False)
+    return validate(merge(DEFAULTS, user))
+
+
+def extras(section: Mapping[str, Any], *known: str) -> dict[str, Any]:
+    """A section's pass-through keys: everything but ``name`` and ``known``."""
+    return {k: v for k, v in section.items() if k != "name" and k not in known}

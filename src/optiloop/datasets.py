@@ -1,0 +1,277 @@
+"""Data sets for the command line: scikit-learn's embedded ones, CSV / .npz files, user functions.
+
+Every source becomes a :class:`Dataset` of numpy arrays plus its task. :func:`split` makes the
+train / validation split with a fixed seed and standardizes with statistics of the train split
+only (so nothing about the validation samples leaks into training).
+
+Example:
+    >>> from optiloop.datasets import load_dataset, split
+    >>> ds = load_dataset("digits")
+    >>> ds.X.shape, ds.task, ds.num_classes
+    ((1797, 64), 'classification', 10)
+    >>> s = split(ds, val_fraction=0.2, seed=0)
+    >>> len(s.X_train), len(s.X_val)
+    (1438, 359)
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OptiloopError, choices
+
+TASKS = ("auto", "classification", "regression")
+
+
+def _sklearn(loader: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    def load() -> tuple[np.ndarray, np.ndarray]:
+        import sklearn.datasets  # imported on use: it takes a moment and most commands skip it
+
+        X, y = getattr(sklearn.datasets, loader)(return_X_y=True)
+        return X, y
+
+    return load
+
+
+# name -> (loader, task, one-line description). All ship inside scikit-learn: no download.
+BUILTIN: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], str, str]] = {
+    "digits": (_sklearn("load_digits"), "classification",
+               "handwritten digits, 8x8 images: 1797 samples, 64 features, 10 classes"),
+    "breast_cancer": (_sklearn("load_breast_cancer"), "classification",
+                      "breast cancer Wisconsin: 569 samples, 30 features, 2 classes"),
+    "wine": (_sklearn("load_wine"), "classification",
+             "wine recognition: 178 samples, 13 features, 3 classes"),
+    "diabetes": (_sklearn("load_diabetes"), "regression",
+                 "diabetes progression: 442 samples, 10 features, regression target"),
+}
+
+
+@dataclass
+class Dataset:
+    """Features ``X`` (float32, 2-D), targets ``y`` (int64 class indices or float32), the task."""
+
+    name: str
+    X: np.ndarray
+    y: np.ndarray
+    task: str  # "classification" | "regression"
+    classes: list[Any] = field(default_factory=list)  # original labels, index = class id
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def out_features(self) -> int:
+        """Width of the model's output: one logit per class, or 1 for regression."""
+        return self.num_classes if self.task == "classification" else 1
+
+
+@dataclass
+class Split:
+    """A train / validation split, standardized with the train split's statistics."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    x_mean: np.ndarray
+    x_std: np.ndarray
+    y_mean: float = 0.0  # regression targets are standardized too (so one LR fits every data set)
+    y_std: float = 1.0
+
+
+def is_user_function(spec: str) -> bool:
+    """``package.module:function`` form (and not a Windows drive like ``C:\\data.csv``)."""
+    mod, sep, fn = spec.partition(":")
+    return bool(sep) and fn.isidentifier() and all(p.isidentifier() for p in mod.split("."))
+
+
+def import_function(spec: str, what: str) -> Callable[..., Any]:
+    """Import ``package.module:function``; a one-line OptiloopError if it is not there."""
+    mod_name, _, fn_name = spec.partition(":")
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise OptiloopError(f"{what} {spec!r}: cannot import {mod_name!r} ({e})") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise OptiloopError(f"{what} {spec!r}: module {mod_name!r} has no function {fn_name!r}")
+    return fn
+
+
+def load_dataset(spec: str, *, target: str | None = None, task: str = "auto") -> Dataset:
+    """Load a data set by built-in name, ``.csv`` / ``.npz`` path, or ``package.module:function``.
+
+    Args:
+        spec: one of :data:`BUILTIN`, a CSV file (header row; ``target`` names the label column,
+            default the last one), an ``.npz`` with arrays ``X`` and ``y``, or a function returning
+            ``(X, y)`` arrays.
+        target: the CSV column holding the target.
+        task: "classification", "regression", or "auto" (integer-valued targets, or text labels,
+            with at most 100 distinct values are classes; anything else is regression).
+    """
+    if task not in TASKS:
+        raise OptiloopError(f"data.task: unknown {task!r}; choose one of: {choices(TASKS)}")
+    if target is not None and not str(spec).lower().endswith(".csv"):
+        raise OptiloopError("data.target names a CSV column; it applies to .csv files only")
+    if spec in BUILTIN:
+        loader, builtin_task, _ = BUILTIN[spec]
+        X, y = loader()
+        task = builtin_task if task == "auto" else task
+    elif is_user_function(spec):
+        out = import_function(spec, "data")()
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise OptiloopError(f"data {spec!r} must return (X, y) arrays, "
+                                f"got {type(out).__name__}")
+        X, y = out
+    elif spec.lower().endswith(".csv"):
+        X, y = _read_csv(Path(spec), target)
+    elif spec.lower().endswith(".npz"):
+        X, y = _read_npz(Path(spec))
+    else:
+        raise OptiloopError(
+            f"data.name: unknown data set {spec!r}; choose one of: {choices(BUILTIN)}, "
+            "a .csv or .npz file, or package.module:function"
+        )
+    return _finish(spec, X, y, task)
+
+
+def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise OptiloopError(f"data.name: no CSV file at {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2:
+        raise OptiloopError(f"{path}: needs a header row and at least one data row")
+    header, body = [h.strip() for h in rows[0]], rows[1:]
+    if target is None:
+        target = header[-1]
+    if target not in header:
+        raise OptiloopError(f"data.target: {path} has no column {target!r}; "
+                            f"columns: {', '.join(header)}")
+    t = header.index(target)
+    bad = [i + 2 for i, r in enumerate(body) if len(r) != len(header)]
+    if bad:
+        raise OptiloopError(f"{path}: line {bad[0]} has a different number of fields "
+                            "than the header")
+    y = np.array([r[t].strip() for r in body])
+    cols = [i for i in range(len(header)) if i != t]
+    if not cols:
+        raise OptiloopError(f"{path}: no feature columns besides the target {target!r}")
+    X = np.empty((len(body), len(cols)), dtype=np.float64)
+    for j, c in enumerate(cols):
+        try:
+            X[:, j] = [float(r[c]) for r in body]
+        except ValueError:
+            raise OptiloopError(f"{path}: column {header[c]!r} is not numeric; "
+                                "only numeric feature columns are supported") from None
+    try:
+        y = y.astype(np.float64)
+    except ValueError:
+        pass  # text labels: classes
+    return X, y
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise OptiloopError(f"data.name: no .npz file at {path}")
+    with np.load(path, allow_pickle=False) as z:  # no pickles: loading data runs no code
+        missing = [k for k in ("X", "y") if k not in z.files]
+        if missing:
+            raise OptiloopError(f"{path}: needs arrays X and y; "
+                                f"it has: {', '.join(z.files) or 'none'}")
+        return z["X"], z["y"]
+
+
+def _finish(name: str, X: Any, y: Any, task: str) -> Dataset:
+    X, y = np.asarray(X), np.asarray(y)
+    if X.ndim == 1:
+        X = X[:, None]
+    if X.ndim != 2:
+        X = X.reshape(len(X), -1)  # images etc.: flattened; the cnn model reshapes them back
+    if y.ndim != 1 and not (y.ndim == 2 and y.shape[1] == 1):
+        raise OptiloopError(f"data {name!r}: y must be one target per sample, got shape {y.shape}")
+    y = y.reshape(-1)
+    if len(X) != len(y):
+        raise OptiloopError(f"data {name!r}: X has {len(X)} samples but y has {len(y)}")
+    if len(X) < 2:
+        raise OptiloopError(f"data {name!r}: needs at least 2 samples, got {len(X)}")
+    try:
+        X = X.astype(np.float32)
+    except ValueError:
+        raise OptiloopError(f"data {name!r}: X must be numeric") from None
+    if not np.isfinite(X).all():
+        raise OptiloopError(f"data {name!r}: X has NaN or infinite values")
+    numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
+    if task == "auto":
+        integral = numeric and np.all(np.mod(y.astype(np.float64), 1) == 0)
+        few = len(np.unique(y)) <= 100
+        task = "classification" if (not numeric or integral) and few else "regression"
+    if task == "regression":
+        if not numeric:
+            raise OptiloopError(f"data {name!r}: a regression target must be numeric")
+        y = y.astype(np.float32)
+        if not np.isfinite(y).all():
+            raise OptiloopError(f"data {name!r}: y has NaN or infinite values")
+        return Dataset(name, X, y, "regression")
+    classes, codes = np.unique(y, return_inverse=True)
+    return Dataset(name, X, codes.astype(np.int64), "classification", [c.item() for c in classes])
+
+
+def split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0,
+          standardize: bool = True) -> Split:
+    """Shuffle with ``seed``, hold out ``val_fraction``, standardize with train statistics.
+
+    Features with zero spread in the train split are only centred (no division by zero).
+    """
+    if ds.task == "classification" and ds.num_classes < 2:
+        raise OptiloopError(f"data {ds.name!r}: training a classifier needs at least 2 classes, "
+                            f"got {ds.num_classes}")
+    n = len(ds.X)
+    n_val = int(round(n * val_fraction))
+    if not 1 <= n_val <= n - 1:
+        raise OptiloopError(f"data.val_fraction: {val_fraction} of {n} samples leaves an empty "
+                            "train or validation split")
+    order = np.random.default_rng(seed).permutation(n)
+    tr, va = order[n_val:], order[:n_val]
+    X_tr, X_va, y_tr, y_va = ds.X[tr], ds.X[va], ds.y[tr], ds.y[va]
+    if standardize:
+        mean = X_tr.mean(axis=0)
+        std = X_tr.std(axis=0)
+    else:
+        mean, std = np.zeros(ds.X.shape[1], np.float32), np.ones(ds.X.shape[1], np.float32)
+    std = np.where(std > 0, std, 1.0).astype(np.float32)
+    out = Split(_scale(X_tr, mean, std), y_tr, _scale(X_va, mean, std), y_va, mean, std)
+    if ds.task == "regression" and standardize:
+        out.y_mean, out.y_std = float(y_tr.mean()), float(y_tr.std() or 1.0)
+        out.y_train = ((y_tr - out.y_mean) / out.y_std).astype(np.float32)
+        out.y_val = ((y_va - out.y_mean) / out.y_std).astype(np.float32)
+    return out
+
+
+def _scale(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return ((X - mean) / std).astype(np.float32)
+
+
+def apply_split_stats(s: Split, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Standardize a whole other data set (e.g. for ``optiloop eval --data``) with ``s``'s stats."""
+    if ds.X.shape[1] != len(s.x_mean):
+        raise OptiloopError(f"data {ds.name!r} has {ds.X.shape[1]} features; the model was trained "
+                            f"on {len(s.x_mean)}")
+    y = ds.y
+    if ds.task == "regression":
+        y = ((y - s.y_mean) / s.y_std).astype(np.float32)
+    return _scale(ds.X, s.x_mean, s.x_std), y
+
+
+def describe_builtin() -> dict[str, str]:
+    """Built-in name -> one line."""
+    return {k: v[2] for k, v in BUILTIN.items()}
+

@@ -1,0 +1,242 @@
+"""End-to-end tests of the ``optiloop`` command line, by subprocess (as a user runs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from matplotlib.image import imread
+
+from optiloop.cli import COMMANDS, main
+from optiloop.config import tomllib  # the stdlib one, or tomli on Python 3.10
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture
+def cli(tmp_path):
+    """``cli("train", "--epochs", "2")``: ``python -m optiloop`` in tmp_path, as a user runs it."""
+
+    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
+        return subprocess.run([sys.executable, "-m", "optiloop", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run
+
+
+def assert_png(path: Path, min_width: int = 400) -> None:
+    """A real, non-empty picture: PNG signature, some size, and matplotlib can read it back."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert len(data) > 10_000
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[1] >= min_width and img.shape[0] >= 200
+    assert img[..., :3].std() > 0.05  # not a blank canvas
+
+
+def assert_one_line_error(proc, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.fixture
+def run_main(tmp_path, monkeypatch, capsys):
+    """The same command line in-process (no interpreter start-up: keeps the suite fast)."""
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def test_registry_holds_every_subcommand():
+    assert {"train", "schedule", "list", "eval"} <= set(COMMANDS)
+
+
+def test_default_train_reaches_95_percent_and_writes_the_run_folder(cli, tmp_path):
+    proc = cli("train")  # the true default: digits, mlp, adamw + cosine, 30 epochs
+    assert proc.returncode == 0, proc.stderr
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.name.startswith("digits-mlp-adamw-")
+    for name in ("config.toml", "history.csv", "best.pt", "last.pt", "curves.png", "summary.json"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best"]["val_acc"] > 0.95
+    assert summary["device"] == "cpu" and summary["world_size"] == 1
+    assert set(summary["versions"]) == {"python", "torch", "optiloop"}
+    assert 1 <= summary["epochs_run"] <= 30
+    assert "best epoch" in proc.stdout and str(run.name) in proc.stdout
+    assert_png(run / "curves.png", min_width=1000)
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["config"]["optimizer"]["name"] == "adamw"
+
+    # eval on the run's own validation split reproduces the best epoch's figures
+    ev = cli("eval", str(run / "best.pt"), "--json")
+    assert ev.returncode == 0, ev.stderr
+    got = json.loads(ev.stdout)
+    assert got["acc"] == pytest.approx(summary["best"]["val_acc"], abs=1e-6)
+    assert got["loss"] == pytest.approx(summary["best"]["val_loss"], rel=1e-4)
+
+
+def test_train_flags_config_and_rerun(run_main, tmp_path):
+    (tmp_path / "run.toml").write_text(
+        '[optimizer]\nname = "sgd"\nlr = 0.05\n\n[model]\nhidden = [32, 16]\n')
+    code, _, err = run_main("train", "--config", "run.toml", "--momentum", "0.9", "--scheduler",
+                            "step", "--step-size", "1", "--epochs", "2", "--early-stopping", "0",
+                            "--out", "r1", "--set", "data.name=wine")
+    assert code == 0, err
+    cfg = tomllib.loads((tmp_path / "r1" / "config.toml").read_text())
+    assert cfg["optimizer"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+    assert cfg["scheduler"] == {"name": "step", "step_size": 1}
+    assert cfg["model"]["hidden"] == [32, 16] and cfg["data"]["name"] == "wine"
+    history = (tmp_path / "r1" / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # header + 2 epochs
+    lrs = [float(r.split(",")[-2]) for r in history[1:]]
+    assert lrs == pytest.approx([0.05, 0.005])  # step_size=1, gamma=0.1 reached the scheduler
+
+    # the written config re-runs as is
+    code, _, err = run_main("train", "--config", "r1/config.toml", "--out", "r2")
+    assert code == 0, err
+    assert tomllib.loads((tmp_path / "r2" / "config.toml").read_text()) == cfg
+
+
+def test_regression_and_cnn(run_main, tmp_path):
+    code, out, err = run_main("train", "--data", "diabetes", "--epochs", "2", "--out", "reg")
+    assert code == 0, err
+    assert "target's own units" in out
+    summary = json.loads((tmp_path / "reg" / "summary.json").read_text())
+    assert "val_mae" in summary["best"] and "val_acc" not in summary["best"]
+    assert summary["data"]["task"] == "regression"
+    code, _, err = run_main("train", "--model", "cnn", "--epochs", "1", "--out", "cnn")
+    assert code == 0, err
+    assert json.loads((tmp_path / "cnn" / "summary.json").read_text())["model"]["name"] == "cnn"
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--optimizer", "adamx"], ["optimizer.name", "adamw", "sgd"]),
+    (["--lr", "-1"], ["optimizer.lr: must be > 0", "-1"]),
+    (["--set", "train.batch_size=2.5"], ["train.batch_size", "integer"]),
+    (["--set", "train.nope=1"], ["train.nope", "valid keys", "epochs"]),
+    (["--set", "bogus.x=1"], ["bogus", "valid sections"]),
+    (["--optimizer", "adam", "--momentum", "0.9"], ["momentum", "adam"]),
+    (["--scheduler", "step", "--set", "scheduler.foo=1"], ["step", "foo"]),
+    (["--data", "nosuch"], ["nosuch", "digits", "wine"]),
+    (["--model", "mlp", "--set", "model.hidden=[0]"], ["model.hidden"]),
+    (["--data", "wine", "--model", "cnn"], ["cnn", "13"]),
+    (["--set", "train.monitor=val_f1"], ["train.monitor", "val_acc"]),
+    (["--device", "tpu"], ["train.device", "cpu"]),
+    (["--config", "missing.toml"], ["missing.toml"]),
+])
+def test_train_bad_input_is_one_line_exit_2_and_writes_nothing(run_main, tmp_path, args, needles):
+    code, _, err = run_main("train", *args, "--epochs", "1")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    for n in needles:
+        assert n in err, err
+    assert list(tmp_path.iterdir()) == []  # no run folder, nothing half-written
+
+
+def test_train_bad_input_by_subprocess_has_no_traceback(cli, tmp_path):
+    assert_one_line_error(cli("train", "--lr", "-1"), "optimizer.lr: must be > 0 (got -1.0)")
+    assert_one_line_error(cli("train", "--no-such-flag"), "--no-such-flag")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_folder_is_never_overwritten(run_main, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("keep")
+    code, _, err = run_main("train", "--out", "taken", "--epochs", "1")
+    assert code == 2 and "taken" in err
+    assert [p.name for p in (tmp_path / "taken").iterdir()] == ["x"]
+
+
+def test_schedule_every_name_prints_a_table_and_plots(cli, tmp_path):
+    from optiloop import SCHEDULERS
+
+    proc = cli("schedule", *SCHEDULERS, "--lr", "0.1", "--epochs", "12", "--plot", "lr.png")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "step (step_size=4, gamma=0.1)" in out
+    assert "multistep (milestones=[6, 9], gamma=0.1)" in out
+    assert "exponential (gamma=0.9)" in out
+    assert "plateau: shown against a simulated val_loss" in out
+    rows = [line.split() for line in out.splitlines() if line[:5].strip().isdigit()]
+    assert len(rows) == 12 and all(len(r) == 1 + len(SCHEDULERS) for r in rows)
+    header = next(line.split() for line in out.splitlines() if line.startswith("epoch"))
+    step_col = header.index("step")
+    assert [float(r[step_col]) for r in rows] == pytest.approx([0.1] * 4 + [0.01] * 4 + [1e-3] * 4)
+    assert_png(tmp_path / "lr.png")
+
+
+def test_schedule_per_step_with_warmup_and_scoped_set(run_main, tmp_path):
+    code, out, err = run_main("schedule", "cosine", "onecycle", "--epochs", "4",
+                              "--steps-per-epoch", "5", "--set", "warmup_epochs=1",
+                              "--set", "cosine.eta_min=0.01", "--plot", "w.png")
+    assert code == 0, err
+    assert "cosine (T_max=4, eta_min=0.01, warmup_epochs=1)" in out
+    first = next(line.split() for line in out.splitlines() if line.startswith("    1"))
+    assert float(first[1]) == pytest.approx(0.1 / 5)  # warmup: first step at lr / warmup steps
+    assert_png(tmp_path / "w.png")
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["cosinus"], ["cosinus", "cosine", "onecycle"]),
+    (["step", "--set", "foo=1"], ["step", "foo"]),
+    (["cosine", "--set", "step.gamma=0.5"], ["step", "cosine"]),
+    (["cosine", "--lr", "0"], ["--lr"]),
+])
+def test_schedule_bad_input(run_main, tmp_path, args, needles):
+    code, _, err = run_main("schedule", *args, "--plot", "x.png")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    for n in needles:
+        assert n in err, err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_list_shows_every_name_with_defaults(cli):
+    proc = cli("list")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("sgd", "adamw", "muon", "cosine", "onecycle", "plateau", "digits", "diabetes",
+                 "mlp", "cnn"):
+        assert f"  {name} " in proc.stdout
+    assert "nesterov=False" in proc.stdout  # torch's default for sgd
+    assert "metric" in proc.stdout  # plateau's interval
+
+
+def test_eval_bad_input(cli, tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert_one_line_error(cli("eval", "bad.pt"), "bad.pt", "corrupt")
+
+
+def test_eval_on_other_data(run_main, tmp_path):
+    import numpy as np
+    from sklearn.datasets import load_wine
+
+    assert run_main("train", "--data", "wine", "--epochs", "2", "--out", "w")[0] == 0
+    X, y = load_wine(return_X_y=True)
+    np.savez(tmp_path / "wine.npz", X=X[:50], y=y[:50])
+    code, out, err = run_main("eval", "w", "--data", "wine.npz", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["samples"] == 50 and 0 <= got["acc"] <= 1
+    code, _, err = run_main("eval", "w", "--data", "digits")
+    assert code == 2 and "64 features" in err and "13" in err
+    code, _, err = run_main("eval", "nothere.pt")
+    assert code == 2 and "nothere.pt" in err
