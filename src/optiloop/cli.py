@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import Callback
+from .distributed import launched_by_torchrun
 from .errors import OptiloopError, choices
 
 # --- the registry ------------------------------------------------------------------------------
@@ -212,18 +213,33 @@ def _with_key(key: str, fn: Callable[[Any], Any], value: Any) -> Any:
         raise OptiloopError(f"{key}: {e}") from None
 
 
+def _torchrun_rank() -> int | None:
+    """This process's rank when torchrun launched several; None for a plain process."""
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        return int(os.environ["RANK"])
+    return None
+
+
+def _restarted_by_torchrun() -> bool:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def _run_dir(out: str | None, cfg: dict[str, Any]) -> tuple[Path, bool]:
     """The run folder and whether it must be created with a unique suffix."""
+    multi = _torchrun_rank() is not None
     if out is not None:
         path = Path(out)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        # Under torchrun every rank names the same folder, and a restarted attempt finds its own.
+        if not multi and path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise OptiloopError(f"--out {path} already exists and is not an empty folder; "
-                                "choose a new folder (runs are never overwritten)")
+                                "choose a new folder (runs are never overwritten), or continue it "
+                                f"with --resume {path}")
         return path, False
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    # Every rank must derive the same name: torchrun's run id is shared, a clock is not.
+    stamp = os.environ["TORCHELASTIC_RUN_ID"][:12] if multi else datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{_short(cfg['data']['name'])}-{_short(cfg['model']['name'])}-" \
            f"{cfg['optimizer']['name']}-{stamp}"
-    return Path("runs") / name, True
+    return Path("runs") / name, not multi
 
 
 def _make_dir(path: Path, unique: bool) -> Path:
@@ -257,6 +273,11 @@ class TrainCommand(Command):
                        "optimizer, scheduler, train (a run's config.toml re-runs it)")
         p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<model>-"
                        "<optimizer>-<time>); must not exist or be empty")
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped (its "
+                       "config.toml and newest valid checkpoint); other flags may change settings only "
+                       "with --force-resume")
+        p.add_argument("--force-resume", action="store_true",
+                       help="resume even though batch size, accumulation or data changed")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="any config key; VALUE is TOML (0.1, true, [128, 64], \"text\"); "
                        "repeatable, e.g. --set model.hidden=[256,128] --set scheduler.eta_min=1e-5")
@@ -276,14 +297,22 @@ class TrainCommand(Command):
         flags: dict[str, dict[str, Any]] = {}
         for section, key, _, _ in TRAIN_FLAGS.values():
             flags.setdefault(section, {})[key] = getattr(args, f"{section}__{key}")
-        cfg = resolve(args.config, args.set, flags)
-        path, unique = _run_dir(args.out, cfg)
+        resume = self._resume_dir(args)
+        if resume is not None:  # the run's own config, with any flags on top (checked by fit)
+            cfg = resolve(args.config or resume / "config.toml", args.set, flags)
+            path, unique = resume, False
+        else:
+            cfg = resolve(args.config, args.set, flags)
+            path, unique = _run_dir(args.out, cfg)
+            if _restarted_by_torchrun() and (path / "last.pt").exists():
+                resume = path  # torchrun --max-restarts restarted us: continue, never start over
         plan = Plan(cfg)  # everything checked; from here on files are written
         t = cfg["train"]
         run_dir = _make_dir(path, unique)
-        _write_text(run_dir / "config.toml",
-                    f"# optiloop {__version__}: the resolved config of this run. "
-                    "Re-run it with: optiloop train --config config.toml\n\n" + tomli_w.dumps(cfg))
+        if _torchrun_rank() in (None, 0):
+            _write_text(run_dir / "config.toml",
+                        f"# optiloop {__version__}: the resolved config of this run. "
+                        "Re-run it with: optiloop train --config config.toml\n\n" + tomli_w.dumps(cfg))
 
         from .callbacks import EarlyStopping
 
@@ -293,10 +322,11 @@ class TrainCommand(Command):
         if t["early_stopping"]:
             callbacks.insert(0, EarlyStopping(monitor=t["monitor"], patience=t["early_stopping"]))
         s = plan.split
-        print(f"optiloop train: {plan.dataset.name} ({len(s.X_train)} train / {len(s.X_val)} val, "
-              f"{plan.dataset.task}), {cfg['model']['name']} ({plan.parameters:,} parameters), "
-              f"{cfg['optimizer']['name']} + {cfg['scheduler']['name']}, up to {t['epochs']} "
-              f"epochs on {plan.device} -> {run_dir}/", flush=True)
+        if _torchrun_rank() in (None, 0):
+            print(f"optiloop train: {plan.dataset.name} ({len(s.X_train)} train / {len(s.X_val)} val, "
+                  f"{plan.dataset.task}), {cfg['model']['name']} ({plan.parameters:,} parameters), "
+                  f"{cfg['optimizer']['name']} + {cfg['scheduler']['name']}, up to {t['epochs']} "
+                  f"epochs on {plan.device} -> {run_dir}/", flush=True)
         t0 = time.perf_counter()
         try:
             history = fit(
@@ -306,7 +336,7 @@ class TrainCommand(Command):
                 epochs=t["epochs"], batch_size=t["batch_size"], metrics=t["metrics"],
                 callbacks=callbacks, device=plan.device, seed=t["seed"],
                 grad_accum=t["grad_accum"], clip_grad_norm=t.get("clip_grad_norm"),
-                amp=t.get("amp"), config=cfg,
+                amp=t.get("amp"), config=cfg, resume=resume, force_resume=args.force_resume,
             )
         except OptiloopError as e:
             raise OptiloopError(f"{e} (files so far are in {run_dir}/)") from None
@@ -331,6 +361,21 @@ class TrainCommand(Command):
         files = ", ".join(sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")))
         print(f"files in {run_dir}/: {files}")
         return 0
+
+    @staticmethod
+    def _resume_dir(args: argparse.Namespace) -> Path | None:
+        if args.resume is None:
+            if args.force_resume:
+                raise OptiloopError("--force-resume goes with --resume RUN_DIR")
+            return None
+        if args.out is not None:
+            raise OptiloopError("--resume continues RUN_DIR in place; drop --out")
+        path = Path(args.resume)
+        if not path.is_dir():
+            raise OptiloopError(f"--resume {path}: no such run folder")
+        if not (path / "config.toml").is_file() and args.config is None:
+            raise OptiloopError(f"--resume {path}: no config.toml in it; is it an optiloop run folder?")
+        return path
 
     @staticmethod
     def _summary(cfg, plan, history, best, info, seconds, run_dir) -> dict[str, Any]:

@@ -1,0 +1,94 @@
+"""The command line under crashes and torchrun: `train --resume`, refused settings and unsafe
+checkpoints, `torchrun -m optiloop train`. Subprocesses, as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import optiloop as ol
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TRAIN = ("train", "--epochs", "4", "--early-stopping", "0", "--seed", "0")
+
+
+def env():
+    return {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1"}
+
+
+def optiloop(cwd, *args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "optiloop", *args], cwd=cwd, env=env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def history_without_time(run: Path):
+    with open(run / "history.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+def one_line_error(proc, needle):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert needle in proc.stderr, proc.stderr
+
+
+def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
+    straight = optiloop(tmp_path, *TRAIN, "--out", "a")
+    assert straight.returncode == 0, straight.stderr
+    p = subprocess.Popen([sys.executable, "-m", "optiloop", *TRAIN, "--out", "b"], cwd=tmp_path, env=env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in p.stdout:
+        if line.startswith("epoch 2/4"):
+            p.send_signal(signal.SIGKILL)
+            break
+    p.wait(timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    assert not (tmp_path / "b" / "history.csv").exists()  # it really died before the end
+    resumed = optiloop(tmp_path, "train", "--resume", "b")
+    assert resumed.returncode == 0, resumed.stderr
+    assert history_without_time(tmp_path / "b") == history_without_time(tmp_path / "a")
+    a, b = (ol.load_checkpoint(tmp_path / d / "last.pt") for d in "ab")
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    assert a["step"] == b["step"] and b["epoch"] == 4
+
+
+def test_resume_refuses_changed_settings_and_unsafe_checkpoints(tmp_path):
+    assert optiloop(tmp_path, *TRAIN[:2], "2", "--out", "run").returncode == 0
+    one_line_error(optiloop(tmp_path, "train", "--resume", "run", "--batch-size", "32"),
+                   "settings changed (batch_size 64 -> 32)")
+    one_line_error(optiloop(tmp_path, "train", "--resume", "nowhere"), "--resume nowhere: no such run folder")
+
+    marker = tmp_path / "pwned"
+
+    class Touch:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (marker,))
+
+    for name in ("last.pt", "last.prev.pt", "evil.pt"):
+        torch.save({"format": "optiloop.checkpoint", "model": Touch()}, tmp_path / "run" / name)
+    one_line_error(optiloop(tmp_path, "train", "--resume", "run"), "refused")
+    one_line_error(optiloop(tmp_path, "eval", "run/evil.pt"), "refused")
+    assert not marker.exists()
+
+
+def test_torchrun_two_processes_one_run_folder(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "optiloop", "train", "--epochs", "2"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs
+    summary = json.loads((runs[0] / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert {"config.toml", "history.csv", "best.pt", "last.pt", "curves.png", "summary.json"} <= \
+        {f.name for f in runs[0].iterdir()}
+    assert p.stdout.count("done: 2 epochs") == 1  # the summary is printed by rank 0 only
