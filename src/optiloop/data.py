@@ -81,7 +81,8 @@ class TensorBatches:
             for s in range(0, len(self.X), bs):  # contiguous slices: views, no copy
                 yield self.X[s : s + bs], self.y[s : s + bs]
             return
-        order = order.to(self.X.device, non_blocking=True)
+        if self.X.is_cuda:  # pinned, so the copy is truly asynchronous: no host sync per epoch
+            order = order.pin_memory().to(self.X.device, non_blocking=True)
         for s in range(0, len(order), bs):
             idx = order[s : s + bs]
             yield self.X[idx], self.y[idx]

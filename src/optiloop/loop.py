@@ -167,7 +167,8 @@ def fit(
     nonfinite: str = "stop",
     resume: str | None = None,
     force_resume: bool = False,
-    compile: bool = False,
+    compile: bool | Mapping[str, Any] = False,
+    channels_last: bool = False,
     fast: bool = True,
     config: dict[str, Any] | None = None,
 ) -> History:
@@ -194,7 +195,9 @@ def fit(
         resume: a checkpoint file or run folder to continue from (see optiloop.checkpoint).
             Refused if batch size, accumulation, world size or the training data changed,
             unless ``force_resume=True``.
-        compile: wrap the model in torch.compile.
+        compile: wrap the model in torch.compile; a dict passes its keywords (e.g.
+            ``{"mode": "max-autotune"}``). Checkpoints hold the uncompiled module's weights.
+        channels_last: NHWC memory format for the model and 4-D inputs (faster convs on GPUs).
         fast: use the fastest optimizer implementation torch has for the device.
         config: a resolved config to store in checkpoints (the CLI passes its own).
 
@@ -228,7 +231,7 @@ def fit(
         seed_everything(seed)
     data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     loss_fn = get_loss(loss)
-    model.to(dev)
+    model.to(dev, memory_format=torch.channels_last) if channels_last else model.to(dev)
 
     train = make_batches(train_data, batch_size=batch_size, shuffle=True, seed=data_seed, device=dev,
                          rank=world.rank, world_size=world.world_size, role="training")
@@ -266,7 +269,7 @@ def fit(
 
     run_model = D.wrap(model, dev, world)
     if compile:
-        run_model = torch.compile(run_model)
+        run_model = torch.compile(run_model, **(dict(compile) if isinstance(compile, Mapping) else {}))
     state = TrainState(
         model=run_model, unwrapped_model=model, optimizer=opt, schedule=schedule, scaler=scaler,
         history=History(), train_metrics=train_metrics, callbacks=cbs, device=dev, world=world,
@@ -281,7 +284,7 @@ def fit(
                              device=dev, rank=world.rank, world_size=world.world_size)
 
     ctx = _Context(state, train, val, val_metrics, loss_fn, grad_accum, clip_grad_norm,
-                   clip_grad_value, AMP_DTYPES.get(amp), nonfinite, active)
+                   clip_grad_value, AMP_DTYPES.get(amp), nonfinite, active, channels_last)
     _fire(active, "on_fit_start", state, {})
     try:
         first = state.epoch + 1 if state.epoch_done else state.epoch
@@ -333,6 +336,7 @@ class _Context:
     amp_dtype: torch.dtype | None
     nonfinite: str
     callbacks: list[Callback]
+    channels_last: bool = False
 
 
 def _fire(cbs: list[Callback], event: str, state: TrainState, logs: dict[str, Any]) -> None:
@@ -398,6 +402,8 @@ def _train_epoch(ctx: _Context) -> None:
     for i, (x, y) in enumerate(ctx.train):
         if i < skip_until:
             continue
+        if ctx.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         boundary = (i + 1) % accum == 0 or i + 1 == n
         # Under DDP, all-reduce gradients only on the micro-batch that ends an accumulation group.
         sync_ctx = model.no_sync() if ddp and not boundary else contextlib.nullcontext()
