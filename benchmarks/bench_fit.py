@@ -445,20 +445,25 @@ def child_memory(name: str, workload: str, quick: bool, device: torch.device) ->
     print(json.dumps({"variant": name, "base_kb": base, "peak_kb": peak, "delta_kb": peak - base}))
 
 
-def measure_memory(workload: str, quick: bool, device: str) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for name in MEMORY_VARIANTS:
-        if not _available(name):
-            continue
-        cmd = [sys.executable, __file__, "--child-memory", name, "--only", workload,
-               "--device", device] + (["--quick"] if quick else [])
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
-        if res.returncode != 0 or not lines:
-            print(f"memory child {name} failed:\n{res.stderr[-2000:]}", file=sys.stderr)
-            continue
-        out[name] = json.loads(lines[-1])
-    return out
+def measure_memory(workload: str, quick: bool, device: str,
+                   repeats: int) -> dict[str, dict[str, int]]:
+    """Peak RSS per variant, each run in a fresh process; the minimum over ``repeats`` processes
+    (the allocator's high-water mark varies by a few MiB from run to run)."""
+    runs: dict[str, list[dict[str, int]]] = {}
+    for _ in range(repeats):
+        for name in MEMORY_VARIANTS:
+            if not _available(name):
+                continue
+            cmd = [sys.executable, __file__, "--child-memory", name, "--only", workload,
+                   "--device", device] + (["--quick"] if quick else [])
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            lines = [ln for ln in res.stdout.splitlines() if ln.startswith("{")]
+            if res.returncode != 0 or not lines:
+                print(f"memory child {name} failed:\n{res.stderr[-2000:]}", file=sys.stderr)
+                continue
+            runs.setdefault(name, []).append(json.loads(lines[-1]))
+    return {name: {k: min(r[k] for r in rs) for k in ("base_kb", "peak_kb", "delta_kb")}
+            for name, rs in runs.items()}
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -580,7 +585,9 @@ def report(results: dict[str, dict[str, list[Run]]], wls: list[Workload],
     L += ["## Peak memory, workload (b)", ""]
     if memory:
         L += ["Each variant in a fresh process; peak RSS counter reset after data and model "
-              "exist; delta = peak during training − RSS before it.", "",
+              "exist; delta = peak during training − RSS before it; minimum over 3 processes "
+              "(1 with --quick): the high-water mark varies by a few MiB between identical "
+              "runs.", "",
               "| variant | peak RSS MiB | training delta MiB | delta vs raw |",
               "|---|---:|---:|---:|"]
         raw_d = memory.get("raw", {}).get("delta_kb")
@@ -644,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{w.key} rep {rep} {n:16s} {ms:8.1f} ms/epoch", file=sys.stderr, flush=True)
         results[w.key] = runs
     memory = {} if args.no_memory or (args.only and "b" not in args.only) else \
-        measure_memory("b", args.quick, args.device)
+        measure_memory("b", args.quick, args.device, 1 if args.quick else 3)
     text = report(results, wls, memory, args, time.perf_counter() - t_start)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
