@@ -301,12 +301,7 @@ def make_fit(fast: bool = True, progress: bool = True, checkpoint: bool = True, 
                                   _Clock(1000, stamps, "last")]
         if checkpoint:
             cbs.append(ol.Checkpoint(ckpt_dir, monitor="val_loss" if val else "train_loss"))
-        optimizer: Any = "adamw"
-        if not fast:
-            # torch's default implementation, spelled out: this checkout's build_optimizer ignores
-            # fast=False (fixed on main in 01443f1); an explicit foreach= always wins over fast.
-            optimizer = {"name": "adamw", "foreach": device.type == "cuda"}
-        ol.fit(model, (w.X, w.y), val_data=(w.Xv, w.yv) if val else None, optimizer=optimizer,
+        ol.fit(model, (w.X, w.y), val_data=(w.Xv, w.yv) if val else None, optimizer="adamw",
                lr=LR, epochs=epochs, batch_size=w.batch_size, metrics=["accuracy"], callbacks=cbs,
                device=device, seed=SEED, progress=progress, fast=fast)
         _sync(device)

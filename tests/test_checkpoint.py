@@ -192,3 +192,31 @@ def test_changed_settings_are_refused_unless_forced(tmp_path):
         ol.fit(net(), (X[:40], y[:40]), epochs=2, batch_size=8, progress=False, resume=tmp_path)
     h = ol.fit(net(), (X, y), epochs=2, batch_size=16, progress=False, resume=tmp_path, force_resume=True)
     assert h["epoch"] == [1, 2]
+
+
+def test_best_is_a_link_to_that_epochs_last_and_survives_later_saves(tmp_path):
+    X, y = data()
+    seen = {}
+
+    class Snap(ol.Callback):
+        order = 200  # after Checkpoint
+
+        def on_epoch_end(self, state, logs):
+            seen[state.epoch] = (tmp_path / "last.pt").read_bytes()
+
+    ol.fit(net(), (X, y), val_data=(X, y), epochs=4, batch_size=8, seed=0, progress=False,
+           callbacks=[ol.Checkpoint(tmp_path, monitor="val_loss"), Snap()])
+    best = ol.load_checkpoint(tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == seen[best["epoch"]]  # that epoch's state, intact
+
+
+def test_link_or_copy_falls_back_to_a_copy(tmp_path, monkeypatch):
+    (tmp_path / "a.pt").write_bytes(b"state")
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "links not supported")
+
+    monkeypatch.setattr(C.os, "link", no_links)
+    C.link_or_copy(tmp_path / "a.pt", tmp_path / "b.pt")
+    assert (tmp_path / "b.pt").read_bytes() == b"state"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt"]

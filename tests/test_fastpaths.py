@@ -123,8 +123,6 @@ def test_user_choice_of_implementation_wins() -> None:
     assert _impl(opt) == "foreach"
 
 
-@pytest.mark.xfail(reason="this branch's build_optimizer ignores fast=False (fixed on main in "
-                          "01443f1); after the merge this XPASSes: remove the marker", strict=False)
 def test_fast_false_keeps_torch_default() -> None:
     opt = ol.build_optimizer("adamw", _model(), fast=False)
     assert not opt.defaults.get("fused") and not opt.defaults.get("foreach")

@@ -223,9 +223,14 @@ class ProgressBar(Callback):
     def on_epoch_start(self, state, logs):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=state.steps_per_epoch, desc=f"epoch {state.epoch}/{state.epochs}",
-                        leave=False, file=self.file or sys.stderr, dynamic_ncols=True, unit="batch",
-                        disable=None)  # None: no bar when stderr is not a terminal
+        desc = f"epoch {state.epoch}/{state.epochs}"
+        if self.bar is None:  # one bar for the whole fit, reset per epoch: cheaper than a new one
+            self.bar = tqdm(total=state.steps_per_epoch, desc=desc, leave=False, unit="batch",
+                            file=self.file or sys.stderr, dynamic_ncols=True,
+                            disable=None)  # None: no bar when stderr is not a terminal
+        else:
+            self.bar.reset(total=state.steps_per_epoch)
+            self.bar.set_description_str(desc, refresh=False)
         self._last = time.monotonic()
 
     def on_step_end(self, state, logs):
@@ -239,7 +244,6 @@ class ProgressBar(Callback):
             self.bar.set_postfix_str(format_logs(running), refresh=False)
 
     def on_epoch_end(self, state, logs):
-        self._close()
         from tqdm.auto import tqdm
 
         tqdm.write(f"epoch {state.epoch}/{state.epochs}  {format_logs(logs)}", file=self.file or sys.stdout)
