@@ -431,7 +431,7 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 cell += f" ({r[f'{key}_reached']})"
             cells.append(cell)
         body.append(cells)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
                        for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
              for cells in [header, *body]]

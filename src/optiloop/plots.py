@@ -215,13 +215,17 @@ def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], path: str | os.P
         ax.axvline(lr, color=color, linestyle=style, linewidth=1.5, label=text)
     ax.set_xscale("log")
     # Zoom the y axis on the useful part: the diverging tail would squash the curve to a line.
-    lo, hi = min(shown), shown[0]
-    pad = 0.1 * (hi - lo) if hi > lo else 0.1 * abs(hi) or 0.1
-    ax.set_ylim(lo - pad, max(max(shown[: max(1, len(shown) // 2)]), hi) + 3 * pad)
+    # Bottom: the lowest loss seen (a low percentile of the raw loss, so one lucky batch does not
+    # set it); top: the loss at the start, with room for the legend.
+    raw = sorted(losses)
+    lo = min(min(shown), raw[len(raw) // 50])
+    hi = max(shown[: max(1, len(shown) // 2)])
+    pad = 0.05 * (hi - lo) if hi > lo else 0.1 * abs(hi) or 0.1
+    ax.set_ylim(lo - pad, hi + 4 * pad)
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left")
+    ax.legend(fontsize="small", loc="best")
     if title:
         ax.set_title(title)
     _save(fig, path)
