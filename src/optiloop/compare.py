@@ -399,7 +399,8 @@ def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     headers = {"best_val_loss": "best val_loss", "final_val_loss": "final val_loss",
                "best_epoch": "best epoch", "sec_per_epoch": "s/epoch"}
     wanted = [k for k in keys if k not in ("epochs_run",)]
-    return [(k, headers.get(k, k.replace("_", " ", 1))) for k in wanted]
+    return [(k, headers.get(k, f"epochs to {k[len('epochs_to_'):]}" if k.startswith("epochs_to_")
+                            else k.replace("_", " ", 1))) for k in wanted]
 
 
 def format_value(mean: float | None, std: float | None, key: str, seeds: int) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .errors import OptiloopError
 
@@ -163,8 +164,10 @@ def plot_overlay(curves: Mapping[str, Sequence[Sequence[float]]], path: str | os
         cols = [[float(r[i]) if r[i] is not None else math.nan for r in runs] for i in range(n)]
         x = list(range(1, n + 1))
         mean = [sum(c) / len(c) for c in cols]
-        kw = {"linewidth": 1.8, **(styles or {}).get(label, {})}
-        (line,) = ax.plot(x, mean, label=label, marker="." if n <= 30 else None, **kw)
+        kw = {"linewidth": 1.8, "marker": ".", **(styles or {}).get(label, {})}
+        if n > 30:  # markers on every epoch of a long run turn the line into a smear
+            kw["markevery"] = max(1, n // 15)
+        (line,) = ax.plot(x, mean, label=label, **kw)
         if len(runs) > 1:
             ax.fill_between(x, [min(c) for c in cols], [max(c) for c in cols],
                             color=line.get_color(), alpha=0.15, linewidth=0)
@@ -173,6 +176,7 @@ def plot_overlay(curves: Mapping[str, Sequence[Sequence[float]]], path: str | os
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no "2.5"
     ax.grid(True, alpha=0.3)
     # Outside the axes: with ten combinations a legend inside would cover the curves.
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)

@@ -20,6 +20,9 @@ from .plots import plot_overlay
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
 _LINESTYLES = ("-", "--", ":", "-.")
+# A marker per optimizer as well as a colour: two optimizers with identical curves (adam and
+# adamw at a small weight decay) would otherwise hide one line under the other.
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*")
 
 
 def write_report(out: Path, rows: Sequence[Mapping[str, Any]], histories: Mapping[tuple, Any],
@@ -56,7 +59,9 @@ def _plots(out: Path, histories: Mapping[tuple, Any]) -> list[tuple[str, str]]:
     for (o, s, _), h in histories.items():
         label = f"{o} + {s}" if len(schedulers) > 1 else o
         styles[label] = {"color": _COLORS[optimizers.index(o) % len(_COLORS)],
-                         "linestyle": _LINESTYLES[schedulers.index(s) % len(_LINESTYLES)]}
+                         "linestyle": _LINESTYLES[schedulers.index(s) % len(_LINESTYLES)],
+                         "marker": _MARKERS[optimizers.index(o) % len(_MARKERS)],
+                         "markersize": 7 - 1.2 * (optimizers.index(o) % 3), "markerfacecolor": "none"}
         for key in h.keys():
             if key.startswith("val_") or key == "lr":
                 curves.setdefault(key, {}).setdefault(label, []).append(h[key])
@@ -72,7 +77,8 @@ def _plots(out: Path, histories: Mapping[tuple, Any]) -> list[tuple[str, str]]:
             continue
         name = names.get(key, key.replace("_", " "))
         file = f"{key}.png"
-        plot_overlay(curves[key], out / file, ylabel=name, title=f"{name} per epoch{band}",
+        plot_overlay(curves[key], out / file, ylabel=name,
+                     title=f"{name} per epoch{band if key != 'lr' else ''}",
                      styles=styles, log=True if key == "lr" else None,
                      xlabel="epoch" if key != "lr" else "epoch (LR at the epoch's start)")
         pictures.append((file, name))
