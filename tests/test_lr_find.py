@@ -134,7 +134,7 @@ def _cli(tmp_path, *args, timeout=120):
 
 
 def test_cli_lr_find_on_digits(tmp_path):
-    proc = _cli(tmp_path, "lr-find", "--steps", "60", "--out", "lf")
+    proc = _cli(tmp_path, "lr-find", "--steps", "40", "--out", "lf")
     assert proc.returncode == 0, proc.stderr
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("suggested lr: "))
     suggested = float(line.split()[2])

@@ -375,6 +375,9 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                                                  or r.get(key) is None for r in rs):
                 continue
             vals = [float(r[key]) for r in rs if r.get(key) is not None]
+            if not all(math.isfinite(v) for v in vals):  # a diverged run: say so, hide nothing
+                agg[f"{key}_mean"] = agg[f"{key}_std"] = math.nan
+                continue
             agg[f"{key}_mean"] = statistics.fmean(vals) if vals else None
             agg[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
             if key.startswith("epochs_to_"):
@@ -407,6 +410,8 @@ def format_value(mean: float | None, std: float | None, key: str, seeds: int) ->
     """``0.9722 ± 0.0031`` (± only with several seeds); epochs as whole numbers when they are."""
     if mean is None:
         return "-"
+    if not math.isfinite(mean):
+        return f"{mean} (diverged)"
     if key in ("best_epoch",) or key.startswith("epochs_to_"):
         text = f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
         digits = 1
