@@ -264,10 +264,12 @@ def compare(
 
     Returns:
         One dict per run: optimizer, scheduler, seed, lr, best / final val loss and metric, the
-        best epoch (lowest val_loss), epochs to target, seconds per epoch, init_hash, run.
+        best epoch (lowest val_loss; None if it never was finite), epochs to target, seconds per
+        epoch (train + validation), the run's wall seconds, epochs_run, init_hash (of the
+        initial weights), run (its folder under ``out``).
         ``summarize(rows)`` gives mean and std per combination.
     """
-    from .loop import fit, seed_everything
+    from .loop import fit, resolve_device, seed_everything
 
     # -- check everything before anything is trained or written
     opt_names = parse_names(optimizers, "optimizer", OPTIMIZERS)
@@ -277,6 +279,7 @@ def compare(
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise OptiloopError(f"epochs must be an integer >= 1, got {epochs!r}")
     seed_list = _seeds(seeds)
+    device = resolve_device(device)  # 'cuda' on a machine without it fails now, not mid-report
     task = None
     if config is not None:
         if model is not None or train_data is not None:
@@ -401,7 +404,7 @@ def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     keys = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")] if rows else []
     headers = {"best_val_loss": "best val_loss", "final_val_loss": "final val_loss",
                "best_epoch": "best epoch", "sec_per_epoch": "s/epoch"}
-    wanted = [k for k in keys if k not in ("epochs_run",)]
+    wanted = [k for k in keys if k not in ("epochs_run", "seconds")]
     return [(k, headers.get(k, f"epochs to {k[len('epochs_to_'):]}" if k.startswith("epochs_to_")
                             else k.replace("_", " ", 1))) for k in wanted]
 
@@ -505,22 +508,27 @@ def _row(history: Any, o: str, s: str, seed: int, lr: float, goal: tuple[str, fl
     rows = history.rows
     metric_keys = [k for k in history.keys() if k.startswith("val_") and k != "val_loss"]
     finite = [r for r in rows if _finite(r.get("val_loss"))]
-    best = min(finite, key=lambda r: r["val_loss"]) if finite else rows[-1]
+    # A run whose val_loss was never finite (diverged) has no best epoch; its loss stays NaN.
+    best = min(finite, key=lambda r: r["val_loss"]) if finite else None
     row: dict[str, Any] = {"optimizer": o, "scheduler": s, "seed": seed, "lr": lr,
-                           "best_val_loss": best.get("val_loss"),
+                           "best_val_loss": (best or rows[-1]).get("val_loss"),
                            "final_val_loss": rows[-1].get("val_loss")}
     for k in metric_keys:
         vals = [r[k] for r in rows if _finite(r.get(k))]
         pick = max if Monitor(k).mode == "max" else min
         row[f"best_{k}"] = pick(vals) if vals else None
         row[f"final_{k}"] = rows[-1].get(k)
-    row["best_epoch"] = best["epoch"]
+    row["best_epoch"] = best["epoch"] if best else None
     if goal is not None:
         key, value = goal
         better = (lambda v: v >= value) if Monitor(key).mode == "max" else (lambda v: v <= value)
         hit = next((r["epoch"] for r in rows if _finite(r.get(key)) and better(r[key])), None)
         row[f"epochs_to_{key}"] = hit
-    row["sec_per_epoch"] = seconds / len(rows)
+    # The loop's own per-epoch timing (train + validation): set-up costs such as the first
+    # build of an optimizer class would otherwise count against whichever run comes first.
+    epoch_seconds = [r["seconds"] for r in rows if _finite(r.get("seconds"))]
+    row["sec_per_epoch"] = statistics.fmean(epoch_seconds) if epoch_seconds else seconds / len(rows)
+    row["seconds"] = seconds
     row["epochs_run"] = len(rows)
     row["init_hash"] = init_hash
     return row
@@ -572,6 +580,7 @@ def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: s
         f.write(f"# optiloop {__version__} compare: {o} + {s}, seed {seed}. {head}\n\n"
                 + tomli_w.dumps(cfg))
     summary = {"optimizer": o, "scheduler": s, "seed": seed, "lr": lr, **row,
-               "best": dict(history.rows[row["best_epoch"] - 1]), "final": dict(history.rows[-1])}
+               "best": dict(history.rows[row["best_epoch"] - 1]) if row["best_epoch"] else None,
+               "final": dict(history.rows[-1])}
     with atomic_open(run_dir / "summary.json", "w") as f:
         f.write(json.dumps(summary, indent=2, default=str) + "\n")
