@@ -94,7 +94,7 @@ def _table(summary: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[s
         for key, _ in cols:
             cell = format_value(r.get(f"{key}_mean"), r.get(f"{key}_std"), key, r["seeds"])
             if f"{key}_reached" in r:
-                cell += f" ({r[f'{key}_reached']} reached)"
+                cell += f" ({r[f'{key}_reached']})"
             cells.append(cell)
         body.append(cells)
     return header, body
@@ -116,7 +116,8 @@ def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
              "data order; the best epoch is the one with the lowest val_loss."]
     if settings.get("target"):
         key, value = settings["target"]
-        lines.append(f"Target: {key} = {value:g} (epochs to reach it; '-' = not reached)")
+        lines.append(f"Target: {key} = {value:g}: epochs to reach it, mean over the runs that did "
+                     "(in brackets: runs that reached it / runs); '-' = none did")
     return lines
 
 
@@ -136,11 +137,12 @@ def _markdown(summary, pictures, settings) -> str:
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em;
-       max-width: 1100px; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.35em 0.7em; }
+       max-width: 1400px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.84em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.55em; }
 th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.scroll { overflow-x: auto; }
 tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0 1.5em; }
 ul { line-height: 1.5; }
@@ -154,12 +156,13 @@ def _html(summary, pictures, settings, out: Path) -> str:
              "<title>optiloop compare</title>", f"<style>{_CSS}</style></head><body>",
              f"<h1>optiloop compare <small>({datetime.now():%Y-%m-%d %H:%M})</small></h1>", "<ul>"]
     parts += [f"<li>{esc(line)}</li>" for line in _settings_lines(settings)]
-    parts += ["</ul>", "<table>", "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
+    parts += ["</ul>", "<div class=\"scroll\"><table>",
+              "<tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"]
     for cells in body:
         parts.append("<tr>" + "".join(f"<td>{esc(c)}</td>" if i < 2 else
                                       f"<td class=\"num\">{esc(c)}</td>"
                                       for i, c in enumerate(cells)) + "</tr>")
-    parts += ["</table>", "<p>Per-run figures: <code>results.csv</code>; each run's folder: "
+    parts += ["</table></div>", "<p>Per-run figures: <code>results.csv</code>; each run's folder: "
               "<code>runs/OPTIMIZER-SCHEDULER-seedN/</code>.</p>"]
     for file, name in pictures:
         data = base64.b64encode((out / file).read_bytes()).decode("ascii")
