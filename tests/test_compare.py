@@ -84,9 +84,11 @@ def test_report_holds_every_combination(tmp_path):
         assert base64.b64encode(data).decode() in embedded
         assert f"]({name})" in md
 
-    # One progress line per run, counting up, with an ETA.
-    assert len(lines) == 8 and lines[0].startswith("[1/8] ") and lines[-1].startswith("[8/8] ")
-    assert all("ETA" in line and "val_acc" in line for line in lines)
+    # A header once the input is checked, then one progress line per run, counting up, with an ETA.
+    assert lines[0].startswith("8 runs (sgd, adam x constant, cosine x 2 seeds) of 1 epoch: ")
+    runs = lines[1:]
+    assert len(runs) == 8 and runs[0].startswith("[1/8] ") and runs[-1].startswith("[8/8] ")
+    assert all("ETA" in line and "val_acc" in line for line in runs)
 
 
 def test_same_initial_weights_for_every_combination_of_a_seed(tmp_path):

@@ -655,11 +655,9 @@ class CompareCommand(Command):
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             out = _free_dir(Path("runs") / f"compare-{_short(cfg['data']['name'])}-{stamp}")
         runs = len(optimizers) * len(schedulers) * args.seeds
-        print(f"optiloop compare: {', '.join(optimizers)} x {', '.join(schedulers)} x {args.seeds} "
-              f"seed{'s' if args.seeds > 1 else ''} = {runs} runs of {args.epochs} epochs on "
-              f"{cfg['data']['name']} / {cfg['model']['name']}, lr "
-              f"{', '.join(f'{o} {lr:g}' for o, lr in lrs.items())} -> {out}/", flush=True)
         t0 = time.perf_counter()
+        # compare() checks the rest (out folder, target key, device, each optimizer's LR) before
+        # its first progress line, which is the header printed here.
         rows = compare(config=cfg, optimizers=optimizers, schedulers=schedulers,
                        epochs=args.epochs, seeds=args.seeds, lrs=lrs, target=args.target, out=out,
                        checkpoints=args.checkpoints, device=cfg["train"]["device"],

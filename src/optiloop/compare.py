@@ -259,7 +259,8 @@ def compare(
             PNGs and one run folder per combination; None writes nothing.
         checkpoints: also write best.pt / last.pt in each run folder.
         device: as ``fit``.
-        progress: called with one line per finished run (the CLI prints them).
+        progress: called with one line once the input is checked (what will run), then one
+            line per finished run with the overall ETA (the CLI prints them).
         as_frame: return a pandas DataFrame instead of a list of dicts.
 
     Returns:
@@ -310,11 +311,19 @@ def compare(
             raise OptiloopError(f"--target {goal[0]!r} is never logged; choose one of: "
                                 f"{', '.join(want)}")
 
+    total = len(combos) * len(seed_list)
+    if progress is not None:  # everything checked: say what is about to run
+        where = f"{task.description}, " if task else ""
+        progress(f"{total} run{'s' if total > 1 else ''} ({', '.join(opt_names)} x "
+                 f"{', '.join(sched_names)} x {len(seed_list)} seed{'s' if len(seed_list) > 1 else ''})"
+                 f" of {epochs} epoch{'s' if epochs > 1 else ''}: "
+                 f"{where}lr {', '.join(f'{o} {lr:g}' for o, lr in lr_of.items())}"
+                 + (f" -> {out_dir}/" if out_dir is not None else ""))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     histories: dict[tuple[str, str, int], Any] = {}
-    total, t_start = len(combos) * len(seed_list), time.perf_counter()
+    t_start = time.perf_counter()
     for seed in seed_list:
         seed_everything(seed)  # the initial weights follow the seed, as in `optiloop train`
         base = model()
