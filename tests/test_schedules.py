@@ -160,14 +160,23 @@ def test_state_dict_round_trip_continues_identically():
 
 @pytest.mark.parametrize("bad,match", [
     ("cosinus", "unknown scheduler 'cosinus'; choose one of: constant, cosine"),
-    ({"name": "step"}, "needs step_size"),
+    ({"name": "step", "epochs": None}, "needs step_size"),
     ({"name": "step", "step_size": 2, "gamm": 0.1}, "scheduler 'step'.*gamm"),
     ({"name": "plateau", "interval": "step"}, "steps per metric"),
 ])
 def test_bad_scheduler_input_is_one_clear_line(bad, match):
+    epochs = bad.pop("epochs", 5) if isinstance(bad, dict) else 5
     with pytest.raises(ol.OptiloopError, match=match) as e:
-        ol.build_scheduler(bad, _opt(), epochs=5)
+        ol.build_scheduler(bad, _opt(), epochs=epochs)
     assert "\n" not in str(e.value)
+
+
+def test_required_arguments_default_from_the_run_length():
+    assert ol.build_scheduler("step", _opt(), epochs=30).scheduler.step_size == 10
+    assert ol.build_scheduler("multistep", _opt(), epochs=40).scheduler.milestones == {20: 1, 30: 1}
+    assert ol.build_scheduler("exponential", _opt(), epochs=5).scheduler.gamma == 0.9
+    # per-step: a third of all steps
+    assert ol.build_scheduler("step", _opt(), epochs=3, steps_per_epoch=10, interval="step").scheduler.step_size == 10
 
 
 def test_preview_plateau_needs_metrics():

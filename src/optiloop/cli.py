@@ -27,6 +27,7 @@ from typing import Any
 from .callbacks import Callback
 from .distributed import launched_by_torchrun
 from .errors import OptiloopError, choices
+from .schedules import default_arguments
 
 # --- the registry ------------------------------------------------------------------------------
 COMMANDS: dict[str, type[Command]] = {}
@@ -188,11 +189,10 @@ class Plan:
         # keys and impossible values fail here, before the run folder exists.
         o, s = cfg["optimizer"], cfg["scheduler"]
         # step / multistep / exponential have no torch default for their one required argument:
-        # fill it as `optiloop schedule` shows it (in epochs), and the written config says so.
-        required = {"step": "step_size", "multistep": "milestones", "exponential": "gamma"}
-        if s["name"] in required and "interval" not in s:
-            key = required[s["name"]]
-            s.setdefault(key, schedule_defaults(s["name"], 0.0, t["epochs"], 1)[key])
+        # record the one build_scheduler derives from the run, so config.toml says what ran.
+        if "interval" not in s:
+            for key, value in default_arguments(s["name"], t["epochs"]).items():
+                s.setdefault(key, value)
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
         self.scheduler = {"name": s["name"], **extras(s)}
         opt = build_optimizer(self.optimizer, self.model, lr=o.get("lr"),
@@ -405,25 +405,13 @@ class TrainCommand(Command):
 # --- schedule ----------------------------------------------------------------------------------
 def schedule_defaults(name: str, lr: float, epochs: int, steps_per_epoch: int) -> dict[str, Any]:
     """Arguments shown (and used) for ``name`` when the user gives none: every name plots."""
-    if name == "step":
-        return {"step_size": max(1, epochs // 3), "gamma": 0.1}
-    if name == "multistep":
-        return {"milestones": sorted({max(1, epochs // 2), max(1, epochs * 3 // 4)}), "gamma": 0.1}
-    if name == "exponential":
-        return {"gamma": 0.9}
-    if name == "cosine":
-        return {"T_max": epochs, "eta_min": 0.0}
-    if name == "cosine_restarts":
-        return {"T_0": max(1, epochs // 4)}
-    if name == "plateau":
-        return {"factor": 0.5, "patience": max(1, epochs // 10)}
-    if name == "onecycle":
-        return {"max_lr": lr}
-    if name == "linear":
-        return {"start_factor": 1.0, "end_factor": 0.0}
-    if name == "polynomial":
-        return {"power": 1.0}
-    return {}
+    shown: dict[str, dict[str, Any]] = {
+        "step": {"gamma": 0.1}, "multistep": {"gamma": 0.1},
+        "cosine": {"T_max": epochs, "eta_min": 0.0}, "cosine_restarts": {"T_0": max(1, epochs // 4)},
+        "plateau": {"factor": 0.5, "patience": max(1, epochs // 10)}, "onecycle": {"max_lr": lr},
+        "linear": {"start_factor": 1.0, "end_factor": 0.0}, "polynomial": {"power": 1.0},
+    }
+    return {**default_arguments(name, epochs), **shown.get(name, {})}
 
 
 def simulated_metric(epochs: int) -> tuple[list[float], int]:
@@ -621,4 +609,170 @@ class EvalCommand(Command):
         else:
             print(f"{path} (epoch {ckpt.get('epoch')}) on {what} ({len(X)} samples):")
             print("  " + "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
+        return 0
+
+
+# --- compare -----------------------------------------------------------------------------------
+def _free_dir(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3`` ... if it is taken (default folders never collide)."""
+    for i in range(1, 1000):
+        candidate = path if i == 1 else path.with_name(f"{path.name}-{i}")
+        if not candidate.exists():
+            return candidate
+    raise OptiloopError(f"cannot find a free folder name next to {path}")
+
+
+def _task_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    return {"data": {"name": args.data}, "model": {"name": args.model},
+            "train": {"batch_size": args.batch_size, "device": args.device}}
+
+
+def _add_task_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="a train config (TOML); its data, model and "
+                   "train sections are used")
+    p.add_argument("--data", help="built-in data set, .csv / .npz file, or package.module:function "
+                   "(default digits)")
+    p.add_argument("--model", help="mlp, cnn, or package.module:function (default mlp)")
+    p.add_argument("--batch-size", type=int, help="samples per batch (default 64)")
+    p.add_argument("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any config key, as in optiloop train (e.g. --set data.target=label "
+                   "--set model.hidden=[64])")
+
+
+@command("compare")
+class CompareCommand(Command):
+    help = ("train every optimizer x scheduler (x seed) from the same initial weights and write a "
+            "comparison report (table, curves, report.md / report.html)")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .comparison import DEFAULT_EPOCHS, DEFAULT_OPTIMIZERS, DEFAULT_SCHEDULERS
+
+        p.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
+                       help=f"comma-separated optimizer names (default {','.join(DEFAULT_OPTIMIZERS)})")
+        p.add_argument("--schedulers", default=",".join(DEFAULT_SCHEDULERS),
+                       help=f"comma-separated scheduler names (default {','.join(DEFAULT_SCHEDULERS)})")
+        p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                       help=f"epochs per run, no early stopping (default {DEFAULT_EPOCHS})")
+        p.add_argument("--seeds", type=int, default=1, help="seeds per combination; the table "
+                       "shows mean ± std (default 1)")
+        p.add_argument("--lr", metavar="LR or NAME=LR,...", help="one LR for all, or per optimizer "
+                       "(sgd=0.1,adam=1e-3); default per optimizer: sgd 0.1 (momentum 0.9), adam / "
+                       "adamw / rmsprop 1e-3, adagrad 1e-2, others torch's default")
+        p.add_argument("--target", metavar="KEY=VALUE", help="also report epochs to reach it, e.g. "
+                       "val_acc=0.95")
+        p.add_argument("--out", metavar="DIR", help="report folder (default runs/compare-<data>-"
+                       "<time>); must not exist or be empty")
+        p.add_argument("--checkpoints", action="store_true",
+                       help="also write best.pt / last.pt in each run folder (off: saves time)")
+        _add_task_arguments(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .comparison import compare, format_table, parse_lrs, parse_names, parse_target, summarize
+        from .config import resolve
+        from .optim import OPTIMIZERS
+        from .schedules import SCHEDULERS
+
+        # Cheap checks first (one line each), then the data; compare() checks the rest before
+        # it creates the folder.
+        optimizers = parse_names(args.optimizers, "optimizer", OPTIMIZERS)
+        schedulers = parse_names(args.schedulers, "scheduler", SCHEDULERS)
+        lrs = parse_lrs(args.lr, optimizers)
+        parse_target(args.target)
+        if args.epochs < 1 or args.seeds < 1:
+            raise OptiloopError("--epochs and --seeds: must be >= 1")
+        cfg = resolve(args.config, args.set, _task_flags(args))
+        if args.out is not None:
+            out = Path(args.out)
+        else:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = _free_dir(Path("runs") / f"compare-{_short(cfg['data']['name'])}-{stamp}")
+        runs = len(optimizers) * len(schedulers) * args.seeds
+        t0 = time.perf_counter()
+        # compare() checks the rest (out folder, target key, device, each optimizer's LR) before
+        # its first progress line, which is the header printed here.
+        rows = compare(config=cfg, optimizers=optimizers, schedulers=schedulers,
+                       epochs=args.epochs, seeds=args.seeds, lrs=lrs, target=args.target, out=out,
+                       checkpoints=args.checkpoints, device=cfg["train"]["device"],
+                       progress=lambda line: print(line, flush=True))
+        print(f"\ndone: {runs} runs in {time.perf_counter() - t0:.1f} s"
+              + (f"; mean ± std over {args.seeds} seeds" if args.seeds > 1 else ""))
+        print(format_table(summarize(rows)))
+        files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
+        print(f"\nfiles in {out}/: {', '.join(files)}, runs/ ({runs} run folders)")
+        return 0
+
+
+# --- lr-find -----------------------------------------------------------------------------------
+@command("lr-find")
+class LRFindCommand(Command):
+    help = "LR range test: sweep the LR up exponentially, plot the loss, suggest a learning rate"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .lr_finder import RULES
+
+        p.add_argument("--optimizer", help="optimizer name (default adamw, as optiloop train); "
+                       "its keys: --set optimizer.KEY=VALUE")
+        p.add_argument("--min-lr", type=float, default=1e-7, help="first LR (default 1e-7)")
+        p.add_argument("--max-lr", type=float, default=10.0, help="last LR (default 10)")
+        p.add_argument("--steps", type=int, default=100, help="steps of the sweep (default 100)")
+        p.add_argument("--rule", choices=RULES, default="valley", help="which suggestion to give: "
+                       "valley (default: middle of the longest stretch of falling loss) or "
+                       "steepest (fastest fall per decade of LR)")
+        p.add_argument("--seed", type=int, help="seed for the initial weights and data order "
+                       "(default train.seed, 0)")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--out", metavar="DIR", help="folder for lr_find.png and lr_find.csv "
+                           "(default runs/lr-find-<data>-<model>-<optimizer>-<time>)")
+        where.add_argument("--plot", metavar="FILE", help="write only the plot, here (.png)")
+        _add_task_arguments(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .comparison import task_from_config
+        from .config import extras, resolve
+        from .loop import resolve_device, seed_everything
+        from .lr_finder import lr_find
+
+        if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
+            raise OptiloopError(f"--plot {args.plot}: the plot is a PNG; name it FILE.png")
+        flags = _task_flags(args)
+        flags["optimizer"] = {"name": args.optimizer}
+        flags["train"]["seed"] = args.seed
+        cfg = resolve(args.config, args.set, flags)
+        o = cfg["optimizer"]
+        if args.out is not None:
+            _run_dir(args.out, cfg)  # refuses a folder that exists and is not empty
+        task = task_from_config(cfg)
+        device = _with_key("train.device", resolve_device, cfg["train"]["device"])
+        seed_everything(cfg["train"]["seed"])
+        model = task.model_factory()
+        options = extras(o, "lr")
+        print(f"optiloop lr-find: {task.description}, {o['name']}"
+              f"{''.join(f' {k}={_fmt(v)}' for k, v in options.items())}: lr {args.min_lr:g} -> "
+              f"{args.max_lr:g} in {args.steps} steps, batch size {task.batch_size}", flush=True)
+        result = lr_find(model, task.train_data, loss=task.loss, optimizer=o["name"],
+                         min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps,
+                         batch_size=task.batch_size, rule=args.rule, device=device,
+                         seed=cfg["train"]["seed"], progress=lambda line: print(line), **options)
+        # Everything computed; only now are files written.
+        if args.plot is not None:
+            plot = Path(args.plot)
+        else:
+            if args.out is not None:
+                folder = _make_dir(Path(args.out), False)
+            else:
+                stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+                folder = _make_dir(Path("runs") / f"lr-find-{_short(cfg['data']['name'])}-"
+                                   f"{_short(cfg['model']['name'])}-{o['name']}-{stamp}", True)
+            plot = folder / "lr_find.png"
+            result.to_csv(folder / "lr_find.csv")
+        result.plot(plot, title=f"LR range test: {_short(cfg['data']['name'])}, "
+                    f"{cfg['model']['name']}, {o['name']}")
+        other = [f"{r} {lr:.2e}" for r, lr in result.suggestions.items() if r != result.rule]
+        how = {"valley": "middle of the longest stretch of falling loss",
+               "steepest": "fastest fall of the loss per decade of LR"}[result.rule]
+        print(f"suggested lr: {result.suggestion:.2e} ({result.rule} rule: {how}; "
+              f"other rule: {', '.join(other)})")
+        print(f"plot: {plot}" + (f" (steps: {plot.parent / 'lr_find.csv'})" if args.plot is None
+                                 else ""))
         return 0

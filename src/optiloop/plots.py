@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .errors import OptiloopError
 
@@ -84,6 +85,7 @@ def plot_history(history: History, path: str | os.PathLike, *, title: str | None
             ax.axvline(best_epoch, color="0.5", linestyle="--", linewidth=1,
                        label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no "1.5"
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     if title:
@@ -126,4 +128,109 @@ def plot_schedules(curves: Mapping[str, Sequence[float]], path: str | os.PathLik
         ax.set_title(title)
     if note:
         fig.supxlabel(note, fontsize="small", color="0.3")
+    _save(fig, path)
+
+
+# --- comparisons and the LR finder (optiloop compare / lr-find) --------------------------------
+def plot_overlay(curves: Mapping[str, Sequence[Sequence[float]]], path: str | os.PathLike, *,
+                 ylabel: str, title: str | None = None, styles: Mapping[str, dict] | None = None,
+                 log: bool | None = None, xlabel: str = "epoch") -> None:
+    """Overlay one curve per label; several runs under one label (seeds) draw their mean with a
+    shaded min-max band.
+
+    Args:
+        curves: legend label -> list of runs, each a value per epoch (runs may differ in length;
+            the band covers the epochs all of them reached).
+        path: the PNG to write.
+        ylabel: the y axis's name (e.g. "validation loss").
+        title: the axis title.
+        styles: label -> matplotlib line keywords (color, linestyle) so that, e.g., one optimizer
+            keeps one colour across schedulers.
+        log: log y axis; None decides from the values (positive and spanning > 10x).
+        xlabel: the x axis's name.
+
+    Example:
+        >>> plot_overlay({"sgd": [[1.0, 0.5]], "adam": [[1.0, 0.3], [0.9, 0.4]]},
+        ...              "/tmp/optiloop-doctest-overlay.png", ylabel="validation loss")
+    """
+    import math
+
+    if not curves:
+        raise OptiloopError("no curves to plot")
+    fig = Figure(figsize=(9.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    values: list[float] = []
+    for label, runs in curves.items():
+        n = min(len(r) for r in runs)
+        cols = [[float(r[i]) if r[i] is not None else math.nan for r in runs] for i in range(n)]
+        x = list(range(1, n + 1))
+        mean = [sum(c) / len(c) for c in cols]
+        kw = {"linewidth": 1.8, "marker": ".", **(styles or {}).get(label, {})}
+        if n > 30:  # markers on every epoch of a long run turn the line into a smear
+            kw["markevery"] = max(1, n // 15)
+        (line,) = ax.plot(x, mean, label=label, **kw)
+        if len(runs) > 1:
+            ax.fill_between(x, [min(c) for c in cols], [max(c) for c in cols],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+        values += [v for c in cols for v in c if math.isfinite(v)]
+    if log if log is not None else _use_log(values):
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no "2.5"
+    ax.grid(True, alpha=0.3)
+    # Outside the axes: with ten combinations a legend inside would cover the curves.
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+
+
+def plot_lr_find(lrs: Sequence[float], losses: Sequence[float], path: str | os.PathLike, *,
+                 smoothed: Sequence[float] | None = None,
+                 suggestions: Mapping[str, float] | None = None, chosen: str | None = None,
+                 title: str | None = None) -> None:
+    """Loss against learning rate on a log x axis, with suggested LRs as labelled vertical lines.
+
+    Args:
+        lrs, losses: the LR of each step of the range test and the loss it gave.
+        smoothed: the exponentially smoothed loss (drawn bold; the raw loss faint behind it).
+        suggestions: rule name -> suggested LR; ``chosen`` is drawn solid, the others dashed.
+        chosen: the rule whose suggestion is the answer.
+        title: the axis title.
+
+    Example:
+        >>> plot_lr_find([1e-4, 1e-3, 1e-2, 1e-1], [1.0, 0.9, 0.5, 2.0],
+        ...              "/tmp/optiloop-doctest-lrfind.png", suggestions={"valley": 1e-2},
+        ...              chosen="valley")
+    """
+    if len(lrs) == 0:
+        raise OptiloopError("the range test recorded no steps: nothing to plot")
+    fig = Figure(figsize=(8.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(lrs, losses, color=_TRAIN, alpha=0.3 if smoothed is not None else 1.0, linewidth=1,
+            label="loss per step")
+    if smoothed is not None:
+        ax.plot(lrs, smoothed, color=_TRAIN, linewidth=2, label="smoothed loss")
+    shown = list(smoothed if smoothed is not None else losses)
+    for i, (rule, lr) in enumerate((suggestions or {}).items()):
+        color = _VAL if rule == chosen else ("#9467bd", "#8c564b", "#e377c2")[i % 3]
+        style = "-" if rule == chosen else "--"
+        text = f"{rule}: {lr:.2e}" + (" (suggested)" if rule == chosen else "")
+        ax.axvline(lr, color=color, linestyle=style, linewidth=1.5, label=text)
+    ax.set_xscale("log")
+    # Zoom the y axis on the useful part: the diverging tail would squash the curve to a line.
+    # Bottom: the lowest loss seen (a low percentile of the raw loss, so one lucky batch does not
+    # set it); top: the loss at the start, with room for the legend.
+    raw = sorted(losses)
+    lo = min(min(shown), raw[len(raw) // 50])
+    hi = max(shown[: max(1, len(shown) // 2)])
+    pad = 0.05 * (hi - lo) if hi > lo else 0.1 * abs(hi) or 0.1
+    ax.set_ylim(lo - pad, hi + 4 * pad)
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    if title:
+        ax.set_title(title)
     _save(fig, path)

@@ -161,6 +161,26 @@ class Schedule:
         return f"Schedule({self.name!r}, interval={self.interval!r}{w})"
 
 
+def default_arguments(name: str, length: int | None) -> dict[str, Any]:
+    """Arguments a scheduler needs but a user may not give, derived from the run's ``length``
+    (epochs, or steps for per-step schedules): step every third of the run, milestones at 50% and
+    75%, gamma 0.9 for exponential. Empty when ``length`` is unknown or the name needs nothing.
+
+    Example:
+        >>> default_arguments("multistep", 40)
+        {'milestones': [20, 30]}
+    """
+    if not length:
+        return {}
+    if name == "step":
+        return {"step_size": max(1, length // 3)}
+    if name == "multistep":
+        return {"milestones": sorted({max(1, length // 2), max(1, length * 3 // 4)})}
+    if name == "exponential":
+        return {"gamma": 0.9}
+    return {}
+
+
 def _need(name: str, key: str, value):
     if value is None:
         raise OptiloopError(f"scheduler {name!r} needs {key}=")
@@ -171,6 +191,7 @@ def _make(name: str, opt, interval: str, length: int | None, kw: dict[str, Any])
     """Build the torch scheduler. ``length`` is the run's length in the scheduler's own unit."""
     if name == "constant":
         return None
+    kw = {**default_arguments(name, length), **kw}
     if name == "step":
         return tls.StepLR(opt, step_size=_need(name, "step_size", kw.pop("step_size", None)), **kw)
     if name == "multistep":
@@ -212,7 +233,8 @@ def build_scheduler(
     """Build a scheduler by name and attach its interval.
 
     Args:
-        spec: a name (``"cosine"``, ``"onecycle"`` ...), a dict ``{"name": ..., **kwargs}``, a built
+        spec: a name (``"cosine"``, ``"onecycle"`` ...; lengths and required arguments default from
+            the run: see ``default_arguments``), a dict ``{"name": ..., **kwargs}``, a built
             torch scheduler (interval inferred: OneCycleLR/CyclicLR per step, ReduceLROnPlateau on
             the metric, others per epoch; pass ``interval=`` to override), or None for constant LR.
         optimizer: the optimizer whose ``param_groups`` the scheduler drives.

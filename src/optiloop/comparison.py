@@ -1,0 +1,585 @@
+"""Measured optimizer comparisons: every optimizer x scheduler x seed, same weights, same data order.
+
+``compare`` trains one run per combination and returns one row per run (the rows of
+``results.csv``); ``summarize`` folds the seeds into mean and std per combination (the table the
+CLI prints). Fairness comes from three things: per seed the model is built once and every
+combination starts from a deep copy of it; ``fit(seed=...)`` gives every combination the same
+data order; and each optimizer gets a learning rate suited to it (``DEFAULT_LRS``) unless told.
+
+Example:
+    >>> import torch, optiloop as ol
+    >>> X, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    >>> rows = ol.compare(lambda: torch.nn.Linear(4, 2), (X, y), (X, y), optimizers=["sgd", "adam"],
+    ...                   epochs=2, metrics=["accuracy"])
+    >>> [r["optimizer"] for r in rows], sorted(k for k in rows[0] if k.startswith("best_val"))
+    (['sgd', 'adam'], ['best_val_acc', 'best_val_loss'])
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .callbacks import Monitor
+from .errors import OptiloopError, choices
+from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
+from .schedules import SCHEDULERS, build_scheduler, default_arguments
+
+# Learning rates that work for each optimizer on small, standardized problems (digits, wine ...)
+# with batch size 64: a comparison at one shared LR would only show which optimizer likes that LR.
+DEFAULT_LRS: dict[str, float] = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3,
+                                 "adagrad": 1e-2}
+# Keys besides lr: plain SGD without momentum is not the SGD anyone tunes.
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"sgd": {"momentum": 0.9}}
+DEFAULT_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+DEFAULT_SCHEDULERS = ("cosine",)  # as `optiloop train`
+DEFAULT_EPOCHS = 10  # 5 optimizers on digits: ~10-20 s on 2 CPU cores
+
+
+def default_lr(name: str) -> float:
+    """The LR ``compare`` uses for ``name`` when none is given (torch's own default otherwise).
+
+    Example:
+        >>> default_lr("sgd"), default_lr("adagrad"), default_lr("nadam")
+        (0.1, 0.01, 0.002)
+    """
+    if name in DEFAULT_LRS:
+        return DEFAULT_LRS[name]
+    return float(optimizer_defaults(name)["lr"])
+
+
+def scheduler_spec(name: str, epochs: int) -> dict[str, Any]:
+    """A scheduler dict with the argument some names need filled in for ``epochs`` (the same
+    defaults ``build_scheduler`` and ``optiloop schedule`` use), so configs record what ran."""
+    return {"name": name, **default_arguments(name, epochs)}
+
+
+def parse_names(text: str | Sequence[str], kind: str, known: Iterable[str]) -> list[str]:
+    """``"sgd,adam"`` (or a list) -> checked, lower-case, de-duplicated names.
+
+    Example:
+        >>> parse_names("SGD, adam", "optimizer", ["sgd", "adam"])
+        ['sgd', 'adam']
+    """
+    known = list(known)
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = [str(n).strip().lower() for n in items if str(n).strip()]
+    if not names:
+        raise OptiloopError(f"no {kind} given; choose from: {choices(known)}")
+    for n in names:
+        if n not in known:
+            raise OptiloopError(f"unknown {kind} {n!r}; choose from: {choices(known)}")
+    if len(set(names)) != len(names):
+        raise OptiloopError(f"each {kind} once, please (got {', '.join(names)})")
+    return names
+
+
+def parse_lrs(text: str | float | Mapping[str, float] | None, optimizers: Sequence[str]
+              ) -> dict[str, float]:
+    """Per-optimizer learning rates from ``"0.01"``, ``"sgd=0.1,adam=1e-3"``, a number or a dict.
+
+    Optimizers not named get ``default_lr``. Every LR must be a finite number > 0.
+
+    Example:
+        >>> parse_lrs("sgd=0.05", ["sgd", "adam"])
+        {'sgd': 0.05, 'adam': 0.001}
+    """
+    given: dict[str, Any] = {}
+    if isinstance(text, Mapping):
+        given = dict(text)
+    elif isinstance(text, (int, float)) and not isinstance(text, bool):
+        given = dict.fromkeys(optimizers, text)
+    elif isinstance(text, str) and "=" not in text:
+        given = dict.fromkeys(optimizers, _number(text, "--lr", text))
+    elif isinstance(text, str):
+        for item in text.split(","):
+            key, eq, value = item.partition("=")
+            key = key.strip().lower()
+            if not eq or not key:
+                raise OptiloopError(f"--lr {text!r}: use one number (0.01) or NAME=LR pairs "
+                                    "separated by commas (sgd=0.1,adam=1e-3)")
+            given[key] = _number(value, f"--lr {key}", text)
+    elif text is not None:
+        raise OptiloopError(f"lrs must be a number, a string or a dict, got {type(text).__name__}")
+    for key, value in given.items():
+        if key not in optimizers:
+            raise OptiloopError(f"--lr names {key!r}, which is not among the optimizers compared "
+                                f"({', '.join(optimizers)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not (math.isfinite(value) and value > 0):
+            raise OptiloopError(f"--lr {key}: must be a number > 0 (got {value!r})")
+    return {name: float(given.get(name, default_lr(name))) for name in optimizers}
+
+
+def _number(text: str, what: str, whole: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise OptiloopError(f"{what}: {text.strip()!r} is not a number (in --lr {whole!r}; use "
+                            "0.01 or sgd=0.1,adam=1e-3)") from None
+
+
+def parse_target(text: str | tuple[str, float] | None) -> tuple[str, float] | None:
+    """``"val_acc=0.95"`` -> ``("val_acc", 0.95)``; the direction follows the key's name.
+
+    Example:
+        >>> parse_target("val_acc=0.95")
+        ('val_acc', 0.95)
+    """
+    if text is None or isinstance(text, tuple):
+        return text
+    key, eq, value = text.partition("=")
+    key = key.strip()
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not eq or not key or not math.isfinite(number):
+        raise OptiloopError(f"--target {text!r}: use KEY=VALUE, e.g. val_acc=0.95 or val_loss=0.1")
+    return key, number
+
+
+def state_hash(model: nn.Module) -> str:
+    """A short hash of a model's weights: equal hashes mean bit-identical starting points."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- from a run config (what the CLI passes) ---------------------------------------------------
+@dataclass
+class Task:
+    """Data, model factory and training settings made from a resolved ``optiloop train`` config."""
+
+    model_factory: Callable[[], nn.Module]
+    train_data: tuple[Any, Any]
+    val_data: tuple[Any, Any]
+    loss: str
+    metrics: list[str]
+    batch_size: int
+    description: str  # e.g. "digits (1437 train / 360 val, classification), mlp"
+
+
+def task_from_config(cfg: Mapping[str, Any]) -> Task:
+    """Load the data and make the model factory a resolved config describes (config.resolve).
+
+    Example:
+        >>> from optiloop.config import resolve
+        >>> t = task_from_config(resolve())
+        >>> t.loss, t.metrics, len(t.train_data[0]) + len(t.val_data[0])
+        ('cross_entropy', ['accuracy'], 1797)
+    """
+    from .config import extras
+    from .datasets import load_dataset, split
+    from .models import build_model
+
+    d, m, t = cfg["data"], cfg["model"], cfg["train"]
+    ds = load_dataset(d["name"], target=d.get("target"), task=d.get("task", "auto"))
+    s = split(ds, val_fraction=d["val_fraction"], seed=d["seed"], standardize=d["standardize"])
+    regression = ds.task == "regression"
+    options = extras(m)
+
+    def factory() -> nn.Module:
+        return build_model(m["name"], ds.X.shape[1], ds.out_features, **options)
+
+    factory()  # a bad model key fails now, before any folder exists
+    return Task(
+        model_factory=factory, train_data=(s.X_train, s.y_train), val_data=(s.X_val, s.y_val),
+        loss=t.get("loss") or ("mse" if regression else "cross_entropy"),
+        metrics=list(t.get("metrics") or (["mae"] if regression else ["accuracy"])),
+        batch_size=t["batch_size"],
+        description=f"{ds.name} ({len(s.X_train)} train / {len(s.X_val)} val, {ds.task}), "
+                    f"{m['name']}",
+    )
+
+
+# --- the comparison ----------------------------------------------------------------------------
+def compare(
+    model: Callable[[], nn.Module] | None = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    optimizers: str | Sequence[str] = DEFAULT_OPTIMIZERS,
+    schedulers: str | Sequence[str] = DEFAULT_SCHEDULERS,
+    epochs: int = DEFAULT_EPOCHS,
+    seeds: int | Sequence[int] = 1,
+    lrs: float | str | Mapping[str, float] | None = None,
+    loss: str | Callable | None = None,
+    metrics: Sequence[str | Callable] | None = None,
+    batch_size: int | None = None,
+    target: str | tuple[str, float] | None = None,
+    out: str | os.PathLike | None = None,
+    checkpoints: bool = False,
+    device: str | torch.device = "auto",
+    progress: Callable[[str], None] | None = None,
+    as_frame: bool = False,
+) -> list[dict[str, Any]] | Any:
+    """Train every optimizer x scheduler x seed from the same initial weights and data order.
+
+    Args:
+        model: a callable returning a fresh model (called once per seed, after seeding), or None
+            with ``config``.
+        train_data, val_data: as ``fit`` takes them; val_data is required (the table is about it).
+        config: instead of model / data: a resolved ``optiloop train`` config (config.resolve);
+            it also supplies loss, metrics and batch size unless given here.
+        optimizers, schedulers: names, as a list or ``"sgd,adam"``.
+        epochs: epochs per run (no early stopping: every run gets the same budget).
+        seeds: how many seeds (0, 1, ...), or the seeds themselves.
+        lrs: one LR for all, ``{"sgd": 0.1}`` / ``"sgd=0.1,adam=1e-3"`` per optimizer; the rest
+            get ``default_lr`` (sgd 0.1 with momentum 0.9, adam / adamw / rmsprop 1e-3, adagrad
+            1e-2, others torch's default).
+        loss, metrics, batch_size: as ``fit`` (defaults cross_entropy, accuracy, 64).
+        target: ``"val_acc=0.95"``: also report the first epoch that reaches it.
+        out: a new (or empty) folder for results.csv, report.md / report.html, the overlay
+            PNGs and one run folder per combination; None writes nothing.
+        checkpoints: also write best.pt / last.pt in each run folder.
+        device: as ``fit``.
+        progress: called with one line once the input is checked (what will run), then one
+            line per finished run with the overall ETA (the CLI prints them).
+        as_frame: return a pandas DataFrame instead of a list of dicts.
+
+    Returns:
+        One dict per run: optimizer, scheduler, seed, lr, best / final val loss and metric, the
+        best epoch (lowest val_loss; None if it never was finite), epochs to target, seconds per
+        epoch (train + validation), the run's wall seconds, epochs_run, init_hash (of the
+        initial weights), run (its folder under ``out``).
+        ``summarize(rows)`` gives mean and std per combination.
+    """
+    from .loop import fit, resolve_device, seed_everything
+
+    # -- check everything before anything is trained or written
+    opt_names = parse_names(optimizers, "optimizer", OPTIMIZERS)
+    sched_names = parse_names(schedulers, "scheduler", SCHEDULERS)
+    lr_of = parse_lrs(lrs, opt_names)
+    goal = parse_target(target)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise OptiloopError(f"epochs must be an integer >= 1, got {epochs!r}")
+    seed_list = _seeds(seeds)
+    device = resolve_device(device)  # 'cuda' on a machine without it fails now, not mid-report
+    task = None
+    if config is not None:
+        if model is not None or train_data is not None:
+            raise OptiloopError("give a model factory with data, or config=, not both")
+        task = task_from_config(config)
+        model, train_data, val_data = task.model_factory, task.train_data, task.val_data
+    if model is None or not callable(model) or isinstance(model, nn.Module):
+        raise OptiloopError("model must be a callable returning a fresh nn.Module (e.g. a lambda), "
+                            "so every seed starts from its own initial weights")
+    if train_data is None or val_data is None:
+        raise OptiloopError("compare needs train_data and val_data (the table compares val figures)")
+    loss = loss or (task.loss if task else "cross_entropy")
+    metrics = list(metrics if metrics is not None else (task.metrics if task else ["accuracy"]))
+    batch_size = batch_size or (task.batch_size if task else 64)
+    out_dir = _check_out(out)
+    combos = [(o, s) for o in opt_names for s in sched_names]
+    probe = model()
+    if not isinstance(probe, nn.Module):
+        raise OptiloopError(f"model() must return an nn.Module, got {type(probe).__name__}")
+    steps = math.ceil(_length(train_data) / batch_size) if _length(train_data) else 1
+    for o, s in combos:  # dry build: a bad LR or option fails here, with nothing written
+        opt = build_optimizer(o, copy.deepcopy(probe), lr=lr_of[o], **DEFAULT_OPTIONS.get(o, {}))
+        build_scheduler(scheduler_spec(s, epochs), opt, epochs=epochs, steps_per_epoch=steps)
+    del probe
+    if goal is not None:
+        want = [f"{p}_{k}" for p in ("train", "val") for k in ["loss", *_metric_keys(metrics)]]
+        if goal[0] not in want:
+            raise OptiloopError(f"--target {goal[0]!r} is never logged; choose one of: "
+                                f"{', '.join(want)}")
+
+    total = len(combos) * len(seed_list)
+    if progress is not None:  # everything checked: say what is about to run
+        where = f"{task.description}, " if task else ""
+        progress(f"{total} run{'s' if total > 1 else ''} ({', '.join(opt_names)} x "
+                 f"{', '.join(sched_names)} x {len(seed_list)} seed{'s' if len(seed_list) > 1 else ''})"
+                 f" of {epochs} epoch{'s' if epochs > 1 else ''}: "
+                 f"{where}lr {', '.join(f'{o} {lr:g}' for o, lr in lr_of.items())}"
+                 + (f" -> {out_dir}/" if out_dir is not None else ""))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    histories: dict[tuple[str, str, int], Any] = {}
+    t_start = time.perf_counter()
+    for seed in seed_list:
+        seed_everything(seed)  # the initial weights follow the seed, as in `optiloop train`
+        base = model()
+        init_hash = state_hash(base)
+        for o, s in combos:
+            net = copy.deepcopy(base)  # every combination starts from these very weights
+            run_dir = out_dir / "runs" / f"{o}-{s}-seed{seed}" if out_dir is not None else None
+            callbacks: list[Any] = []
+            if checkpoints and run_dir is not None:
+                from .checkpoint import Checkpoint
+
+                callbacks.append(Checkpoint(run_dir, monitor="val_loss"))
+            t0 = time.perf_counter()
+            history = fit(net, train_data, val_data=val_data, loss=loss,
+                          optimizer={"name": o, **DEFAULT_OPTIONS.get(o, {})}, lr=lr_of[o],
+                          scheduler=scheduler_spec(s, epochs), epochs=epochs, batch_size=batch_size,
+                          metrics=metrics, callbacks=callbacks, device=device, seed=seed,
+                          progress=False, nonfinite="ignore")
+            seconds = time.perf_counter() - t0
+            row = _row(history, o, s, seed, lr_of[o], goal, seconds, init_hash)
+            if run_dir is not None:
+                row["run"] = str(run_dir.relative_to(out_dir))
+                _write_run(run_dir, history, row, o, s, lr_of[o], epochs, batch_size, seed, config)
+            rows.append(row)
+            histories[(o, s, seed)] = history
+            if progress is not None:
+                done = len(rows)
+                eta = (time.perf_counter() - t_start) / done * (total - done)
+                progress(f"[{done}/{total}] {o}+{s} seed {seed}: {_headline(row)} "
+                         f"(ETA {_clock(eta)})")
+    if out_dir is not None:
+        from .report import write_report
+
+        write_report(out_dir, rows, histories, settings={
+            "epochs": epochs, "batch_size": batch_size, "seeds": seed_list, "loss": _name(loss),
+            "metrics": [_name(m) for m in metrics], "target": goal, "lrs": lr_of,
+            "data": task.description if task else "given in Python",
+            "options": {o: DEFAULT_OPTIONS.get(o, {}) for o in opt_names},
+            "schedulers": {s: scheduler_spec(s, epochs) for s in sched_names},
+        })
+    return to_frame(rows) if as_frame else rows
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Fold seeds: one row per optimizer + scheduler with ``KEY_mean`` and ``KEY_std`` (std 0.0
+    for a single seed) for every numeric column, in the order the combinations first appear.
+
+    Example:
+        >>> summarize([{"optimizer": "sgd", "scheduler": "cosine", "seed": s, "lr": 0.1,
+        ...             "best_val_loss": v} for s, v in ((0, 1.0), (1, 3.0))])[0]["best_val_loss_mean"]
+        2.0
+    """
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["optimizer"], r["scheduler"]), []).append(r)
+    out = []
+    for (o, s), rs in groups.items():
+        agg: dict[str, Any] = {"optimizer": o, "scheduler": s, "lr": rs[0]["lr"], "seeds": len(rs)}
+        for key in rs[0]:
+            if key in ("seed", "lr") or not all(isinstance(r.get(key), (int, float))
+                                                 or r.get(key) is None for r in rs):
+                continue
+            vals = [float(r[key]) for r in rs if r.get(key) is not None]
+            if not all(math.isfinite(v) for v in vals):  # a diverged run: say so, hide nothing
+                agg[f"{key}_mean"] = agg[f"{key}_std"] = math.nan
+                continue
+            agg[f"{key}_mean"] = statistics.fmean(vals) if vals else None
+            agg[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
+            if key.startswith("epochs_to_"):
+                agg[f"{key}_reached"] = f"{len(vals)}/{len(rs)}"
+        out.append(agg)
+    return out
+
+
+def to_frame(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The rows as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise OptiloopError("as_frame / to_frame need pandas, which is not installed "
+                            "(pip install pandas); the rows are plain dicts without it") from None
+    return pd.DataFrame(list(rows))
+
+
+def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(key, header) of the figures a summary table shows, in order (keys without _mean/_std)."""
+    keys = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")] if rows else []
+    headers = {"best_val_loss": "best val_loss", "final_val_loss": "final val_loss",
+               "best_epoch": "best epoch", "sec_per_epoch": "s/epoch"}
+    wanted = [k for k in keys if k not in ("epochs_run", "seconds")]
+    return [(k, headers.get(k, f"epochs to {k[len('epochs_to_'):]}" if k.startswith("epochs_to_")
+                            else k.replace("_", " ", 1))) for k in wanted]
+
+
+def format_value(mean: float | None, std: float | None, key: str, seeds: int) -> str:
+    """``0.9722 ± 0.0031`` (± only with several seeds); epochs as whole numbers when they are."""
+    if mean is None:
+        return "-"
+    if not math.isfinite(mean):
+        return f"{mean} (diverged)"
+    if key in ("best_epoch",) or key.startswith("epochs_to_"):
+        text = f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
+        digits = 1
+    elif key == "sec_per_epoch":
+        text, digits = f"{mean:.3f}", 3
+    else:
+        text, digits = f"{mean:.4f}", 4
+    if seeds > 1 and std is not None:
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The summary (``summarize``) as an aligned plain-text table."""
+    cols = table_columns(rows)
+    header = ["optimizer", "scheduler", "lr", *(h for _, h in cols)]
+    body = []
+    for r in rows:
+        cells = [r["optimizer"], r["scheduler"], f"{r['lr']:g}"]
+        for key, _ in cols:
+            cell = format_value(r.get(f"{key}_mean"), r.get(f"{key}_std"), key, r["seeds"])
+            if f"{key}_reached" in r and r["seeds"] > 1:
+                cell += f" ({r[f'{key}_reached']})"
+            cells.append(cell)
+        body.append(cells)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+             for cells in [header, *body]]
+    return "\n".join(lines)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows to CSV (atomic): the union of keys as columns, in first-seen order."""
+    from .files import atomic_open
+
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+    with atomic_open(path, "w") as f:
+        w = csv.DictWriter(f, fieldnames=list(keys))
+        w.writeheader()
+        w.writerows(rows)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _seeds(seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, bool):
+        raise OptiloopError(f"seeds must be a count >= 1 or a list of integers, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise OptiloopError(f"seeds must be >= 1, got {seeds}")
+        return list(range(seeds))
+    out = list(seeds)
+    if not out or not all(isinstance(s, int) and not isinstance(s, bool) for s in out):
+        raise OptiloopError(f"seeds must be a count >= 1 or a list of integers, got {seeds!r}")
+    if len(set(out)) != len(out):
+        raise OptiloopError(f"each seed once, please (got {out})")
+    return out
+
+
+def _check_out(out: str | os.PathLike | None) -> Path | None:
+    if out is None:
+        return None
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise OptiloopError(f"--out {path} already exists and is not an empty folder; choose a new "
+                            "folder (reports are never overwritten)")
+    return path
+
+
+def _length(data: Any) -> int:
+    try:
+        return len(data[0]) if isinstance(data, (tuple, list)) else len(data)
+    except TypeError:
+        return 0
+
+
+def _metric_keys(metrics: Sequence[str | Callable]) -> list[str]:
+    from .metrics import resolve_metric
+
+    return [resolve_metric(m)[0] for m in metrics]
+
+
+def _name(x: Any) -> str:
+    return x if isinstance(x, str) else getattr(x, "__name__", type(x).__name__)
+
+
+def _row(history: Any, o: str, s: str, seed: int, lr: float, goal: tuple[str, float] | None,
+         seconds: float, init_hash: str) -> dict[str, Any]:
+    rows = history.rows
+    metric_keys = [k for k in history.keys() if k.startswith("val_") and k != "val_loss"]
+    finite = [r for r in rows if _finite(r.get("val_loss"))]
+    # A run whose val_loss was never finite (diverged) has no best epoch; its loss stays NaN.
+    best = min(finite, key=lambda r: r["val_loss"]) if finite else None
+    row: dict[str, Any] = {"optimizer": o, "scheduler": s, "seed": seed, "lr": lr,
+                           "best_val_loss": (best or rows[-1]).get("val_loss"),
+                           "final_val_loss": rows[-1].get("val_loss")}
+    for k in metric_keys:
+        vals = [r[k] for r in rows if _finite(r.get(k))]
+        pick = max if Monitor(k).mode == "max" else min
+        row[f"best_{k}"] = pick(vals) if vals else None
+        row[f"final_{k}"] = rows[-1].get(k)
+    row["best_epoch"] = best["epoch"] if best else None
+    if goal is not None:
+        key, value = goal
+        better = (lambda v: v >= value) if Monitor(key).mode == "max" else (lambda v: v <= value)
+        hit = next((r["epoch"] for r in rows if _finite(r.get(key)) and better(r[key])), None)
+        row[f"epochs_to_{key}"] = hit
+    # The loop's own per-epoch timing (train + validation): set-up costs such as the first
+    # build of an optimizer class would otherwise count against whichever run comes first.
+    epoch_seconds = [r["seconds"] for r in rows if _finite(r.get("seconds"))]
+    row["sec_per_epoch"] = statistics.fmean(epoch_seconds) if epoch_seconds else seconds / len(rows)
+    row["seconds"] = seconds
+    row["epochs_run"] = len(rows)
+    row["init_hash"] = init_hash
+    return row
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _headline(row: Mapping[str, Any]) -> str:
+    keys = [k for k in row if k.startswith("best_val_") and k != "best_val_loss"]
+    key = keys[0] if keys else "best_val_loss"
+    v = row[key]
+    return f"{key[len('best_'):]} {v:.4f}" if _finite(v) else f"{key[len('best_'):]} {v}"
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: str, lr: float,
+               epochs: int, batch_size: int, seed: int, config: Mapping[str, Any] | None) -> None:
+    """One combination's run folder, shaped like `optiloop train`'s."""
+    import json
+
+    import tomli_w
+
+    from . import __version__
+    from .files import atomic_open
+    from .plots import plot_history
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    history.to_csv(run_dir / "history.csv")
+    plot_history(history, run_dir / "curves.png", best_epoch=row["best_epoch"],
+                 title=f"{o} lr {lr:g}, {s}, seed {seed}")
+    opt_section = {"name": o, "lr": lr, **DEFAULT_OPTIONS.get(o, {})}
+    sched_section = scheduler_spec(s, epochs)
+    if config is not None:  # a config that `optiloop train --config` re-runs as this combination
+        cfg = copy.deepcopy(dict(config))
+        cfg["optimizer"], cfg["scheduler"] = opt_section, sched_section
+        cfg["train"] = {**cfg["train"], "epochs": epochs, "seed": seed, "early_stopping": 0}
+        head = "Re-run it with: optiloop train --config config.toml"
+    else:
+        cfg = {"optimizer": opt_section, "scheduler": sched_section,
+               "train": {"epochs": epochs, "batch_size": batch_size, "seed": seed}}
+        head = "Model and data were given in Python; only these settings are recorded"
+    with atomic_open(run_dir / "config.toml", "w") as f:
+        f.write(f"# optiloop {__version__} compare: {o} + {s}, seed {seed}. {head}\n\n"
+                + tomli_w.dumps(cfg))
+    summary = {"optimizer": o, "scheduler": s, "seed": seed, "lr": lr, **row,
+               "best": dict(history.rows[row["best_epoch"] - 1]) if row["best_epoch"] else None,
+               "final": dict(history.rows[-1])}
+    with atomic_open(run_dir / "summary.json", "w") as f:
+        f.write(json.dumps(summary, indent=2, default=str) + "\n")
