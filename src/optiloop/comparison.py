@@ -426,8 +426,12 @@ def format_value(mean: float | None, std: float | None, key: str, seeds: int) ->
     return text
 
 
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The summary (``summarize``) as an aligned plain-text table."""
+def table_cells(rows: Sequence[Mapping[str, Any]], *, always_reached: bool = False
+                ) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of the summary table: the one layout every report uses.
+
+    ``always_reached`` appends "(reached/seeds)" to the target column even for one seed.
+    """
     cols = table_columns(rows)
     header = ["optimizer", "scheduler", "lr", *(h for _, h in cols)]
     body = []
@@ -435,10 +439,16 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
         cells = [r["optimizer"], r["scheduler"], f"{r['lr']:g}"]
         for key, _ in cols:
             cell = format_value(r.get(f"{key}_mean"), r.get(f"{key}_std"), key, r["seeds"])
-            if f"{key}_reached" in r and r["seeds"] > 1:
+            if f"{key}_reached" in r and (always_reached or r["seeds"] > 1):
                 cell += f" ({r[f'{key}_reached']})"
             cells.append(cell)
         body.append(cells)
+    return header, body
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The summary (``summarize``) as an aligned plain-text table."""
+    header, body = table_cells(rows)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
                        for i, (c, w) in enumerate(zip(cells, widths, strict=True)))

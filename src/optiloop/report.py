@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .comparison import format_value, summarize, table_columns, write_csv
+from .comparison import summarize, table_cells, write_csv
 from .files import atomic_open
 from .plots import plot_overlay
 
@@ -85,21 +85,6 @@ def _plots(out: Path, histories: Mapping[tuple, Any]) -> list[tuple[str, str]]:
     return pictures
 
 
-def _table(summary: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    cols = table_columns(summary)
-    header = ["optimizer", "scheduler", "lr", *(h for _, h in cols)]
-    body = []
-    for r in summary:
-        cells = [r["optimizer"], r["scheduler"], f"{r['lr']:g}"]
-        for key, _ in cols:
-            cell = format_value(r.get(f"{key}_mean"), r.get(f"{key}_std"), key, r["seeds"])
-            if f"{key}_reached" in r:
-                cell += f" ({r[f'{key}_reached']})"
-            cells.append(cell)
-        body.append(cells)
-    return header, body
-
-
 def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
     lrs = ", ".join(f"{o} {lr:g}" + "".join(f", {k} {v}" for k, v in settings["options"][o].items())
                     for o, lr in settings["lrs"].items())
@@ -122,7 +107,7 @@ def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
 
 
 def _markdown(summary, pictures, settings) -> str:
-    header, body = _table(summary)
+    header, body = table_cells(summary, always_reached=True)
     out = [f"# optiloop compare ({datetime.now():%Y-%m-%d %H:%M})", ""]
     out += [f"- {line}" for line in _settings_lines(settings)]
     out += ["", "| " + " | ".join(header) + " |",
@@ -150,7 +135,7 @@ ul { line-height: 1.5; }
 
 
 def _html(summary, pictures, settings, out: Path) -> str:
-    header, body = _table(summary)
+    header, body = table_cells(summary, always_reached=True)
     esc = html.escape
     parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
              "<title>optiloop compare</title>", f"<style>{_CSS}</style></head><body>",
