@@ -122,6 +122,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--early-stopping": ("train", "early_stopping", int,
                          "patience in epochs on train.monitor; 0 turns early stopping off"),
     "--seed": ("train", "seed", int, "seed for initialisation and data order"),
+    "--checkpoint-every": ("train", "checkpoint_every", int,
+                           "also write last.pt every N optimizer steps (resumable mid-epoch)"),
     "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
 }
 
@@ -316,7 +318,7 @@ class TrainCommand(Command):
 
         from .callbacks import EarlyStopping
 
-        ckpt = Checkpoint(run_dir, monitor=t["monitor"])
+        ckpt = Checkpoint(run_dir, monitor=t["monitor"], every_n_steps=t.get("checkpoint_every"))
         info = RunInfo()
         callbacks: list[Any] = [ckpt, info]
         if t["early_stopping"]:
@@ -336,7 +338,8 @@ class TrainCommand(Command):
                 epochs=t["epochs"], batch_size=t["batch_size"], metrics=t["metrics"],
                 callbacks=callbacks, device=plan.device, seed=t["seed"],
                 grad_accum=t["grad_accum"], clip_grad_norm=t.get("clip_grad_norm"),
-                amp=t.get("amp"), config=cfg, resume=resume, force_resume=args.force_resume,
+                amp=t.get("amp"), nonfinite=t["nonfinite"], config=cfg, resume=resume,
+                force_resume=args.force_resume,
             )
         except OptiloopError as e:
             raise OptiloopError(f"{e} (files so far are in {run_dir}/)") from None

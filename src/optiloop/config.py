@@ -115,6 +115,9 @@ class TrainConfig(_Closed):
     grad_accum: int = Field(1, ge=1)
     clip_grad_norm: float | None = Field(None, gt=0)
     amp: Literal["bf16", "fp16"] | None = None
+    checkpoint_every: int | None = Field(None, ge=1, description="also write last.pt every N optimizer "
+                                         "steps: a crash then costs at most N steps")
+    nonfinite: Literal["stop", "skip", "ignore"] = "stop"
 
 
 class RunConfig(_Closed):
