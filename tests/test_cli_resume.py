@@ -92,3 +92,19 @@ def test_torchrun_two_processes_one_run_folder(tmp_path):
     assert {"config.toml", "history.csv", "best.pt", "last.pt", "curves.png", "summary.json"} <= \
         {f.name for f in runs[0].iterdir()}
     assert p.stdout.count("done: 2 epochs") == 1  # the summary is printed by rank 0 only
+
+
+def test_checkpoint_every_writes_mid_epoch_checkpoints(tmp_path):
+    p = optiloop(tmp_path, "train", "--epochs", "1", "--checkpoint-every", "5", "--out", "run")
+    assert p.returncode == 0, p.stderr
+    # 23 steps per epoch: saves at steps 5, 10, 15, 20 (mid-epoch), then the epoch's own save;
+    # the one before the last is kept as last.prev.pt
+    prev = ol.load_checkpoint(tmp_path / "run" / "last.prev.pt")
+    assert (prev["step"], prev["epoch_done"], prev["batch"]) == (20, False, 20)
+    assert ol.load_checkpoint(tmp_path / "run" / "last.pt")["epoch_done"] is True
+
+
+def test_trust_settings_are_validated_before_anything_is_written(tmp_path):
+    one_line_error(optiloop(tmp_path, "train", "--set", "train.nonfinite=maybe"), "train.nonfinite")
+    one_line_error(optiloop(tmp_path, "train", "--checkpoint-every", "0"), "train.checkpoint_every")
+    assert list(tmp_path.iterdir()) == []
