@@ -1,7 +1,7 @@
 """A user script calling optiloop.fit, run under torchrun by tests/test_distributed.py.
 
 usage: torchrun --nproc_per_node=N ddp_worker.py OUT_DIR [--scheduler NAME] [--run-dir DIR]
-                 [--die-at-step K]
+                 [--die-at-step K] [--as-dataset] [--early-stopping PATIENCE]
 Each rank saves rank<r>.pt: final weights, history, the LR at every optimizer step.
 --die-at-step K: on torchrun's first attempt, rank 1 SIGKILLs itself after step K; torchrun
 (--max-restarts=1) restarts every rank, and they resume from RUN_DIR's last checkpoint.
@@ -49,11 +49,15 @@ def main():
     p.add_argument("--scheduler", default="onecycle")
     p.add_argument("--run-dir")
     p.add_argument("--die-at-step", type=int, default=0)
+    p.add_argument("--as-dataset", action="store_true", help="pass a TensorDataset (DistributedSampler)")
+    p.add_argument("--early-stopping", type=int, default=0, help="EarlyStopping patience on val_acc")
     a = p.parse_args()
     X, y = dataset()
     net = model()
     log = StepLog(a.die_at_step)
     callbacks = [log]
+    if a.early_stopping:
+        callbacks.append(ol.EarlyStopping(monitor="val_acc", patience=a.early_stopping, min_delta=0.5))
     resume = None
     if a.run_dir:
         callbacks.append(ol.Checkpoint(a.run_dir, monitor="val_loss", every_n_steps=2))
@@ -61,12 +65,14 @@ def main():
             resume = a.run_dir
     sched = {"name": "plateau", "patience": 0, "factor": 0.5, "threshold": 0.5} \
         if a.scheduler == "plateau" else a.scheduler
-    h = ol.fit(net, (X, y), val_data=(X, y), optimizer="sgd", lr=0.5, scheduler=sched, epochs=EPOCHS,
+    train = torch.utils.data.TensorDataset(X, y) if a.as_dataset else (X, y)
+    h = ol.fit(net, train, val_data=(X, y), optimizer="sgd", lr=0.5, scheduler=sched, epochs=EPOCHS,
                batch_size=B, metrics=["accuracy"], seed=0, progress=False, callbacks=callbacks,
                resume=resume)
     world = current_world()
     rows = [{k: v for k, v in r.items() if k != "seconds"} for r in h]
-    torch.save({"model": net.state_dict(), "history": rows, "lrs": log.lrs, "world_size": world.world_size},
+    torch.save({"model": net.state_dict(), "history": rows, "lrs": log.lrs, "world_size": world.world_size,
+                "epochs_run": len(rows)},
                Path(a.out) / f"rank{world.rank}.pt")
 
 

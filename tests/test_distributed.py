@@ -85,3 +85,20 @@ def test_one_run_folder_from_rank_zero_and_exact_restart_after_a_killed_rank(tmp
         assert a["history"] == b["history"]
     # the restarted ranks resumed rather than starting over: fewer steps logged than a full run
     assert len(restarted[0]["lrs"]) < len(straight[0]["lrs"])
+
+
+def test_dataset_input_uses_a_distributed_sampler_and_early_stopping_stops_every_rank_together(tmp_path):
+    # min_delta=0.5 on val_acc: no epoch after the first counts as an improvement, so patience 1
+    # stops at epoch 2, on every rank from the same all-reduced figure
+    ranks = torchrun(tmp_path / "ddp", "--as-dataset", "--early-stopping", "1")
+    assert [r["epochs_run"] for r in ranks] == [2, 2]
+    assert ranks[0]["history"] == ranks[1]["history"]
+    # DistributedSampler(seed + epoch) shards the same permutation a 1-process RandomSampler draws
+    X, y = ddp_worker.dataset()
+    net = ddp_worker.model()
+    h = ol.fit(net, torch.utils.data.TensorDataset(X, y), val_data=(X, y), optimizer="sgd", lr=0.5,
+               scheduler="onecycle", epochs=ddp_worker.EPOCHS, batch_size=2 * ddp_worker.B, metrics=["accuracy"],
+               seed=0, progress=False, callbacks=[ol.EarlyStopping(monitor="val_acc", patience=1, min_delta=0.5)])
+    assert len(h) == 2
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(ranks[0]["model"][k], v, rtol=1e-5, atol=1e-6)
