@@ -220,3 +220,77 @@ def test_link_or_copy_falls_back_to_a_copy(tmp_path, monkeypatch):
     C.link_or_copy(tmp_path / "a.pt", tmp_path / "b.pt")
     assert (tmp_path / "b.pt").read_bytes() == b"state"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.pt"]
+
+
+class CrashAt(ol.Callback):
+    """Simulates a crash (an exception) after optimizer step `step`."""
+
+    order = 200
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, state, logs):
+        if state.step == self.step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def _dropout_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+
+
+def _fit_dropout(train, run_dir, extra=(), resume=None):
+    X, y = data()
+    model = _dropout_net()
+    ol.fit(model, train, val_data=(X, y), epochs=3, batch_size=8, seed=0, progress=False,
+           callbacks=[ol.Checkpoint(run_dir, every_n_steps=2), *extra], resume=resume)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["tensors", "dataset"])
+def test_mid_epoch_resume_is_exact_with_dropout(tmp_path, kind):
+    X, y = data()
+    train = (X, y) if kind == "tensors" else torch.utils.data.TensorDataset(X, y)
+    straight = _fit_dropout(train, tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        _fit_dropout(train, tmp_path / "b", extra=[CrashAt(9)])  # 6 steps per epoch: mid-epoch 2
+    assert ol.load_checkpoint(tmp_path / "b" / "last.pt")["epoch_done"] is False
+    resumed = _fit_dropout(train, tmp_path / "b", resume=tmp_path / "b")
+    assert all(torch.equal(a, b) for a, b in zip(straight.parameters(), resumed.parameters()))
+
+
+def test_mid_epoch_resume_warns_for_a_user_shuffling_loader(tmp_path):
+    X, y = data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=8, shuffle=True)
+    with pytest.raises(KeyboardInterrupt):
+        _fit_dropout(loader, tmp_path, extra=[CrashAt(9)])
+    with pytest.warns(UserWarning, match="own shuffling DataLoader"):
+        _fit_dropout(loader, tmp_path, resume=tmp_path)
+
+
+def test_no_mid_epoch_checkpoint_of_a_nonfinite_state(tmp_path):
+    X, y = data()
+
+    def loss(out, target):  # NaN from the 3rd batch of epoch 2 on
+        loss.calls += 1
+        value = nn.functional.cross_entropy(out, target)
+        return value * float("nan") if loss.calls >= 9 else value
+
+    loss.calls = 0
+    with pytest.raises(ol.NonFiniteLossError):
+        ol.fit(net(), (X, y), loss=loss, epochs=3, batch_size=8, seed=0, progress=False,
+               callbacks=[ol.Checkpoint(tmp_path, monitor="train_loss", every_n_steps=1)])
+    for name in ("last.pt", "last.prev.pt"):
+        ck = ol.load_checkpoint(tmp_path / name)
+        assert all(torch.isfinite(t).all() for t in ck["model"].values()), name
+    assert ol.load_checkpoint(tmp_path / "last.pt")["step"] == 8  # the last good step
+
+
+def test_stale_temporary_cleanup_touches_only_optiloop_files(tmp_path):
+    mine = tmp_path / ".last.pt.abc123.optiloop-tmp"
+    theirs = [tmp_path / ".notes.pt.draft.tmp", tmp_path / "last.pt.tmp", tmp_path / ".x.optiloop-tmp"]
+    for f in (mine, *theirs):
+        f.write_bytes(b"x")
+    assert C.remove_stale_temporaries(tmp_path) == [mine]
+    assert all(f.exists() for f in theirs) and not mine.exists()

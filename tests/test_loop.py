@@ -275,3 +275,25 @@ def test_nonfinite_skip_with_every_batch_bad_is_an_error():
     with pytest.raises(ol.NonFiniteLossError, match="every batch of epoch 1"):
         ol.fit(model(), (X, y), loss=lambda o, t: o.sum() * float("nan"), epochs=1, batch_size=4,
                **quiet(nonfinite="skip"))
+
+
+@pytest.mark.parametrize("bad_position", [0, 3])
+def test_skipped_micro_batch_anywhere_in_a_group_keeps_the_others(bad_position):
+    X, y = data(n=16)  # 4 micro-batches of 4 = one accumulation group
+
+    def make_loss(bad):
+        def loss(out, target):
+            loss.calls += 1
+            value = nn.functional.cross_entropy(out, target)
+            return value * bad if loss.calls == bad_position + 1 else value
+        loss.calls = 0
+        return loss
+
+    skipped, reference = model(), model()
+    ol.fit(skipped, (X, y), loss=make_loss(float("nan")), optimizer="sgd", lr=0.5, epochs=1, batch_size=4,
+           grad_accum=4, **quiet(nonfinite="skip"))
+    ol.fit(reference, (X, y), loss=make_loss(0.0), optimizer="sgd", lr=0.5, epochs=1, batch_size=4,
+           grad_accum=4, **quiet())
+    for a, b in zip(skipped.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b)
+    assert not torch.equal(next(skipped.parameters()), next(model().parameters()))

@@ -54,3 +54,9 @@ def test_unknown_metric_and_loss():
         resolve_metric("f1")
     with pytest.raises(ol.OptiloopError, match="unknown loss 'hinge'; choose one of: bce, cross_entropy"):
         get_loss("hinge")
+
+
+def test_callable_metric_may_return_a_python_float():
+    ms = MetricSet([lambda out, y: 0.5], CPU)
+    ms.update(torch.zeros(4, 2), torch.zeros(4), torch.tensor(1.0))
+    assert ms.compute()["<lambda>"] == pytest.approx(0.5)

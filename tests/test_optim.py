@@ -129,3 +129,19 @@ def test_no_trainable_parameters():
     model = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ol.OptiloopError, match="no trainable parameters"):
         ol.build_optimizer("sgd", model)
+
+
+def test_muon_pair_works_with_onecycle():
+    model = mlp()
+    opt = ol.build_optimizer("muon", model, lr=0.02)
+    sched = ol.build_scheduler("onecycle", opt, epochs=1, steps_per_epoch=4)
+    lrs = []
+    for _ in range(4):
+        nn.functional.cross_entropy(model(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step_end()
+        lrs.append(opt.muon.param_groups[0]["lr"])
+    expected = ol.preview_schedule("onecycle", lr=0.02, epochs=1, steps_per_epoch=4, per_step=True)
+    assert lrs[:3] == pytest.approx(expected[1:])  # the LR after each step is the next step's
+    assert opt.adamw.param_groups[0]["lr"] == opt.muon.param_groups[0]["lr"]

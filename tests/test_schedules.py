@@ -182,3 +182,29 @@ def test_required_arguments_default_from_the_run_length():
 def test_preview_plateau_needs_metrics():
     with pytest.raises(ol.OptiloopError, match="metrics="):
         ol.preview_schedule("plateau", epochs=3)
+
+
+def test_a_built_scheduler_must_drive_the_trained_optimizer():
+    other = _opt()
+    with pytest.raises(ol.OptiloopError, match="drives another optimizer"):
+        ol.build_scheduler(tls.StepLR(other, step_size=1), _opt())
+    X, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
+    with pytest.raises(ol.OptiloopError, match="drives another optimizer"):
+        ol.fit(torch.nn.Linear(2, 2), (X, y), optimizer="sgd", scheduler=tls.StepLR(other, step_size=1),
+               progress=False)
+
+
+def test_without_warmup_outside_lr_changes_are_not_undone():
+    opt = _opt()
+    s = ol.build_scheduler("constant", opt, epochs=3)
+    opt.param_groups[0]["lr"] = 0.05  # e.g. a user callback
+    opt.step()
+    s.step_end()
+    s.epoch_end()
+    assert opt.param_groups[0]["lr"] == 0.05
+
+
+def test_bad_values_are_one_line_too():
+    with pytest.raises(ol.OptiloopError, match="scheduler 'onecycle'") as e:
+        ol.build_scheduler("onecycle", _opt(), epochs=2, steps_per_epoch=2, pct_start=2.0)
+    assert "\n" not in str(e.value)

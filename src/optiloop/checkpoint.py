@@ -27,7 +27,7 @@ import torch
 
 from .callbacks import Callback, Monitor
 from .errors import CheckpointError
-from .files import atomic_open
+from .files import TEMP_SUFFIX, atomic_open
 
 if TYPE_CHECKING:
     from .loop import TrainState
@@ -49,9 +49,11 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike, *, keep_previo
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporaries a killed writer left (``.<name>.*.tmp``); real files are untouched."""
+    """Delete temporaries a killed checkpoint writer left (``.best.pt.*.optiloop-tmp`` and the
+    like); nothing else in the folder is touched."""
     folder = Path(folder)
-    stale = list(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    stale = [f for name in ("best.pt", "last.pt") for f in folder.glob(f".{name}.*{TEMP_SUFFIX}")] \
+        if folder.is_dir() else []
     for f in stale:
         f.unlink(missing_ok=True)
     return stale
@@ -62,7 +64,7 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     write), or an atomic copy where the file system has no links. Safe because optiloop never
     writes into an existing file: every save creates a new one, so the link keeps its bytes."""
     src, dst = Path(src), Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link{TEMP_SUFFIX}")
     try:
         os.link(src, tmp)
         os.replace(tmp, dst)
@@ -164,12 +166,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
+    torch.set_rng_state(s["torch"].cpu())  # RNG states are CPU byte tensors, wherever loaded
     if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
     n = s["numpy"]
     np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]},
+                         "state": {"key": n["key"].cpu().numpy().astype(np.uint32), "pos": n["pos"]},
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     random.setstate((s["python_version"], tuple(s["python"]), s["python_gauss"]))
 
@@ -255,7 +257,10 @@ class Checkpoint(Callback):
 
     def on_step_end(self, state, logs):
         if self.every_n_steps and state.step % self.every_n_steps == 0 and state.batch < state.batches_per_epoch:
-            save_checkpoint(training_state(state), self.last_path)
+            # Never rotate a good checkpoint away for a broken state: the NaN check normally
+            # waits for the epoch's end; here it costs one sync per save, which syncs anyway.
+            if state.train_metrics.first_nonfinite() is None:
+                save_checkpoint(training_state(state), self.last_path)
 
     def on_epoch_end(self, state, logs):
         improved = False

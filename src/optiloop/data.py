@@ -92,9 +92,9 @@ class LoaderBatches:
     """A DataLoader, moved to the device batch by batch (non_blocking where pinned)."""
 
     def __init__(self, loader: DataLoader, *, device: torch.device, seed: int | None = None,
-                 generator: torch.Generator | None = None):
+                 generators: tuple[torch.Generator, ...] = ()):
         self.loader, self.device = loader, device
-        self.seed, self.generator = seed, generator
+        self.seed, self.generators = seed, generators  # empty for a user's own DataLoader
         self.epoch = 0
         try:
             self.num_samples = len(loader.dataset)  # type: ignore[arg-type]
@@ -110,8 +110,8 @@ class LoaderBatches:
         self.epoch = epoch
         if isinstance(self.loader.sampler, DistributedSampler):
             self.loader.sampler.set_epoch(epoch)
-        elif self.generator is not None and self.seed is not None:
-            self.generator.manual_seed(self.seed + epoch)  # same order as an uninterrupted run
+        for g in self.generators:
+            g.manual_seed(self.seed + epoch)  # same order as an uninterrupted run
 
     def batch_sizes(self) -> list[int] | None:
         bs = self.loader.batch_size
@@ -142,16 +142,18 @@ def make_batches(data: Any, *, batch_size: int, shuffle: bool, seed: int, device
             )
         batches = LoaderBatches(data, device=device)
     elif isinstance(data, Dataset):
+        # Generators reseeded per epoch: the sampler's draws the order (the same permutation the
+        # (X, y) path uses); the loader's draws its worker base seed, which would otherwise come
+        # from the global RNG and shift dropout masks after a mid-epoch resume.
+        order_gen, loader_gen = torch.Generator(), torch.Generator()
         if world_size > 1:
             sampler = DistributedSampler(data, num_replicas=world_size, rank=rank,
                                          shuffle=shuffle, seed=seed, drop_last=False)
-            gen = None
         else:
-            gen = torch.Generator().manual_seed(seed)
-            sampler = RandomSampler(data, generator=gen) if shuffle else None
-        loader = DataLoader(data, batch_size=batch_size, sampler=sampler,
+            sampler = RandomSampler(data, generator=order_gen) if shuffle else None
+        loader = DataLoader(data, batch_size=batch_size, sampler=sampler, generator=loader_gen,
                             pin_memory=device.type == "cuda")
-        batches = LoaderBatches(loader, device=device, seed=seed, generator=gen)
+        batches = LoaderBatches(loader, device=device, seed=seed, generators=(order_gen, loader_gen))
     elif isinstance(data, (tuple, list)) and len(data) == 2:
         batches = TensorBatches(data[0], data[1], batch_size=batch_size, shuffle=shuffle,
                                 seed=seed, device=device, rank=rank, world_size=world_size,

@@ -45,6 +45,8 @@ def setup(device: torch.device) -> World:
     if dist.is_available() and not dist.is_initialized() and launched_by_torchrun():
         world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
         if world_size > 1:
+            if device.type == "cuda":  # this process's GPU, before any CUDA state is created
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                     store=_attempt_store(rank, world_size), rank=rank, world_size=world_size)
     return current_world()
@@ -105,6 +107,10 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's integer for everyone (e.g. a data seed drawn from a per-rank RNG)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())

@@ -15,6 +15,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -230,6 +231,7 @@ def fit(
     if seed is not None:
         seed_everything(seed)
     data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    data_seed = D.broadcast_int(data_seed, dev)  # every rank must shard the same permutation
     loss_fn = get_loss(loss)
     model.to(dev, memory_format=torch.channels_last) if channels_last else model.to(dev)
 
@@ -281,7 +283,8 @@ def fit(
     if resume is not None:
         _resume(state, resume, force_resume)
         train = make_batches(train_data, batch_size=batch_size, shuffle=True, seed=state.data_seed,
-                             device=dev, rank=world.rank, world_size=world.world_size)
+                             device=dev, rank=world.rank, world_size=world.world_size, role="training")
+        _warn_if_order_not_reproducible(state, train)
 
     ctx = _Context(state, train, val, val_metrics, loss_fn, grad_accum, clip_grad_norm,
                    clip_grad_value, AMP_DTYPES.get(amp), nonfinite, active, channels_last)
@@ -310,10 +313,26 @@ def _fingerprint(batches: Any) -> str:
     return f"{batches.num_samples} samples, sum {total:.10g}"
 
 
+def _warn_if_order_not_reproducible(state: TrainState, train: Any) -> None:
+    """A mid-epoch resume replays the epoch's order and skips what was done: only exact if the
+    order can be replayed (optiloop's own batching, or a DistributedSampler)."""
+    from torch.utils.data import DistributedSampler, SequentialSampler
+
+    loader = getattr(train, "loader", None)
+    if state.epoch_done or loader is None or getattr(train, "generators", ()):
+        return
+    if not isinstance(loader.sampler, (SequentialSampler, DistributedSampler)):
+        warnings.warn("resuming mid-epoch with your own shuffling DataLoader: its order cannot be "
+                      "replayed, so the rest of this epoch may repeat or miss samples; pass the "
+                      "Dataset or (X, y) and optiloop makes the order reproducible", stacklevel=3)
+
+
 def _resume(state: TrainState, path: str, force: bool) -> None:
     from .checkpoint import find_resumable, load_checkpoint, restore_training_state
 
-    ckpt = load_checkpoint(find_resumable(path), map_location=state.device)
+    # On the CPU: RNG states must stay CPU tensors; model / optimizer load_state_dict move the
+    # rest to where the parameters live.
+    ckpt = load_checkpoint(find_resumable(path), map_location="cpu")
     saved = ckpt.get("settings", {})
     changed = [f"{k} {saved[k]} -> {v}" for k, v in state.settings.items() if k in saved and saved[k] != v]
     if changed and not force:
@@ -378,9 +397,11 @@ def _run_epoch(ctx: _Context, epoch: int) -> None:
     state.epoch_done, state.batch = True, 0
     state.history.rows.append(logs)  # the same dict: epoch-end callbacks may add keys to it
     _fire(ctx.callbacks, "on_epoch_end", state, logs)
-    # Rank 0 may have just written checkpoints: no rank runs ahead of that write. Every rank saw
-    # the same all-reduced logs, so early stopping decided the same everywhere.
-    D.barrier()
+    # Every rank saw the same all-reduced logs, so early stopping decided the same everywhere; a
+    # stop from a rank-0-only callback is broadcast. The collective also keeps every rank behind
+    # rank 0's checkpoint write.
+    if state.world.distributed:
+        state.stop = D.broadcast_flag(state.stop, state.device)
 
 
 def _train_epoch(ctx: _Context) -> None:
@@ -392,7 +413,8 @@ def _train_epoch(ctx: _Context) -> None:
     n = state.batches_per_epoch
     weights = _accumulation_weights(ctx.train.batch_sizes(), n, accum) if accum > 1 else None
     params = [p for g in opt.param_groups for p in g["params"]]
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    ddp_module = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+    ddp = isinstance(ddp_module, nn.parallel.DistributedDataParallel)
     autocast = (torch.autocast(state.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype
                 else contextlib.nullcontext())
     step_logs: dict[str, Any] = {}
@@ -400,6 +422,7 @@ def _train_epoch(ctx: _Context) -> None:
 
     model.train()
     opt.zero_grad(set_to_none=True)
+    kept = 0  # micro-batches of the current accumulation group that contributed gradients
     for i, (x, y) in enumerate(ctx.train):
         if i < skip_until:
             continue
@@ -407,23 +430,30 @@ def _train_epoch(ctx: _Context) -> None:
             x = x.contiguous(memory_format=torch.channels_last)
         boundary = (i + 1) % accum == 0 or i + 1 == n
         # Under DDP, all-reduce gradients only on the micro-batch that ends an accumulation group.
-        sync_ctx = model.no_sync() if ddp and not boundary else contextlib.nullcontext()
+        sync_ctx = ddp_module.no_sync() if ddp and not boundary else contextlib.nullcontext()
         with sync_ctx:
             with autocast:
                 out = model(x)
                 loss = loss_fn(out, y)
             if ctx.nonfinite == "skip" and not torch.isfinite(loss):  # opt-in host sync
+                # The bad micro-batch adds nothing; the group's others keep their weights.
                 state.skipped_batches += 1
                 state.batch = i + 1
-                if boundary:
-                    opt.zero_grad(set_to_none=True)
-                continue
-            scaled = loss * weights[i] if weights is not None else loss
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        metrics.update(out.detach(), y, loss)
+                if not boundary or kept == 0:
+                    if boundary:
+                        opt.zero_grad(set_to_none=True)
+                    continue
+                out = None
+            else:
+                scaled = loss * weights[i] if weights is not None else loss
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                kept += 1
+        if out is not None:
+            metrics.update(out.detach(), y, loss)
         state.batch = i + 1
         if not boundary:
             continue
+        kept = 0
         if scaler is not None and (ctx.clip_norm or ctx.clip_value):
             scaler.unscale_(opt)
         if ctx.clip_norm:
@@ -439,11 +469,11 @@ def _train_epoch(ctx: _Context) -> None:
             opt.step()
             stepped = True
         opt.zero_grad(set_to_none=True)
-        if stepped:
+        if stepped:  # a step GradScaler skipped moves neither the schedule nor the step count
             schedule.step_end()  # the one step-level scheduler call
             state.step += 1
-        for cb in step_cbs:
-            cb.on_step_end(state, step_logs)
+            for cb in step_cbs:
+                cb.on_step_end(state, step_logs)
 
 
 @torch.no_grad()

@@ -95,8 +95,8 @@ def resolve_metric(spec: str | Callable) -> tuple[str, Callable]:
     if callable(spec):
         fn = spec
 
-        def weighted(output, target):
-            return fn(output, target) * output.shape[0]
+        def weighted(output, target):  # as_tensor: a callable may return a python float
+            return torch.as_tensor(fn(output, target), device=output.device) * output.shape[0]
 
         return getattr(spec, "__name__", "metric"), weighted
     if spec in METRICS:

@@ -224,7 +224,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
             wd = adamw_kwargs.pop("weight_decay", 0.01)
             named = [("", p) for p in rest]
             self.adamw = torch.optim.AdamW(decay_groups(named, wd), **adamw_kwargs)
-        super().__init__([{"params": hidden + rest}], {})
+        # Muon's defaults (momentum ...) on the wrapper: schedulers such as OneCycleLR read them.
+        super().__init__([{"params": hidden + rest}], dict(self.muon.defaults))
         self._link()
 
     def _parts(self) -> list[torch.optim.Optimizer]:

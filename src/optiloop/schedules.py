@@ -119,8 +119,9 @@ class Schedule:
     # -- internals ------------------------------------------------------------------------------
     def _step_main(self, metric: float | None = None) -> None:
         if self.scheduler is not None:
-            for g, lr in zip(self.optimizer.param_groups, self._main_lrs, strict=True):
-                g["lr"] = lr
+            if self.warmup is not None:  # undo the warmup factor so torch's formulas see their LRs
+                for g, lr in zip(self.optimizer.param_groups, self._main_lrs, strict=True):
+                    g["lr"] = lr
             if metric is None:
                 self.scheduler.step()
             else:
@@ -129,7 +130,9 @@ class Schedule:
         self._apply_warmup()
 
     def _apply_warmup(self) -> None:
-        factor = self.warmup(self.steps_done) if self.warmup else 1.0
+        if self.warmup is None:  # nothing to apply: leave param_groups as the scheduler set them
+            return
+        factor = self.warmup(self.steps_done)
         for g, lr in zip(self.optimizer.param_groups, self._main_lrs, strict=True):
             g["lr"] = lr * factor
 
@@ -252,6 +255,9 @@ def build_scheduler(
         >>> ol.build_scheduler("onecycle", opt, epochs=3, steps_per_epoch=10).interval
         'step'
     """
+    if isinstance(spec, (Schedule, tls.LRScheduler, tls.ReduceLROnPlateau)) and spec.optimizer is not optimizer:
+        raise OptiloopError("the built scheduler drives another optimizer than the one being trained; "
+                            "build the scheduler on that optimizer and pass both, or pass the scheduler's name")
     if isinstance(spec, Schedule):
         return spec
     if isinstance(spec, (tls.LRScheduler, tls.ReduceLROnPlateau)):
@@ -297,7 +303,7 @@ def build_scheduler(
         length = epochs
     try:
         sched = _make(name, optimizer, interval, length, dict(kwargs))
-    except TypeError as e:  # a keyword torch's class does not take
+    except (TypeError, ValueError) as e:  # a keyword torch's class does not take, or a bad value
         raise OptiloopError(f"scheduler {name!r}: {_first_line(e)}") from None
     warm = _warmup(warmup_epochs, warmup_steps, steps_per_epoch)
     return Schedule(sched, optimizer, interval, warmup=warm, monitor=monitor, name=name)
