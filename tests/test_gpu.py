@@ -94,3 +94,26 @@ def test_compiled_model_trains_and_checkpoints_the_plain_module(tmp_path):
     saved = ol.load_checkpoint(tmp_path / "last.pt")["model"]
     assert set(saved) == set(net.state_dict())  # no "_orig_mod." prefixes
     assert all(torch.equal(saved[k], v) for k, v in net.state_dict().items())
+
+
+@cuda
+def test_resume_on_cuda_continues_the_run(tmp_path):
+    X, y = data()
+
+    class StopAfter2(ol.Callback):
+        def on_epoch_end(self, state, logs):
+            if state.epoch == 2:
+                state.request_stop("interrupted")
+
+    def run(run_dir, extra=(), resume=None):
+        net = model()
+        h = ol.fit(net, (X, y), val_data=(X, y), device="cuda", epochs=3, batch_size=32, progress=False,
+                   seed=0, callbacks=[ol.Checkpoint(run_dir), *extra], resume=resume)
+        return net, h
+
+    straight, _ = run(tmp_path / "a")
+    run(tmp_path / "b", extra=[StopAfter2()])
+    resumed, h = run(tmp_path / "b", resume=tmp_path / "b")  # crashed before: RNG state on the GPU
+    assert h["epoch"] == [1, 2, 3]
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b)  # GPU kernels may differ in the last bits

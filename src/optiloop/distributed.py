@@ -6,6 +6,7 @@ MASTER_ADDR / MASTER_PORT. Under it, ``fit`` joins the process group (gloo on CP
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -49,7 +50,15 @@ def setup(device: torch.device) -> World:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                                     store=_attempt_store(rank, world_size), rank=rank, world_size=world_size)
+            # We made the group, so we close it: left to interpreter shutdown, a rank that ends
+            # first can abort ("terminate called without an active exception") in gloo's teardown.
+            atexit.register(_destroy)
     return current_world()
+
+
+def _destroy() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _attempt_store(rank: int, world_size: int) -> dist.Store:
