@@ -57,8 +57,15 @@ def setup(device: torch.device) -> World:
 
 
 def _destroy() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Leave together, then close: a rank tearing gloo down while its peer still runs can abort."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "gloo":
+        try:  # bounded: a peer that died must not hang this process's exit
+            dist.monitored_barrier(timeout=timedelta(seconds=30))
+        except Exception:  # noqa: BLE001 - exiting anyway; the peer's failure is reported by torchrun
+            pass
+    dist.destroy_process_group()
 
 
 def _attempt_store(rank: int, world_size: int) -> dist.Store:
