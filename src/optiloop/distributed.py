@@ -1,4 +1,4 @@
-"""torch.distributed plumbing: torchrun detection, process group, DDP wrap/unwrap, rank-0 gating.
+"""torch.distributed plumbing: torchrun detection, process group, DDP wrapping, rank-0 gating.
 
 optiloop never launches processes: torchrun does, and sets RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT. Under it, ``fit`` joins the process group (gloo on CPU, nccl on CUDA).
@@ -94,17 +94,6 @@ def wrap(model: nn.Module, device: torch.device, world: World) -> nn.Module:
         return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside DDP / torch.compile wrappers: what checkpoints hold."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -33,12 +33,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "wb") -> None:
-    """``write(f)`` into a temporary file, then atomically move it to ``path``."""
-    with atomic_open(path, mode) as f:
-        write(f)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -17,7 +17,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -92,8 +92,7 @@ class TrainState:
     stop: bool = False
     stop_reason: str | None = None
     nonfinite_step: int | None = None
-    skipped_batches: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    skipped_batches: int = 0  # batches dropped by nonfinite="skip"
 
     def request_stop(self, reason: str) -> None:
         self.stop, self.stop_reason = True, reason
@@ -282,10 +281,11 @@ def fit(
     )
     if resume is not None:
         _resume(state, resume, force_resume)
+    if state.data_seed != data_seed:  # resumed a run whose seed was drawn: replay its order
         train = make_batches(train_data, batch_size=batch_size, shuffle=True, seed=state.data_seed,
                              device=dev, rank=world.rank, world_size=world.world_size, role="training")
+    if resume is not None:
         _warn_if_order_not_reproducible(state, train)
-
     ctx = _Context(state, train, val, val_metrics, loss_fn, grad_accum, clip_grad_norm,
                    clip_grad_value, AMP_DTYPES.get(amp), nonfinite, active, channels_last)
     _fire(active, "on_fit_start", state, {})

@@ -97,15 +97,14 @@ def _fast_impl(cls: type, device: torch.device, kwargs: Mapping[str, Any]) -> di
     if any(k in kwargs for k in _IMPL_KEYS):
         return {}  # the user chose
     keys = _accepted_keys(cls)
-    fused_devices = getattr(cls, "_fused_supported_devices", None) or _FUSED_DEVICES.get(cls, ())
-    if "fused" in keys and device.type in fused_devices:
+    if "fused" in keys and device.type in _FUSED_DEVICES.get(cls, ()):
         return {"fused": True}
     if "foreach" in keys:
         return {"foreach": True}
     return {}
 
 
-# Devices with a fused kernel, for torch versions that do not advertise it on the class.
+# Devices where torch has a fused kernel for the class (torch does not expose this itself).
 _FUSED_DEVICES = {
     torch.optim.Adam: ("cpu", "cuda", "mps"),
     torch.optim.AdamW: ("cpu", "cuda", "mps"),
