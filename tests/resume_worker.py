@@ -65,7 +65,8 @@ def main() -> None:
         model, (X[:150], y[:150]), val_data=(X[150:], y[150:]), optimizer="adamw", lr=1e-2,
         scheduler={"name": "cosine", "warmup_steps": 5}, epochs=5, batch_size=16,
         metrics=["accuracy"], seed=0, progress=False, resume=a.run_dir if a.resume else None,
-        callbacks=[ol.EarlyStopping(patience=20), ol.Checkpoint(a.run_dir, every_n_steps=4), Announce()],
+        callbacks=[ol.EarlyStopping(patience=20), ol.Checkpoint(a.run_dir, every_n_steps=4, every_seconds=0),
+                   Announce()],
     )
     rows = [{k: v for k, v in r.items() if k != "seconds"} for r in history]
     torch.save({"model": model.state_dict(), "history": rows}, a.out)

@@ -28,7 +28,7 @@ def train(run_dir, epochs=3, **kw):
     model = net()
     h = ol.fit(model, (X, y), val_data=(X, y), epochs=epochs, batch_size=8, seed=0, progress=False,
                scheduler="cosine", metrics=["accuracy"],
-               callbacks=[ol.EarlyStopping(patience=5), ol.Checkpoint(run_dir)], **kw)
+               callbacks=[ol.EarlyStopping(patience=5), ol.Checkpoint(run_dir, every_seconds=0)], **kw)
     return model, h
 
 
@@ -205,7 +205,7 @@ def test_best_is_a_link_to_that_epochs_last_and_survives_later_saves(tmp_path):
             seen[state.epoch] = (tmp_path / "last.pt").read_bytes()
 
     ol.fit(net(), (X, y), val_data=(X, y), epochs=4, batch_size=8, seed=0, progress=False,
-           callbacks=[ol.Checkpoint(tmp_path, monitor="val_loss"), Snap()])
+           callbacks=[ol.Checkpoint(tmp_path, monitor="val_loss", every_seconds=0), Snap()])
     best = ol.load_checkpoint(tmp_path / "best.pt")
     assert (tmp_path / "best.pt").read_bytes() == seen[best["epoch"]]  # that epoch's state, intact
 
@@ -294,3 +294,126 @@ def test_stale_temporary_cleanup_touches_only_optiloop_files(tmp_path):
         f.write_bytes(b"x")
     assert C.remove_stale_temporaries(tmp_path) == [mine]
     assert all(f.exists() for f in theirs) and not mine.exists()
+
+
+# --- when Checkpoint writes: every_seconds -------------------------------------------------------
+class Record(ol.Callback):
+    """After Checkpoint, per epoch: the epoch in last.pt / best.pt (None if absent) and the weights."""
+
+    order = 200
+
+    def __init__(self, run_dir):
+        self.dir, self.last, self.best, self.weights = run_dir, {}, {}, {}
+
+    def on_epoch_end(self, state, logs):
+        for name, seen in (("last.pt", self.last), ("best.pt", self.best)):
+            f = self.dir / name
+            seen[state.epoch] = ol.load_checkpoint(f)["epoch"] if f.exists() else None
+        self.weights[state.epoch] = {k: v.clone() for k, v in state.unwrapped_model.state_dict().items()}
+
+
+def fit_recorded(run_dir, epochs=5, callbacks=(), **ck):
+    X, y = data()
+    rec = Record(run_dir)
+    model = net()
+    # mode="max" on val_loss: the best epoch is an early one (the loss falls), not the last
+    ckpt = ol.Checkpoint(run_dir, monitor="val_loss", mode="max", **ck)
+    h = ol.fit(model, (X, y), val_data=(X, y), epochs=epochs, batch_size=8, seed=0, progress=False,
+               callbacks=[ckpt, rec, *callbacks])
+    return model, h, rec
+
+
+def same_weights(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_shorter_than_every_seconds_saves_once_at_the_end_with_the_true_best(tmp_path):
+    _, h, rec = fit_recorded(tmp_path, every_seconds=3600)
+    best_epoch = max(h, key=lambda r: r["val_loss"])["epoch"]
+    assert best_epoch < 5  # else the test would not tell a kept best from the final state
+    assert rec.last == {1: None, 2: None, 3: None, 4: None, 5: 5}
+    assert rec.best == {1: None, 2: None, 3: None, 4: None, 5: best_epoch}
+    assert not (tmp_path / "last.prev.pt").exists()  # one write of last.pt in the whole run
+    best = ol.load_checkpoint(tmp_path / "best.pt")
+    assert same_weights(best["model"], rec.weights[best_epoch])  # that epoch's state, not a later one
+    assert best["callbacks"]["Checkpoint"]["best_epoch"] == best_epoch
+
+
+def test_saves_follow_every_seconds(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(C.time, "monotonic", lambda: clock[0])
+
+    class Tick(ol.Callback):  # each epoch "takes" 4 s
+        order = -1
+
+        def on_epoch_end(self, state, logs):
+            clock[0] += 4.0
+
+    _, _, rec = fit_recorded(tmp_path, epochs=8, every_seconds=10, callbacks=[Tick()])
+    # saved once 10 s passed since the last save (t = 12, 24) and at the end (t = 32)
+    assert rec.last == {1: None, 2: None, 3: 3, 4: 3, 5: 3, 6: 6, 7: 6, 8: 8}
+
+
+def test_every_seconds_zero_saves_every_epoch(tmp_path):
+    _, _, rec = fit_recorded(tmp_path, epochs=3, every_seconds=0)
+    assert rec.last == {1: 1, 2: 2, 3: 3}
+
+
+def test_best_is_written_before_the_last_that_records_it(tmp_path, monkeypatch):
+    writes = []
+    save, link = C.save_checkpoint, C.link_or_copy
+
+    def spy_save(obj, path, **kw):
+        writes.append(pathlib.Path(path).name)
+        save(obj, path, **kw)
+
+    def spy_link(src, dst, **kw):
+        writes.append(f"{pathlib.Path(dst).name} = {pathlib.Path(src).name}")
+        link(src, dst, **kw)
+
+    monkeypatch.setattr(C, "save_checkpoint", spy_save)
+    monkeypatch.setattr(C, "link_or_copy", spy_link)
+    fit_recorded(tmp_path, epochs=4, every_seconds=3600)  # best kept in memory, written at the end
+    assert writes == ["best.pt", "last.pt"]
+    writes.clear()
+    fit_recorded(tmp_path / "b", epochs=1, every_seconds=3600)  # the final epoch is the best
+    assert writes == ["best.pt", "last.pt = best.pt"]
+
+
+def test_a_kept_best_is_written_when_training_raises(tmp_path):
+    X, y = data()
+
+    def loss(out, target):  # NaN from the 2nd batch of epoch 3 on
+        loss.calls += 1
+        value = nn.functional.cross_entropy(out, target)
+        return value * float("nan") if loss.calls >= 14 else value
+
+    loss.calls = 0
+    with pytest.raises(ol.NonFiniteLossError):
+        ol.fit(net(), (X, y), loss=loss, epochs=4, batch_size=8, seed=0, progress=False,
+               callbacks=[ol.Checkpoint(tmp_path, monitor="train_loss", every_seconds=3600)])
+    best = ol.load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == 2 and all(torch.isfinite(t).all() for t in best["model"].values())
+    assert not (tmp_path / "last.pt").exists()  # the broken state is never saved
+
+
+def test_a_best_state_over_the_snapshot_limit_is_written_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(ol.Checkpoint, "SNAPSHOT_LIMIT", 0)
+    _, _, rec = fit_recorded(tmp_path, epochs=3, every_seconds=3600)
+    assert rec.best[1] == 1 and rec.last[1] is None
+
+
+def test_early_stopping_with_restore_best_still_saves_the_final_epoch_as_it_ended(tmp_path):
+    es = ol.EarlyStopping(monitor="val_loss", mode="max", patience=2, restore_best=True)
+    model, h, rec = fit_recorded(tmp_path, epochs=10, every_seconds=3600, callbacks=[es])
+    last = ol.load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == len(h) < 10
+    assert same_weights(last["model"], rec.weights[len(h)])  # the stopped epoch's weights ...
+    assert not same_weights(last["model"], model.state_dict())  # ... not the restored best
+
+
+@pytest.mark.parametrize("kw", [{"every_seconds": -1}, {"every_seconds": "soon"}, {"every_n_steps": 0}])
+def test_bad_checkpoint_settings_are_one_line(tmp_path, kw):
+    with pytest.raises(ol.OptiloopError, match=next(iter(kw))) as e:
+        ol.Checkpoint(tmp_path, **kw)
+    assert "\n" not in str(e.value)

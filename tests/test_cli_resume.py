@@ -17,7 +17,7 @@ import torch
 import optiloop as ol
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-TRAIN = ("train", "--epochs", "4", "--early-stopping", "0", "--seed", "0")
+TRAIN = ("train", "--epochs", "4", "--early-stopping", "0", "--seed", "0", "--checkpoint-seconds", "0")
 
 
 def env():
@@ -107,4 +107,5 @@ def test_checkpoint_every_writes_mid_epoch_checkpoints(tmp_path):
 def test_trust_settings_are_validated_before_anything_is_written(tmp_path):
     one_line_error(optiloop(tmp_path, "train", "--set", "train.nonfinite=maybe"), "train.nonfinite")
     one_line_error(optiloop(tmp_path, "train", "--checkpoint-every", "0"), "train.checkpoint_every")
+    one_line_error(optiloop(tmp_path, "train", "--checkpoint-seconds", "-1"), "train.checkpoint_seconds")
     assert list(tmp_path.iterdir()) == []

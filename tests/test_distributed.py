@@ -74,10 +74,13 @@ def test_plateau_steps_on_the_all_reduced_metric(tmp_path):
     assert got[-1] < got[0]  # it did react to the metric
 
 
-def test_one_run_folder_from_rank_zero_and_exact_restart_after_a_killed_rank(tmp_path):
+# 6 steps per epoch, a checkpoint every 2 steps: dying after step 5 resumes mid-epoch from step 4
+# (each rank must get back its own partial-epoch figures), after step 7 from epoch 1's end.
+@pytest.mark.parametrize("die_at", [5, 7])
+def test_one_run_folder_from_rank_zero_and_exact_restart_after_a_killed_rank(tmp_path, die_at):
     straight = torchrun(tmp_path / "a", "--run-dir", str(tmp_path / "run_a"))
     assert sorted(p.name for p in (tmp_path / "run_a").iterdir()) == ["best.pt", "last.prev.pt", "last.pt"]
-    restarted = torchrun(tmp_path / "b", "--run-dir", str(tmp_path / "run_b"), "--die-at-step", "7",
+    restarted = torchrun(tmp_path / "b", "--run-dir", str(tmp_path / "run_b"), "--die-at-step", str(die_at),
                          restarts=1)
     for a, b in zip(straight, restarted):
         for k, v in a["model"].items():

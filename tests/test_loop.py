@@ -243,7 +243,7 @@ def test_nonfinite_loss_stops_naming_epoch_and_step(tmp_path):
         return value * float("nan") if loss.calls == 7 else value
 
     loss.calls = 0
-    ck = ol.Checkpoint(tmp_path, monitor="train_loss")
+    ck = ol.Checkpoint(tmp_path, monitor="train_loss", every_seconds=0)
     with pytest.raises(ol.NonFiniteLossError, match="epoch 2, step 3"):
         ol.fit(model(), (X, y), loss=loss, epochs=3, batch_size=8, callbacks=[ck], **quiet())
     assert ol.load_checkpoint(tmp_path / "last.pt")["epoch"] == 1  # nothing saved after the fault

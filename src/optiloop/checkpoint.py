@@ -17,6 +17,7 @@ import os
 import pickle
 import random
 import shutil
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from . import distributed as D
 from .callbacks import Callback, Monitor
-from .errors import CheckpointError
+from .errors import CheckpointError, OptiloopError
 from .files import TEMP_SUFFIX, atomic_open
 
 if TYPE_CHECKING:
@@ -59,20 +61,57 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return stale
 
 
-def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike, *, keep_previous: bool = False) -> None:
     """Atomically make ``dst`` the same file as ``src``: a hard link (no second serialization or
     write), or an atomic copy where the file system has no links. Safe because optiloop never
-    writes into an existing file: every save creates a new one, so the link keeps its bytes."""
+    writes into an existing file: every save creates a new one, so the link keeps its bytes.
+    With ``keep_previous`` the replaced ``dst`` survives as ``*.prev.pt``, as in save_checkpoint."""
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link{TEMP_SUFFIX}")
     try:
         os.link(src, tmp)
-        os.replace(tmp, dst)
     except OSError:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         with atomic_open(dst, "wb") as f, open(src, "rb") as g:
             shutil.copyfileobj(g, f)
+            if keep_previous and dst.exists():
+                os.replace(dst, previous_path(dst))
+        return
+    if keep_previous and dst.exists():
+        os.replace(dst, previous_path(dst))
+    os.replace(tmp, dst)
+
+
+_ATOMS = frozenset({int, float, bool, str, bytes, type(None)})
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A copy of a nested state whose tensors are new CPU tensors: later training steps, which
+    update parameters and optimizer state in place, cannot change it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        if all(type(v) in _ATOMS for v in obj.values()):  # fast path: a history row
+            return dict(obj)
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        if all(type(v) in _ATOMS for v in obj):  # fast path: python's 625-word RNG state
+            return obj if type(obj) is tuple else list(obj)
+        items = [cpu_copy(v) for v in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
+    return obj
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of all tensors in a nested state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def previous_path(path: str | os.PathLike) -> Path:
@@ -177,8 +216,18 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 
 # --- the training state -------------------------------------------------------------------------------
-def training_state(state: TrainState) -> dict[str, Any]:
-    """Everything needed to continue ``state`` exactly."""
+def training_state(state: TrainState, partial_ranks: list[dict] | None = None) -> dict[str, Any]:
+    """Everything needed to continue ``state`` exactly.
+
+    Mid-epoch, the partial epoch's per-batch figures are saved; under DDP pass every rank's
+    (``partial_ranks``, gathered in rank order) so that each rank resumes with its own.
+    """
+    if state.epoch_done:
+        partial = None
+    elif partial_ranks is not None:
+        partial = {"ranks": partial_ranks}
+    else:
+        partial = state.train_metrics.state_dict()
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -192,7 +241,7 @@ def training_state(state: TrainState) -> dict[str, Any]:
         "step": state.step,
         "data_seed": state.data_seed,
         "epoch_lr": state.epoch_lr,
-        "partial_train": state.train_metrics.state_dict() if not state.epoch_done else None,
+        "partial_train": partial,
         "rng": rng_state(),
         "callbacks": state.callback_states(),
         "history": state.history.state_dict(),
@@ -212,35 +261,64 @@ def restore_training_state(state: TrainState, ckpt: dict[str, Any]) -> None:
     state.epoch, state.epoch_done = ckpt["epoch"], ckpt["epoch_done"]
     state.batch, state.step = ckpt["batch"], ckpt["step"]
     state.data_seed, state.epoch_lr = ckpt["data_seed"], ckpt["epoch_lr"]
-    if ckpt["partial_train"] is not None:
-        state.train_metrics.load_state_dict(ckpt["partial_train"])
+    partial = ckpt["partial_train"]
+    if partial is not None and "ranks" in partial:
+        if len(partial["ranks"]) != state.world.world_size:
+            raise CheckpointError(f"a mid-epoch checkpoint of {len(partial['ranks'])} processes cannot "
+                                  f"resume on {state.world.world_size}; resume from an epoch's end")
+        partial = partial["ranks"][state.world.rank]
+    if partial is not None:
+        state.train_metrics.load_state_dict(partial)
     state.load_callback_states(ckpt["callbacks"])
     state.history.load_state_dict(ckpt["history"])
     set_rng_state(ckpt["rng"])
 
 
 class Checkpoint(Callback):
-    """Write ``best.pt`` (best ``monitor``) and ``last.pt`` (every epoch) into ``dirpath``.
+    """Keep ``best.pt`` (best ``monitor``) and ``last.pt`` (the latest state) in ``dirpath``.
 
-    Both hold the whole training state, so either can be resumed or evaluated. With
-    ``every_n_steps`` ``last.pt`` is also written mid-epoch, resumable with the same data order.
-    Runs after every other epoch-end callback, so their state (early-stopping counters) is saved
-    as of this epoch.
+    Both hold the whole training state, so either can be resumed or evaluated.
+
+    When: at the end of an epoch once ``every_seconds`` have passed since the last save, and at the
+    end of the run (its last epoch, an early stop, or ``fit`` returning). A crash therefore costs
+    at most about ``every_seconds`` plus one epoch of work, while runs whose epochs take
+    milliseconds do not spend their time writing files. ``every_seconds=0`` saves every epoch.
+    ``every_n_steps`` also writes ``last.pt`` every N optimizer steps, mid-epoch ones resumable
+    with the same data order.
+
+    A best epoch that falls between saves is kept in memory as a CPU copy (written at once
+    instead when the state exceeds ``SNAPSHOT_LIMIT`` bytes) and written before the next
+    ``last.pt``, or when training raises: ``best.pt`` is never older than the best score that
+    ``last.pt`` records, so a resumed run never keeps a stale best.
+
+    Runs after every other epoch-end callback (order 100), so their state (early-stopping
+    counters) is saved as of this epoch; a callback that stops training should run before it, as
+    EarlyStopping does, so the final epoch is saved as it ended.
 
     Example:
         >>> import optiloop as ol
-        >>> ck = ol.Checkpoint("runs/demo", monitor="val_loss")
+        >>> ck = ol.Checkpoint("runs/demo", monitor="val_loss", every_seconds=60)
     """
 
     order = 100
-    main_process_only = True
+    main_process_only = False  # every rank takes part in a mid-epoch save; only rank 0 writes
+    SNAPSHOT_LIMIT = 512 * 2**20  # bytes of tensors: above it a best state is written, not kept
 
     def __init__(self, dirpath: str | os.PathLike, monitor: str | None = "val_loss", mode: str = "auto",
-                 save_best: bool = True, save_last: bool = True, every_n_steps: int | None = None):
+                 save_best: bool = True, save_last: bool = True, every_n_steps: int | None = None,
+                 every_seconds: float = 60.0):
+        if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
+            raise OptiloopError(f"every_n_steps must be an integer >= 1 or None, got {every_n_steps!r}")
+        if not isinstance(every_seconds, (int, float)) or not every_seconds >= 0:
+            raise OptiloopError(f"every_seconds must be a number >= 0, got {every_seconds!r}")
         self.dir = Path(dirpath)
         self.monitor = Monitor(monitor, mode) if monitor and save_best else None
         self.save_last, self.every_n_steps = save_last, every_n_steps
+        self.every_seconds = float(every_seconds)
         self.best_epoch: int | None = None
+        self._last_save = 0.0  # time.monotonic() of the last save (or of the fit's start)
+        self._unsaved = False  # an epoch ended after the last save
+        self._pending_best: dict[str, Any] | None = None  # a best state not yet on disk (CPU)
 
     @property
     def best_path(self) -> Path:
@@ -253,29 +331,83 @@ class Checkpoint(Callback):
     def on_fit_start(self, state, logs):
         if self.monitor is not None:
             self.monitor.check_available(state.log_keys)
-        remove_stale_temporaries(self.dir)
+        if state.world.is_main:
+            remove_stale_temporaries(self.dir)
+        self._last_save, self._unsaved, self._pending_best = time.monotonic(), False, None
 
     def on_step_end(self, state, logs):
-        if self.every_n_steps and state.step % self.every_n_steps == 0 and state.batch < state.batches_per_epoch:
-            # Never rotate a good checkpoint away for a broken state: the NaN check normally
-            # waits for the epoch's end; here it costs one sync per save, which syncs anyway.
-            if state.train_metrics.first_nonfinite() is None:
-                save_checkpoint(training_state(state), self.last_path)
+        if not (self.every_n_steps and state.step % self.every_n_steps == 0
+                and state.batch < state.batches_per_epoch):
+            return
+        # Mid-epoch: each rank's partial figures go into the file (a collective under DDP, at a
+        # step every rank agrees on), so each resumes with its own.
+        ranks = None
+        if state.world.distributed:
+            ranks = D.all_gather_object(state.train_metrics.state_dict())
+        if not state.world.is_main:
+            return
+        # Never rotate a good checkpoint away for a broken state: the NaN check normally waits
+        # for the epoch's end; here it costs one sync per save, which syncs anyway.
+        losses = [r["losses"] for r in ranks] if ranks else [state.train_metrics.losses]
+        if all(torch.isfinite(torch.stack(x)).all() for x in losses if x):
+            self._flush_best()
+            save_checkpoint(training_state(state, ranks), self.last_path)
+            self._last_save = time.monotonic()
 
     def on_epoch_end(self, state, logs):
+        if not state.world.is_main:
+            return
         improved = False
         if self.monitor is not None:
             improved = self.monitor.update(self.monitor.value(logs))
             if improved:
                 self.best_epoch = state.epoch
-        # Serialize once: best.pt becomes a hard link to the new last.pt (same state, no second
-        # write). That halves the epoch-boundary cost, which matters when epochs take milliseconds.
-        if self.save_last:
-            save_checkpoint(training_state(state), self.last_path)
-            if improved:
-                link_or_copy(self.last_path, self.best_path)
-        elif improved:
-            save_checkpoint(training_state(state), self.best_path, keep_previous=False)
+        final = state.stop or state.epoch >= state.epochs
+        step_due = bool(self.every_n_steps) and state.step % self.every_n_steps == 0
+        if final or step_due or time.monotonic() - self._last_save >= self.every_seconds:
+            self._save(state, improved)
+            return
+        self._unsaved = True
+        if improved:
+            snapshot = training_state(state)
+            # The weights and optimizer state are what can be big; the rest is a few KiB.
+            if tensor_bytes([snapshot["model"], snapshot["optimizer"]["state"]]) > self.SNAPSHOT_LIMIT:
+                self._pending_best = None
+                save_checkpoint(snapshot, self.best_path, keep_previous=False)
+            else:
+                self._pending_best = cpu_copy(snapshot)
+
+    def on_fit_end(self, state, logs):
+        if not state.world.is_main:
+            return
+        # Only when a stop came from a callback that ran after this one: save what is unsaved.
+        if self._unsaved:
+            self._save(state, improved=False)
+
+    def on_exception(self, state, error):
+        # The state at a failure may be broken (NaN, a half-done step): only the kept best, taken
+        # at a finished epoch, is written; last.pt stays the last good save.
+        if state.world.is_main:
+            self._flush_best()
+
+    def _save(self, state, improved: bool) -> None:
+        snapshot = training_state(state)
+        # best.pt first: a crash in between leaves last.pt older than best.pt, never the reverse.
+        if improved:
+            self._pending_best = None
+            save_checkpoint(snapshot, self.best_path, keep_previous=False)
+            if self.save_last:  # the same bytes: a hard link, no second serialization or write
+                link_or_copy(self.best_path, self.last_path, keep_previous=True)
+        else:
+            self._flush_best()
+            if self.save_last:
+                save_checkpoint(snapshot, self.last_path)
+        self._last_save, self._unsaved = time.monotonic(), False
+
+    def _flush_best(self) -> None:
+        if self._pending_best is not None:
+            save_checkpoint(self._pending_best, self.best_path, keep_previous=False)
+            self._pending_best = None
 
     def state_dict(self):
         return {"monitor": self.monitor.state_dict() if self.monitor else None, "best_epoch": self.best_epoch}

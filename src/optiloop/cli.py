@@ -124,6 +124,9 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--seed": ("train", "seed", int, "seed for initialisation and data order"),
     "--checkpoint-every": ("train", "checkpoint_every", int,
                            "also write last.pt every N optimizer steps (resumable mid-epoch)"),
+    "--checkpoint-seconds": ("train", "checkpoint_seconds", float,
+                             "write last.pt at an epoch's end once this many seconds passed since "
+                             "the last save (default 60; 0 = every epoch)"),
     "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
 }
 
@@ -318,7 +321,8 @@ class TrainCommand(Command):
 
         from .callbacks import EarlyStopping
 
-        ckpt = Checkpoint(run_dir, monitor=t["monitor"], every_n_steps=t.get("checkpoint_every"))
+        ckpt = Checkpoint(run_dir, monitor=t["monitor"], every_n_steps=t.get("checkpoint_every"),
+                          every_seconds=t["checkpoint_seconds"])
         info = RunInfo()
         callbacks: list[Any] = [ckpt, info]
         if t["early_stopping"]:

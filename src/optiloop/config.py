@@ -117,6 +117,9 @@ class TrainConfig(_Closed):
     amp: Literal["bf16", "fp16"] | None = None
     checkpoint_every: int | None = Field(None, ge=1, description="also write last.pt every N optimizer "
                                          "steps: a crash then costs at most N steps")
+    checkpoint_seconds: float = Field(60.0, ge=0, description="write last.pt at an epoch's end once this "
+                                      "many seconds passed since the last save (and at the end); "
+                                      "0 = every epoch")
     nonfinite: Literal["stop", "skip", "ignore"] = "stop"
 
 

@@ -415,10 +415,13 @@ def _train_epoch(ctx: _Context) -> None:
     params = [p for g in opt.param_groups for p in g["params"]]
     ddp_module = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
     ddp = isinstance(ddp_module, nn.parallel.DistributedDataParallel)
-    autocast = (torch.autocast(state.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype
-                else contextlib.nullcontext())
+    no_op = contextlib.nullcontext()  # reusable: one object for every step
+    autocast = torch.autocast(state.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype else no_op
     step_logs: dict[str, Any] = {}
     skip_until = state.batch  # batches already done before a mid-epoch resume
+    # Settings as locals: the body below runs per micro-batch, where attribute lookups add up.
+    channels_last, skip_bad = ctx.channels_last, ctx.nonfinite == "skip"
+    clip_norm, clip_value = ctx.clip_norm, ctx.clip_value
 
     model.train()
     opt.zero_grad(set_to_none=True)
@@ -426,16 +429,15 @@ def _train_epoch(ctx: _Context) -> None:
     for i, (x, y) in enumerate(ctx.train):
         if i < skip_until:
             continue
-        if ctx.channels_last and x.dim() == 4:
+        if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         boundary = (i + 1) % accum == 0 or i + 1 == n
         # Under DDP, all-reduce gradients only on the micro-batch that ends an accumulation group.
-        sync_ctx = ddp_module.no_sync() if ddp and not boundary else contextlib.nullcontext()
-        with sync_ctx:
+        with ddp_module.no_sync() if ddp and not boundary else no_op:
             with autocast:
                 out = model(x)
                 loss = loss_fn(out, y)
-            if ctx.nonfinite == "skip" and not torch.isfinite(loss):  # opt-in host sync
+            if skip_bad and not torch.isfinite(loss):  # opt-in host sync
                 # The bad micro-batch adds nothing; the group's others keep their weights.
                 state.skipped_batches += 1
                 state.batch = i + 1
@@ -454,12 +456,12 @@ def _train_epoch(ctx: _Context) -> None:
         if not boundary:
             continue
         kept = 0
-        if scaler is not None and (ctx.clip_norm or ctx.clip_value):
+        if scaler is not None and (clip_norm or clip_value):
             scaler.unscale_(opt)
-        if ctx.clip_norm:
-            torch.nn.utils.clip_grad_norm_(params, ctx.clip_norm)
-        if ctx.clip_value:
-            torch.nn.utils.clip_grad_value_(params, ctx.clip_value)
+        if clip_norm:
+            torch.nn.utils.clip_grad_norm_(params, clip_norm)
+        if clip_value:
+            torch.nn.utils.clip_grad_value_(params, clip_value)
         if scaler is not None:
             scale = scaler.get_scale()  # host sync (fp16 only): was this step skipped?
             scaler.step(opt)
