@@ -532,7 +532,8 @@ def report(results: dict[str, dict[str, list[Run]]], wls: list[Workload],
           "teardown per call (model, optimizer, loaders, Lightning's Trainer and sanity check, "
           "the notes' final save) are the separate `fixed ms/call` column. "
           "overhead µs/step = (ms/epoch − raw's ms/epoch) / steps per epoch; negative = faster "
-          "than raw.", ""]
+          "than raw. The cost rows are differences of minima: on a shared 2-core machine, a few "
+          "% either way (a negative cost) is run-to-run noise; compare the median column.", ""]
     verdicts: list[str] = []
     for w in wls:
         runs = results[w.key]

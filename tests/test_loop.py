@@ -1,5 +1,7 @@
 """fit(): exact averages, no per-step sync, scheduler timing, accumulation, clipping, errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -297,3 +299,35 @@ def test_skipped_micro_batch_anywhere_in_a_group_keeps_the_others(bad_position):
     for a, b in zip(skipped.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b)
     assert not torch.equal(next(skipped.parameters()), next(model().parameters()))
+
+
+def test_fp16_scheduler_not_stepped_when_the_scaler_skips_a_step():
+    """GradScaler skips a step whose gradients are not finite; the schedule must skip with it
+    (else torch warns 'lr_scheduler.step() before optimizer.step()' and the LR runs ahead)."""
+    X, y = data(n=64)
+
+    def loss(out, target):  # step 3: a finite loss whose gradients are NaN (d sqrt(0) = inf, x 0)
+        loss.calls += 1
+        value = nn.functional.cross_entropy(out, target)
+        return value + torch.sqrt((out * 0).abs()).sum() if loss.calls == 3 else value
+
+    loss.calls = 0
+    seen, params = {}, {}
+
+    class Watch(ol.Callback):
+        def on_step_end(self, state, logs):
+            params[state.step] = [p.detach().clone() for p in state.unwrapped_model.parameters()]
+            seen.setdefault("lrs", []).append(state.optimizer.param_groups[0]["lr"])
+
+        def on_fit_end(self, state, logs):
+            seen.update(taken=state.step, scheduled=state.schedule.steps_done)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ol.fit(model(), (X, y), loss=loss, amp="fp16", device="cpu", epochs=2, batch_size=16,
+               scheduler="onecycle", callbacks=[Watch()], **quiet())
+    assert seen["taken"] == seen["scheduled"] == 7  # 8 batches, one step skipped
+    assert len(seen["lrs"]) == 7  # step callbacks fire for steps taken only
+    assert all(torch.isfinite(p).all() for p in params[7])  # the NaN gradients never reached them
+    lrs = ol.preview_schedule("onecycle", lr=1e-3, epochs=2, steps_per_epoch=4, per_step=True)
+    assert seen["lrs"] == pytest.approx(lrs[1:8])  # the schedule advanced once per step taken

@@ -188,7 +188,8 @@ def fit(
         seed: seeds python / numpy / torch and the data order; None leaves global RNG as is.
         grad_accum: micro-batches per optimizer step; gradients equal the big batch's.
         clip_grad_norm / clip_grad_value: clip gradients before each optimizer step.
-        amp: None, "bf16" or "fp16" (fp16 uses a GradScaler; CUDA only).
+        amp: None, "bf16" or "fp16" (fp16 adds a GradScaler; bf16 needs none). On CPU both run
+            (torch's CPU autocast), but only CPUs with native half-precision units gain speed.
         progress: show a tqdm bar and a summary line per epoch (rank 0 only).
         nonfinite: "stop" (default: raise NonFiniteLossError at the epoch's end, before any
             checkpoint), "skip" (drop batches whose loss is NaN/inf; one sync per step), "ignore".
@@ -225,8 +226,6 @@ def fit(
     if nonfinite == "skip" and world.distributed:
         raise OptiloopError("nonfinite='skip' is not supported under DDP (ranks would step apart); "
                             "use 'stop'")
-    if amp == "fp16" and dev.type != "cuda":
-        raise OptiloopError("amp='fp16' needs CUDA; on CPU use amp='bf16'")
     if seed is not None:
         seed_everything(seed)
     data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
