@@ -269,17 +269,22 @@ def test_mid_epoch_resume_warns_for_a_user_shuffling_loader(tmp_path):
         _fit_dropout(loader, tmp_path, resume=tmp_path)
 
 
-def test_no_mid_epoch_checkpoint_of_a_nonfinite_state(tmp_path):
-    X, y = data()
+def nan_from_call(k):
+    """cross-entropy that turns NaN from its k-th call on (6 batches per epoch here)."""
 
-    def loss(out, target):  # NaN from the 3rd batch of epoch 2 on
+    def loss(out, target):
         loss.calls += 1
         value = nn.functional.cross_entropy(out, target)
-        return value * float("nan") if loss.calls >= 9 else value
+        return value * float("nan") if loss.calls >= k else value
 
     loss.calls = 0
-    with pytest.raises(ol.NonFiniteLossError):
-        ol.fit(net(), (X, y), loss=loss, epochs=3, batch_size=8, seed=0, progress=False,
+    return loss
+
+
+def test_no_mid_epoch_checkpoint_of_a_nonfinite_state(tmp_path):
+    X, y = data()
+    with pytest.raises(ol.NonFiniteLossError):  # NaN from the 3rd batch of epoch 2 on
+        ol.fit(net(), (X, y), loss=nan_from_call(9), epochs=3, batch_size=8, seed=0, progress=False,
                callbacks=[ol.Checkpoint(tmp_path, monitor="train_loss", every_n_steps=1)])
     for name in ("last.pt", "last.prev.pt"):
         ck = ol.load_checkpoint(tmp_path / name)
@@ -382,15 +387,8 @@ def test_best_is_written_before_the_last_that_records_it(tmp_path, monkeypatch):
 
 def test_a_kept_best_is_written_when_training_raises(tmp_path):
     X, y = data()
-
-    def loss(out, target):  # NaN from the 2nd batch of epoch 3 on
-        loss.calls += 1
-        value = nn.functional.cross_entropy(out, target)
-        return value * float("nan") if loss.calls >= 14 else value
-
-    loss.calls = 0
-    with pytest.raises(ol.NonFiniteLossError):
-        ol.fit(net(), (X, y), loss=loss, epochs=4, batch_size=8, seed=0, progress=False,
+    with pytest.raises(ol.NonFiniteLossError):  # NaN from the 2nd batch of epoch 3 on
+        ol.fit(net(), (X, y), loss=nan_from_call(14), epochs=4, batch_size=8, seed=0, progress=False,
                callbacks=[ol.Checkpoint(tmp_path, monitor="train_loss", every_seconds=3600)])
     best = ol.load_checkpoint(tmp_path / "best.pt")
     assert best["epoch"] == 2 and all(torch.isfinite(t).all() for t in best["model"].values())
