@@ -51,6 +51,8 @@ def main():
     p.add_argument("--die-at-step", type=int, default=0)
     p.add_argument("--as-dataset", action="store_true", help="pass a TensorDataset (DistributedSampler)")
     p.add_argument("--early-stopping", type=int, default=0, help="EarlyStopping patience on val_acc")
+    p.add_argument("--checkpoint-on-rank0-only", action="store_true",
+                   help="create the Checkpoint on rank 0 only, as a script may")
     a = p.parse_args()
     X, y = dataset()
     net = model()
@@ -59,8 +61,9 @@ def main():
     if a.early_stopping:
         callbacks.append(ol.EarlyStopping(monitor="val_acc", patience=a.early_stopping, min_delta=0.5))
     resume = None
-    if a.run_dir:
+    if a.run_dir and (not a.checkpoint_on_rank0_only or os.environ["RANK"] == "0"):
         callbacks.append(ol.Checkpoint(a.run_dir, monitor="val_loss", every_n_steps=2))
+    if a.run_dir:
         if (Path(a.run_dir) / "last.pt").exists():
             resume = a.run_dir
     sched = {"name": "plateau", "patience": 0, "factor": 0.5, "threshold": 0.5} \

@@ -113,3 +113,12 @@ def test_stop_flag_ends_training_after_the_epoch():
     X, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
     h = ol.fit(nn.Linear(4, 2), (X, y), epochs=5, progress=False, callbacks=[StopAt2()])
     assert h["epoch"] == [1, 2]
+
+
+def test_an_early_stopping_object_reused_for_a_new_fit_does_not_stop_it_at_once():
+    X = torch.randn(32, 4)
+    y = (X[:, 0] > 0).long()
+    es = ol.EarlyStopping(monitor="train_loss", mode="max", patience=1)  # stops after epoch 2
+    first = ol.fit(torch.nn.Linear(4, 2), (X, y), epochs=5, callbacks=[es], progress=False, seed=0)
+    second = ol.fit(torch.nn.Linear(4, 2), (X, y), epochs=5, callbacks=[es], progress=False, seed=0)
+    assert len(first) < 5 and len(second) >= 1

@@ -392,7 +392,60 @@ def test_a_kept_best_is_written_when_training_raises(tmp_path):
                callbacks=[ol.Checkpoint(tmp_path, monitor="train_loss", every_seconds=3600)])
     best = ol.load_checkpoint(tmp_path / "best.pt")
     assert best["epoch"] == 2 and all(torch.isfinite(t).all() for t in best["model"].values())
-    assert not (tmp_path / "last.pt").exists()  # the broken state is never saved
+    # the broken state is never saved; the kept best, newer than any save, is also the last.pt
+    assert (tmp_path / "last.pt").read_bytes() == (tmp_path / "best.pt").read_bytes()
+
+
+def test_a_failure_to_write_the_kept_best_does_not_hide_the_users_error(tmp_path, monkeypatch):
+    def disk_full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    class Boom(ol.Callback):
+        def on_epoch_end(self, state, logs):
+            if state.epoch == 2:
+                monkeypatch.setattr(C, "save_checkpoint", disk_full)
+                raise RuntimeError("the user's own error")
+
+    with pytest.raises(RuntimeError, match="the user's own error"), \
+            pytest.warns(UserWarning, match="could not write the best state"):
+        fit_recorded(tmp_path, epochs=3, every_seconds=3600, callbacks=[Boom()])
+
+
+def test_a_stop_requested_after_checkpoint_ran_still_saves_the_final_epoch_as_it_ended(tmp_path):
+    class LateStop(ol.Callback):
+        order = 150  # after Checkpoint's epoch end: its save waits for fit end
+
+        def on_epoch_end(self, state, logs):
+            if state.epoch == 3:
+                state.request_stop("late")
+
+    es = ol.EarlyStopping(monitor="val_loss", mode="max", patience=50, restore_best=True)
+    model, h, rec = fit_recorded(tmp_path, epochs=10, every_seconds=3600, callbacks=[es, LateStop()])
+    last = ol.load_checkpoint(tmp_path / "last.pt")
+    assert last["epoch"] == len(h) == 3
+    assert same_weights(last["model"], rec.weights[3])  # saved before restore_best ran
+    assert not same_weights(last["model"], model.state_dict())
+
+
+def test_resuming_an_early_stopped_run_keeps_it_finished(tmp_path):
+    es = ol.EarlyStopping(monitor="val_loss", mode="max", patience=2)
+    _, h, _ = fit_recorded(tmp_path, epochs=10, callbacks=[es])
+    assert len(h) < 10
+    X, y = data()
+    h2 = ol.fit(net(), (X, y), val_data=(X, y), epochs=10, batch_size=8, seed=0, progress=False,
+                callbacks=[ol.EarlyStopping(monitor="val_loss", mode="max", patience=2),
+                           ol.Checkpoint(tmp_path, monitor="val_loss", mode="max")], resume=tmp_path)
+    assert len(h2) == len(h)  # no epoch trained after the stop
+    assert ol.load_checkpoint(tmp_path / "last.pt")["epoch"] == len(h)
+
+
+def test_checkpoint_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    fit_recorded(tmp_path, epochs=1)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "last.pt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_a_best_state_over_the_snapshot_limit_is_written_at_once(tmp_path, monkeypatch):

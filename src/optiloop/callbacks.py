@@ -5,6 +5,8 @@ Events, in order (each receives the loop ``state`` and a ``logs`` dict):
     on_eval_end, on_epoch_end, on_fit_end; on_exception if training raises.
 A callback stops training by setting ``state.stop = True`` (and ``state.stop_reason``), never by
 raising. Callbacks run in ``order`` (lower first); ``main_process_only`` ones run on rank 0 only.
+``on_fit_end`` runs in ``fit_end_order`` where a callback sets one: Checkpoint's is first, so the
+final state is saved before, say, EarlyStopping(restore_best=True) puts the best weights back.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Callback:
     """Base class: override the events you need. State to resume goes in ``state_dict``."""
 
     order: int = 0
+    fit_end_order: int | None = None  # None: ``order``
     main_process_only: bool = False
 
     def on_fit_start(self, state: TrainState, logs: dict[str, Any]) -> None: ...
@@ -105,6 +108,7 @@ class EarlyStopping(Callback):
 
     With ``restore_best=True`` the model ends with the weights of its best epoch.
     A non-finite monitored value stops training at once, with the reason in ``state.stop_reason``.
+    The decision is part of its state: a resumed run that it had stopped stays stopped.
 
     Example:
         >>> import optiloop as ol
@@ -120,14 +124,23 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.best_epoch: int | None = None
         self.best_weights: dict | None = None
+        self.stop_reason: str | None = None  # set once it stopped the run
 
     def on_fit_start(self, state, logs):
         self.monitor.check_available(state.log_keys)
+        if state.epoch == 0:  # a fresh run (not resumed): an earlier fit's decision is not this one's
+            self.stop_reason = None
+        elif self.stop_reason:  # resumed after it had stopped the run: nothing more to train
+            state.request_stop(self.stop_reason)
+
+    def _stop(self, state, reason: str) -> None:
+        self.stop_reason = reason
+        state.request_stop(reason)
 
     def on_epoch_end(self, state, logs):
         value = self.monitor.value(logs)
         if not math.isfinite(value):
-            state.request_stop(f"early stopping: {self.monitor.monitor} is {value} at epoch {state.epoch}")
+            self._stop(state, f"early stopping: {self.monitor.monitor} is {value} at epoch {state.epoch}")
             return
         if self.monitor.update(value):
             self.wait, self.best_epoch = 0, state.epoch
@@ -136,7 +149,7 @@ class EarlyStopping(Callback):
             return
         self.wait += 1
         if self.wait >= self.patience:
-            state.request_stop(f"early stopping: {self.monitor.monitor} has not improved for "
+            self._stop(state, f"early stopping: {self.monitor.monitor} has not improved for "
                                f"{self.patience} epochs (best {self.monitor.best:.6g} at epoch "
                                f"{self.best_epoch})")
 
@@ -146,12 +159,13 @@ class EarlyStopping(Callback):
 
     def state_dict(self):
         return {"monitor": self.monitor.state_dict(), "wait": self.wait, "best_epoch": self.best_epoch,
-                "best_weights": self.best_weights}
+                "best_weights": self.best_weights, "stop_reason": self.stop_reason}
 
     def load_state_dict(self, state):
         self.monitor.load_state_dict(state["monitor"])
         self.wait, self.best_epoch = state["wait"], state["best_epoch"]
         self.best_weights = state.get("best_weights")
+        self.stop_reason = state.get("stop_reason")
 
 
 class TerminateOnNaN(Callback):

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import distributed as D
 from .callbacks import Callback, Monitor
 from .errors import CheckpointError, OptiloopError
 from .files import TEMP_SUFFIX, atomic_open
@@ -301,7 +300,8 @@ class Checkpoint(Callback):
     """
 
     order = 100
-    main_process_only = False  # every rank takes part in a mid-epoch save; only rank 0 writes
+    fit_end_order = -1000  # save the final state before any callback changes it at fit end
+    main_process_only = True
     SNAPSHOT_LIMIT = 512 * 2**20  # bytes of tensors: above it a best state is written, not kept
 
     def __init__(self, dirpath: str | os.PathLike, monitor: str | None = "val_loss", mode: str = "auto",
@@ -331,21 +331,20 @@ class Checkpoint(Callback):
     def on_fit_start(self, state, logs):
         if self.monitor is not None:
             self.monitor.check_available(state.log_keys)
-        if state.world.is_main:
-            remove_stale_temporaries(self.dir)
+        remove_stale_temporaries(self.dir)
         self._last_save, self._unsaved, self._pending_best = time.monotonic(), False, None
 
     def on_step_end(self, state, logs):
         if not (self.every_n_steps and state.step % self.every_n_steps == 0
                 and state.batch < state.batches_per_epoch):
             return
-        # Mid-epoch: each rank's partial figures go into the file (a collective under DDP, at a
-        # step every rank agrees on), so each resumes with its own.
+        # Under DDP each rank's partial figures go into the file (the loop gathered them at this
+        # step on every rank), so each rank resumes with its own.
         ranks = None
         if state.world.distributed:
-            ranks = D.all_gather_object(state.train_metrics.state_dict())
-        if not state.world.is_main:
-            return
+            if state.partial_ranks is None or state.partial_ranks[0] != state.step:
+                raise CheckpointError("internal: no gathered partial-epoch figures for this step")
+            ranks = state.partial_ranks[1]
         # Never rotate a good checkpoint away for a broken state: the NaN check normally waits
         # for the epoch's end; here it costs one sync per save, which syncs anyway.
         losses = [r["losses"] for r in ranks] if ranks else [state.train_metrics.losses]
@@ -355,8 +354,6 @@ class Checkpoint(Callback):
             self._last_save = time.monotonic()
 
     def on_epoch_end(self, state, logs):
-        if not state.world.is_main:
-            return
         improved = False
         if self.monitor is not None:
             improved = self.monitor.update(self.monitor.value(logs))
@@ -378,17 +375,22 @@ class Checkpoint(Callback):
                 self._pending_best = cpu_copy(snapshot)
 
     def on_fit_end(self, state, logs):
-        if not state.world.is_main:
-            return
         # Only when a stop came from a callback that ran after this one: save what is unsaved.
         if self._unsaved:
             self._save(state, improved=False)
 
     def on_exception(self, state, error):
-        # The state at a failure may be broken (NaN, a half-done step): only the kept best, taken
-        # at a finished epoch, is written; last.pt stays the last good save.
-        if state.world.is_main:
+        # The state at a failure may be broken (NaN, a half-done step): it is never written. A
+        # kept best is a finished epoch newer than last.pt, so it becomes both files: resuming
+        # then starts from it, with the best score that best.pt really holds.
+        if self._pending_best is None:
+            return
+        try:
             self._flush_best()
+            if self.save_last:
+                link_or_copy(self.best_path, self.last_path, keep_previous=True)
+        except Exception as e:  # noqa: BLE001 - the user's own error is what must surface
+            warnings.warn(f"could not write the best state after the error: {e}", stacklevel=2)
 
     def _save(self, state, improved: bool) -> None:
         snapshot = training_state(state)

@@ -93,6 +93,7 @@ class TrainState:
     stop_reason: str | None = None
     nonfinite_step: int | None = None
     skipped_batches: int = 0  # batches dropped by nonfinite="skip"
+    partial_ranks: tuple[int, list] | None = None  # DDP: (step, every rank's partial-epoch figures)
 
     def request_stop(self, reason: str) -> None:
         self.stop, self.stop_reason = True, reason
@@ -267,6 +268,15 @@ def fit(
     cbs.sort(key=lambda c: c.order)  # stable: equal orders keep the user's order
     active = [c for c in cbs if world.is_main or not c.main_process_only]
 
+    # Mid-epoch checkpoints under DDP hold every rank's partial-epoch figures. Gathering them is a
+    # collective, so the loop does it on every rank at each step where rank 0 may save (the gcd of
+    # its savers' every_n_steps), wherever the user created the Checkpoint.
+    gather_every = 0
+    if world.distributed:
+        for c in active:
+            gather_every = math.gcd(gather_every, getattr(c, "every_n_steps", None) or 0)
+        gather_every = D.broadcast_int(gather_every, dev)
+
     run_model = D.wrap(model, dev, world)
     if compile:
         run_model = torch.compile(run_model, **(dict(compile) if isinstance(compile, Mapping) else {}))
@@ -286,15 +296,18 @@ def fit(
     if resume is not None:
         _warn_if_order_not_reproducible(state, train)
     ctx = _Context(state, train, val, val_metrics, loss_fn, grad_accum, clip_grad_norm,
-                   clip_grad_value, AMP_DTYPES.get(amp), nonfinite, active, channels_last)
+                   clip_grad_value, AMP_DTYPES.get(amp), nonfinite, active, channels_last, gather_every)
     _fire(active, "on_fit_start", state, {})
     try:
         first = state.epoch + 1 if state.epoch_done else state.epoch
         for epoch in range(first, epochs + 1):
+            if state.stop:  # asked at fit start, e.g. a resumed run early stopping had ended
+                break
             _run_epoch(ctx, epoch)
             if state.stop:
                 break
-        _fire(active, "on_fit_end", state, {"stop_reason": state.stop_reason})
+        at_end = sorted(active, key=lambda c: c.order if c.fit_end_order is None else c.fit_end_order)
+        _fire(at_end, "on_fit_end", state, {"stop_reason": state.stop_reason})
     except BaseException as error:
         for cb in active:
             cb.on_exception(state, error)
@@ -356,6 +369,7 @@ class _Context:
     nonfinite: str
     callbacks: list[Callback]
     channels_last: bool = False
+    gather_every: int = 0  # DDP: gather every rank's partial-epoch figures every N steps (0: never)
 
 
 def _fire(cbs: list[Callback], event: str, state: TrainState, logs: dict[str, Any]) -> None:
@@ -420,7 +434,7 @@ def _train_epoch(ctx: _Context) -> None:
     skip_until = state.batch  # batches already done before a mid-epoch resume
     # Settings as locals: the body below runs per micro-batch, where attribute lookups add up.
     channels_last, skip_bad = ctx.channels_last, ctx.nonfinite == "skip"
-    clip_norm, clip_value = ctx.clip_norm, ctx.clip_value
+    clip_norm, clip_value, gather_every = ctx.clip_norm, ctx.clip_value, ctx.gather_every
 
     model.train()
     opt.zero_grad(set_to_none=True)
@@ -473,6 +487,8 @@ def _train_epoch(ctx: _Context) -> None:
         if stepped:  # a step GradScaler skipped moves neither the schedule nor the step count
             schedule.step_end()  # the one step-level scheduler call
             state.step += 1
+            if gather_every and state.step % gather_every == 0 and i + 1 < n:
+                state.partial_ranks = (state.step, D.all_gather_object(metrics.state_dict()))
             for cb in step_cbs:
                 cb.on_step_end(state, step_logs)
 
