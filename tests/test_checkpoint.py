@@ -468,3 +468,21 @@ def test_bad_checkpoint_settings_are_one_line(tmp_path, kw):
     with pytest.raises(ol.OptiloopError, match=next(iter(kw))) as e:
         ol.Checkpoint(tmp_path, **kw)
     assert "\n" not in str(e.value)
+
+
+def test_cpu_copy_is_detached_from_later_updates_and_keeps_state_dict_metadata():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    sd = model.state_dict()
+    copy = C.cpu_copy({"model": sd, "rng": [1, 2, 3], "shape": torch.Size([2, 3])})
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    assert not torch.equal(copy["model"]["0.weight"], model[0].weight)
+    assert type(copy["model"]) is type(sd) and copy["model"]._metadata == sd._metadata
+    assert copy["shape"] == torch.Size([2, 3]) and copy["rng"] == [1, 2, 3]
+
+
+def test_save_last_false_writes_no_last_pt_even_mid_epoch(tmp_path):
+    X, y = data()
+    ol.fit(net(), (X, y), val_data=(X, y), epochs=2, batch_size=8, seed=0, progress=False,
+           callbacks=[ol.Checkpoint(tmp_path, save_last=False, every_n_steps=2, every_seconds=0)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]

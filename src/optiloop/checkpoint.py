@@ -20,6 +20,7 @@ import shutil
 import time
 import warnings
 import zipfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ import torch
 
 from .callbacks import Callback, Monitor
 from .errors import CheckpointError, OptiloopError
-from .files import TEMP_SUFFIX, atomic_open
+from .files import TEMP_SUFFIX, atomic_open, fsync_dir
 
 if TYPE_CHECKING:
     from .loop import TrainState
@@ -80,6 +81,7 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike, *, keep_previou
     if keep_previous and dst.exists():
         os.replace(dst, previous_path(dst))
     os.replace(tmp, dst)
+    fsync_dir(dst.parent)  # as atomic_open does: the new name survives a power cut
 
 
 _ATOMS = frozenset({int, float, bool, str, bytes, type(None)})
@@ -92,11 +94,17 @@ def cpu_copy(obj: Any) -> Any:
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         if all(type(v) in _ATOMS for v in obj.values()):  # fast path: a history row
-            return dict(obj)
-        return {k: cpu_copy(v) for k, v in obj.items()}
+            out = dict(obj)
+        else:
+            out = {k: cpu_copy(v) for k, v in obj.items()}
+        if isinstance(obj, OrderedDict):  # a module state_dict: keep its type and _metadata
+            out = OrderedDict(out)
+            if hasattr(obj, "_metadata"):
+                out._metadata = cpu_copy(obj._metadata)  # type: ignore[attr-defined]
+        return out
     if isinstance(obj, (list, tuple)):
         if all(type(v) in _ATOMS for v in obj):  # fast path: python's 625-word RNG state
-            return obj if type(obj) is tuple else list(obj)
+            return obj if isinstance(obj, tuple) else list(obj)  # a tuple of atoms is immutable
         items = [cpu_copy(v) for v in obj]
         return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
     return obj
@@ -335,7 +343,7 @@ class Checkpoint(Callback):
         self._last_save, self._unsaved, self._pending_best = time.monotonic(), False, None
 
     def on_step_end(self, state, logs):
-        if not (self.every_n_steps and state.step % self.every_n_steps == 0
+        if not (self.save_last and self.every_n_steps and state.step % self.every_n_steps == 0
                 and state.batch < state.batches_per_epoch):
             return
         # Under DDP each rank's partial figures go into the file (the loop gathered them at this
