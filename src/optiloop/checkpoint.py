@@ -45,9 +45,15 @@ def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike, *, keep_previo
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
         f.flush()
-        if keep_previous and path.exists():
-            # Both renames are atomic: at every instant a valid copy exists under one of the names.
-            os.replace(path, previous_path(path))
+        if keep_previous:
+            keep_as_previous(path)
+
+
+def keep_as_previous(path: Path) -> None:
+    """Rename ``path`` to ``*.prev.pt`` just before a new file replaces it. Both renames are
+    atomic: at every instant a valid copy exists under one of the two names."""
+    if path.exists():
+        os.replace(path, previous_path(path))
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -75,11 +81,11 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike, *, keep_previou
             tmp.unlink()
         with atomic_open(dst, "wb") as f, open(src, "rb") as g:
             shutil.copyfileobj(g, f)
-            if keep_previous and dst.exists():
-                os.replace(dst, previous_path(dst))
+            if keep_previous:
+                keep_as_previous(dst)
         return
-    if keep_previous and dst.exists():
-        os.replace(dst, previous_path(dst))
+    if keep_previous:
+        keep_as_previous(dst)
     os.replace(tmp, dst)
     fsync_dir(dst.parent)  # as atomic_open does: the new name survives a power cut
 
@@ -299,8 +305,8 @@ class Checkpoint(Callback):
     ``last.pt`` records, so a resumed run never keeps a stale best.
 
     Runs after every other epoch-end callback (order 100), so their state (early-stopping
-    counters) is saved as of this epoch; a callback that stops training should run before it, as
-    EarlyStopping does, so the final epoch is saved as it ended.
+    counters) is saved as of this epoch, and first at fit end (``fit_end_order``), so the final
+    state is saved before EarlyStopping(restore_best=True) puts the best weights back.
 
     Example:
         >>> import optiloop as ol
@@ -401,17 +407,16 @@ class Checkpoint(Callback):
             warnings.warn(f"could not write the best state after the error: {e}", stacklevel=2)
 
     def _save(self, state, improved: bool) -> None:
-        snapshot = training_state(state)
         # best.pt first: a crash in between leaves last.pt older than best.pt, never the reverse.
         if improved:
             self._pending_best = None
-            save_checkpoint(snapshot, self.best_path, keep_previous=False)
+            save_checkpoint(training_state(state), self.best_path, keep_previous=False)
             if self.save_last:  # the same bytes: a hard link, no second serialization or write
                 link_or_copy(self.best_path, self.last_path, keep_previous=True)
         else:
             self._flush_best()
             if self.save_last:
-                save_checkpoint(snapshot, self.last_path)
+                save_checkpoint(training_state(state), self.last_path)
         self._last_save, self._unsaved = time.monotonic(), False
 
     def _flush_best(self) -> None:

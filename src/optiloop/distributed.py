@@ -97,34 +97,35 @@ def wrap(model: nn.Module, device: torch.device, world: World) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def _several() -> bool:
+    """True when collectives have peers: a process group with more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _several():
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
-def broadcast_flag(flag: bool, device: torch.device) -> bool:
-    """Rank 0's decision for everyone (early stopping must stop every rank at the same epoch)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
-
-
 def broadcast_int(value: int, device: torch.device) -> int:
     """Rank 0's integer for everyone (e.g. a data seed drawn from a per-rank RNG)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several():
         return value
     t = torch.tensor([value], dtype=torch.int64, device=device)
     dist.broadcast(t, src=0)
     return int(t.item())
 
 
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's decision for everyone (early stopping must stop every rank at the same epoch)."""
+    return bool(broadcast_int(int(flag), device))
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable, tensors on the CPU), in rank order; ``[obj]`` alone."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
