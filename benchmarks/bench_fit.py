@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 import optiloop as ol
+from optiloop.files import write_text
 
 LR = 1e-3  # AdamW with torch's default weight decay (0.01) for every variant
 SEED = 0
@@ -622,9 +623,9 @@ def report(results: dict[str, dict[str, list[Run]]], wls: list[Workload],
     else:
         L.append("Not measured in this run (`--no-memory`).")
     L += ["", "## Targets", "", *verdicts, ""]
-    L += ["## GPU", "", "Not measured in this session (no GPU). Run "
-          "`python benchmarks/bench_fit.py --device cuda --out docs/performance-cuda.md` on a "
-          "CUDA machine.", ""]
+    if args.device == "cpu":
+        L += ["## GPU", "", "Not measured in this run. Run `python benchmarks/bench_fit.py "
+              "--device cuda --out docs/performance-cuda.md` on a CUDA machine.", ""]
     return "\n".join(L)
 
 
@@ -671,8 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         measure_memory("b", args.quick, args.device, 1 if args.quick else 3)
     text = report(results, wls, memory, args, time.perf_counter() - t_start)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+        write_text(args.out, text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text)

@@ -27,6 +27,7 @@ from typing import Any
 from .callbacks import Callback
 from .distributed import launched_by_torchrun
 from .errors import OptiloopError, choices
+from .files import write_text
 from .schedules import default_arguments
 
 # --- the registry ------------------------------------------------------------------------------
@@ -163,7 +164,7 @@ class Plan:
         from .callbacks import Monitor
         from .config import extras
         from .datasets import is_user_function, load_dataset, split
-        from .loop import resolve_device, seed_everything
+        from .loop import logged_keys, resolve_device, seed_everything
         from .metrics import get_loss, resolve_metric
         from .models import build_model
         from .optim import build_optimizer
@@ -180,9 +181,9 @@ class Plan:
         t.setdefault("loss", "mse" if regression else "cross_entropy")
         t.setdefault("metrics", ["mae"] if regression else ["accuracy"])
         _with_key("train.loss", get_loss, t["loss"])
-        keys = [_with_key("train.metrics", resolve_metric, m)[0] for m in t["metrics"]]
-        log_keys = ["epoch", *(f"{p}_{k}" for p in ("train", "val") for k in ["loss", *keys]),
-                    "lr", "seconds"]
+        for m in t["metrics"]:
+            _with_key("train.metrics", resolve_metric, m)
+        log_keys = logged_keys(t["metrics"])
         _with_key("train.monitor", lambda m: Monitor(m).check_available(log_keys), t["monitor"])
         self.device = _with_key("train.device", resolve_device, t["device"])
 
@@ -229,16 +230,16 @@ def _restarted_by_torchrun() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
-def _run_dir(out: str | None, cfg: dict[str, Any]) -> tuple[Path, bool]:
+def _run_dir(out: str | None, cfg: dict[str, Any], resumable: bool = True) -> tuple[Path, bool]:
     """The run folder and whether it must be created with a unique suffix."""
     multi = _torchrun_rank() is not None
     if out is not None:
         path = Path(out)
         # Under torchrun every rank names the same folder, and a restarted attempt finds its own.
         if not multi and path.exists() and (not path.is_dir() or any(path.iterdir())):
+            resume = f", or continue it with --resume {path}" if resumable else ""
             raise OptiloopError(f"--out {path} already exists and is not an empty folder; "
-                                "choose a new folder (runs are never overwritten), or continue it "
-                                f"with --resume {path}")
+                                f"choose a new folder (runs are never overwritten){resume}")
         return path, False
     # Every rank must derive the same name: torchrun's run id is shared, a clock is not.
     stamp = os.environ["TORCHELASTIC_RUN_ID"][:12] if multi else datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -260,13 +261,6 @@ def _make_dir(path: Path, unique: bool) -> Path:
         except FileExistsError:
             continue
     raise OptiloopError(f"cannot find a free run folder name next to {path}")
-
-
-def _write_text(path: Path, text: str) -> None:
-    from .files import atomic_open
-
-    with atomic_open(path, "w") as f:
-        f.write(text)
 
 
 @command("train")
@@ -315,7 +309,7 @@ class TrainCommand(Command):
         t = cfg["train"]
         run_dir = _make_dir(path, unique)
         if _torchrun_rank() in (None, 0):
-            _write_text(run_dir / "config.toml",
+            write_text(run_dir / "config.toml",
                         f"# optiloop {__version__}: the resolved config of this run. "
                         "Re-run it with: optiloop train --config config.toml\n\n" + tomli_w.dumps(cfg))
 
@@ -356,7 +350,7 @@ class TrainCommand(Command):
                      title=f"{run_dir.name}: {cfg['optimizer']['name']} lr "
                      f"{_fmt(cfg['optimizer'].get('lr', 'default'))}, {cfg['scheduler']['name']}")
         summary = self._summary(cfg, plan, history, best, info, seconds, run_dir)
-        _write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
         vals = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
         stop = f" ({info.stop_reason})" if info.stop_reason else ""
@@ -748,7 +742,7 @@ class LRFindCommand(Command):
         cfg = resolve(args.config, args.set, flags)
         o = cfg["optimizer"]
         if args.out is not None:
-            _run_dir(args.out, cfg)  # refuses a folder that exists and is not empty
+            _run_dir(args.out, cfg, resumable=False)  # refuses a folder that exists and is not empty
         task = task_from_config(cfg)
         device = _with_key("train.device", resolve_device, cfg["train"]["device"])
         seed_everything(cfg["train"]["seed"])

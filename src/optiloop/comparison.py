@@ -260,7 +260,7 @@ def compare(
         initial weights), run (its folder under ``out``).
         ``summarize(rows)`` gives mean and std per combination.
     """
-    from .loop import fit, resolve_device, seed_everything
+    from .loop import fit, logged_keys, resolve_device, seed_everything
 
     # -- check everything before anything is trained or written
     opt_names = parse_names(optimizers, "optimizer", OPTIMIZERS)
@@ -290,13 +290,14 @@ def compare(
     probe = model()
     if not isinstance(probe, nn.Module):
         raise OptiloopError(f"model() must return an nn.Module, got {type(probe).__name__}")
-    steps = math.ceil(_length(train_data) / batch_size) if _length(train_data) else 1
+    n_train = _length(train_data)
+    steps = math.ceil(n_train / batch_size) if n_train else 1
     for o, s in combos:  # dry build: a bad LR or option fails here, with nothing written
-        opt = build_optimizer(o, copy.deepcopy(probe), lr=lr_of[o], **DEFAULT_OPTIONS.get(o, {}))
+        opt = build_optimizer(o, probe, lr=lr_of[o], **DEFAULT_OPTIONS.get(o, {}))  # leaves probe as is
         build_scheduler(scheduler_spec(s, epochs), opt, epochs=epochs, steps_per_epoch=steps)
     del probe
     if goal is not None:
-        want = [f"{p}_{k}" for p in ("train", "val") for k in ["loss", *_metric_keys(metrics)]]
+        want = [k for k in logged_keys(metrics) if k.startswith(("train_", "val_"))]
         if goal[0] not in want:
             raise OptiloopError(f"--target {goal[0]!r} is never logged; choose one of: "
                                 f"{', '.join(want)}")
@@ -502,12 +503,6 @@ def _length(data: Any) -> int:
         return 0
 
 
-def _metric_keys(metrics: Sequence[str | Callable]) -> list[str]:
-    from .metrics import resolve_metric
-
-    return [resolve_metric(m)[0] for m in metrics]
-
-
 def _name(x: Any) -> str:
     return x if isinstance(x, str) else getattr(x, "__name__", type(x).__name__)
 
@@ -567,7 +562,7 @@ def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: s
     import tomli_w
 
     from . import __version__
-    from .files import atomic_open
+    from .files import write_text
     from .plots import plot_history
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -585,11 +580,9 @@ def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: s
         cfg = {"optimizer": opt_section, "scheduler": sched_section,
                "train": {"epochs": epochs, "batch_size": batch_size, "seed": seed}}
         head = "Model and data were given in Python; only these settings are recorded"
-    with atomic_open(run_dir / "config.toml", "w") as f:
-        f.write(f"# optiloop {__version__} compare: {o} + {s}, seed {seed}. {head}\n\n"
-                + tomli_w.dumps(cfg))
+    write_text(run_dir / "config.toml",
+               f"# optiloop {__version__} compare: {o} + {s}, seed {seed}. {head}\n\n" + tomli_w.dumps(cfg))
     summary = {"optimizer": o, "scheduler": s, "seed": seed, "lr": lr, **row,
                "best": dict(history.rows[row["best_epoch"] - 1]) if row["best_epoch"] else None,
                "final": dict(history.rows[-1])}
-    with atomic_open(run_dir / "summary.json", "w") as f:
-        f.write(json.dumps(summary, indent=2, default=str) + "\n")
+    write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")

@@ -50,3 +50,9 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Atomically write a UTF-8 text file."""
+    with atomic_open(path, "w") as f:
+        f.write(text)

@@ -29,7 +29,7 @@ from .callbacks import Callback, Monitor, ProgressBar, TerminateOnNaN
 from .data import make_batches
 from .errors import NonFiniteLossError, OptiloopError, choices
 from .history import History
-from .metrics import MetricSet, get_loss
+from .metrics import MetricSet, get_loss, resolve_metric
 from .optim import build_optimizer
 from .schedules import Schedule, build_scheduler
 
@@ -54,6 +54,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise OptiloopError("device 'cuda' asked for but CUDA is not available; use device='auto' or 'cpu'")
     return dev
+
+
+def logged_keys(metrics: Sequence[str | Callable], validation: bool = True) -> list[str]:
+    """The keys of fit's per-epoch logs (the History's columns) for these metrics: what a
+    monitor may name. Raises on an unknown metric."""
+    keys = ["loss", *(resolve_metric(m)[0] for m in metrics)]
+    return ["epoch", *(f"train_{k}" for k in keys), *(f"val_{k}" for k in keys if validation),
+            "lr", "seconds"]
 
 
 def seed_everything(seed: int) -> None:
@@ -253,10 +261,7 @@ def fit(
     metric_names = list(metrics)
     train_metrics = MetricSet(metric_names, dev)
     val_metrics = MetricSet(metric_names, dev) if val is not None else None
-    log_keys = ["epoch", *(f"train_{k}" for k in train_metrics.keys)]
-    if val_metrics is not None:
-        log_keys += [f"val_{k}" for k in val_metrics.keys]
-    log_keys += ["lr", "seconds"]
+    log_keys = logged_keys(metric_names, validation=val is not None)
     if schedule.interval == "metric":
         Monitor(schedule.monitor or "val_loss").check_available(log_keys)
 

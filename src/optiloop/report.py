@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .comparison import summarize, table_cells, write_csv
-from .files import atomic_open
+from .files import write_text
 from .plots import plot_overlay
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
@@ -42,10 +42,8 @@ def write_report(out: Path, rows: Sequence[Mapping[str, Any]], histories: Mappin
     summary = summarize(rows)
     pictures = _plots(out, histories)
     md = _markdown(summary, pictures, settings)
-    with atomic_open(out / "report.md", "w") as f:
-        f.write(md)
-    with atomic_open(out / "report.html", "w") as f:
-        f.write(_html(summary, pictures, settings, out))
+    write_text(out / "report.md", md)
+    write_text(out / "report.html", _html(summary, pictures, settings, out))
     return [out / "results.csv", *(out / p for p, _ in pictures), out / "report.md",
             out / "report.html"]
 

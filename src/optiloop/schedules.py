@@ -190,7 +190,7 @@ def _need(name: str, key: str, value):
     return value
 
 
-def _make(name: str, opt, interval: str, length: int | None, kw: dict[str, Any]):
+def _make(name: str, opt, length: int | None, kw: dict[str, Any]):
     """Build the torch scheduler. ``length`` is the run's length in the scheduler's own unit."""
     if name == "constant":
         return None
@@ -302,7 +302,7 @@ def build_scheduler(
     else:
         length = epochs
     try:
-        sched = _make(name, optimizer, interval, length, dict(kwargs))
+        sched = _make(name, optimizer, length, dict(kwargs))
     except (TypeError, ValueError) as e:  # a keyword torch's class does not take, or a bad value
         raise OptiloopError(f"scheduler {name!r}: {_first_line(e)}") from None
     warm = _warmup(warmup_epochs, warmup_steps, steps_per_epoch)
