@@ -196,6 +196,16 @@ def test_schedule_per_step_with_warmup_and_scoped_set(run_main, tmp_path):
     assert_png(tmp_path / "w.png")
 
 
+def test_schedule_stepped_per_step_takes_its_lengths_in_steps(run_main):
+    # cosine stepped per optimizer step: T_max is the run's 20 steps, so the curve only falls
+    code, out, err = run_main("schedule", "cosine", "--epochs", "4", "--steps-per-epoch", "5",
+                              "--set", "interval=step")
+    assert code == 0, err
+    assert "cosine (T_max=20, eta_min=0, interval=step)" in out
+    table = [float(line.split()[1]) for line in out.splitlines() if line[:5].strip().isdigit()]
+    assert len(table) == 4 and all(a > b for a, b in zip(table, table[1:]))
+
+
 @pytest.mark.parametrize(("args", "needles"), [
     (["cosinus"], ["cosinus", "cosine", "onecycle"]),
     (["step", "--set", "foo=1"], ["step", "foo"]),
