@@ -10,23 +10,24 @@ Example:
     3
 """
 
-from .callbacks import Callback, EarlyStopping, LRMonitor, Monitor, ProgressBar, TerminateOnNaN
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .callbacks import Callback, CallbackList, EarlyStopping, LRMonitor, Monitor, ProgressBar, TrainState
+from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
 from .comparison import compare, summarize, to_frame
+from .data import Batches
 from .errors import CheckpointError, NonFiniteLossError, OptiloopError
 from .history import History
-from .loop import TrainState, evaluate, fit, resolve_device, seed_everything
+from .loop import evaluate, fit, resolve_device, seed_everything
 from .lr_finder import LRFindResult, lr_find
 from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
 from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
+from .steps import StepOutput
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Callback", "Checkpoint", "CheckpointError", "EarlyStopping", "History", "LRFindResult", "LRMonitor",
-    "Monitor",
-    "NonFiniteLossError", "OPTIMIZERS", "OptiloopError", "ProgressBar", "SCHEDULERS", "Schedule",
-    "TerminateOnNaN", "TrainState", "build_optimizer", "build_scheduler", "compare", "evaluate", "fit",
-    "load_checkpoint", "lr_find", "optimizer_defaults", "preview_schedule", "resolve_device",
-    "save_checkpoint", "seed_everything", "summarize", "to_frame",
+    "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError", "CheckpointFolder", "EarlyStopping",
+    "History", "LRFindResult", "LRMonitor", "Monitor", "NonFiniteLossError", "OPTIMIZERS", "OptiloopError",
+    "ProgressBar", "SCHEDULERS", "Schedule", "StepOutput", "TrainState", "build_optimizer", "build_scheduler",
+    "compare", "evaluate", "fit", "load_checkpoint", "lr_find", "optimizer_defaults", "preview_schedule",
+    "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame",
 ]
