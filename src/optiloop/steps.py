@@ -63,10 +63,9 @@ def supervised_step(loss_fn: Callable) -> Step:
     """The default step: ``loss_fn(model(x), y)`` on an ``(x, y)`` batch."""
 
     def step(model, batch):
-        try:
-            x, y = batch
-        except (TypeError, ValueError):
-            raise OptiloopError(_not_a_pair(batch)) from None
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise OptiloopError(_not_a_pair(batch))  # (a dict would unpack to its keys)
+        x, y = batch
         out = model(x)
         return loss_fn(out, y), out, y, None
 
