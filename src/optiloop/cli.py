@@ -404,22 +404,6 @@ class TrainCommand(Command):
 
 
 # --- schedule ----------------------------------------------------------------------------------
-def schedule_defaults(name: str, lr: float, epochs: int, steps_per_epoch: int,
-                      interval: str | None = None) -> dict[str, Any]:
-    """Arguments shown (and used) for ``name`` when the user gives none: every name plots.
-    Lengths are in the schedule's own unit: steps when it is stepped per optimizer step."""
-    from .schedules import SCHEDULERS
-
-    length = epochs * steps_per_epoch if (interval or SCHEDULERS[name][0]) == "step" else epochs
-    shown: dict[str, dict[str, Any]] = {
-        "step": {"gamma": 0.1}, "multistep": {"gamma": 0.1},
-        "cosine": {"T_max": length, "eta_min": 0.0}, "cosine_restarts": {"T_0": max(1, length // 4)},
-        "plateau": {"factor": 0.5, "patience": max(1, epochs // 10)}, "onecycle": {"max_lr": lr},
-        "linear": {"start_factor": 1.0, "end_factor": 0.0}, "polynomial": {"power": 1.0},
-    }
-    return {**default_arguments(name, length), **shown.get(name, {})}
-
-
 def simulated_metric(epochs: int) -> tuple[list[float], int]:
     """A validation loss that improves for the first third of the run, then stalls."""
     stall = max(1, epochs // 3)
@@ -445,7 +429,7 @@ class ScheduleCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from .config import parse_value
         from .plots import plot_schedules
-        from .schedules import SCHEDULERS, preview_schedule
+        from .schedules import SCHEDULERS, preview_schedule, shown_arguments
 
         names = [n.lower() for n in args.names]
         for n in names:
@@ -466,9 +450,9 @@ class ScheduleCommand(Command):
         note = None
         for n in names:
             given = {**common, **scoped.get(n, {})}
-            kwargs = {**schedule_defaults(n, args.lr, args.epochs, spe, given.get("interval")), **given}
+            kwargs = {**shown_arguments(n, args.lr, args.epochs, spe, given.get("interval")), **given}
             metrics = None
-            if SCHEDULERS[n][0] == "metric":
+            if SCHEDULERS[n].interval == "metric":
                 metrics, stall = simulated_metric(args.epochs)
                 note = (f"plateau: shown against a simulated val_loss that improves until epoch "
                         f"{stall}, then stalls")
