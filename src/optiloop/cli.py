@@ -658,9 +658,10 @@ class CompareCommand(Command):
         _add_task_arguments(p)
 
     def run(self, args: argparse.Namespace) -> int:
-        from .comparison import compare, format_table, parse_lrs, parse_names, parse_target, summarize
+        from .comparison import compare, parse_lrs, parse_names, parse_target, summarize
         from .config import resolve
         from .optim import OPTIMIZERS
+        from .report import format_table
         from .schedules import SCHEDULERS
 
         # Cheap checks first (one line each), then the data; compare() checks the rest before

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import math
 import os
@@ -348,7 +347,7 @@ def compare(
     if out_dir is not None:
         from .report import write_report
 
-        write_report(out_dir, rows, histories, settings={
+        write_report(out_dir, rows, summarize(rows), histories, settings={
             "epochs": epochs, "batch_size": batch_size, "seeds": seed_list, "loss": _name(loss),
             "metrics": [_name(m) for m in metrics], "target": goal, "lrs": lr_of,
             "data": task.description if task else "given in Python",
@@ -397,77 +396,6 @@ def to_frame(rows: Sequence[Mapping[str, Any]]) -> Any:
         raise OptiloopError("as_frame / to_frame need pandas, which is not installed "
                             "(pip install pandas); the rows are plain dicts without it") from None
     return pd.DataFrame(list(rows))
-
-
-def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """(key, header) of the figures a summary table shows, in order (keys without _mean/_std)."""
-    keys = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")] if rows else []
-    headers = {"best_val_loss": "best val_loss", "final_val_loss": "final val_loss",
-               "best_epoch": "best epoch", "sec_per_epoch": "s/epoch"}
-    wanted = [k for k in keys if k not in ("epochs_run", "seconds")]
-    return [(k, headers.get(k, f"epochs to {k[len('epochs_to_'):]}" if k.startswith("epochs_to_")
-                            else k.replace("_", " ", 1))) for k in wanted]
-
-
-def format_value(mean: float | None, std: float | None, key: str, seeds: int) -> str:
-    """``0.9722 ± 0.0031`` (± only with several seeds); epochs as whole numbers when they are."""
-    if mean is None:
-        return "-"
-    if not math.isfinite(mean):
-        return f"{mean} (diverged)"
-    if key in ("best_epoch",) or key.startswith("epochs_to_"):
-        text = f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
-        digits = 1
-    elif key == "sec_per_epoch":
-        text, digits = f"{mean:.3f}", 3
-    else:
-        text, digits = f"{mean:.4f}", 4
-    if seeds > 1 and std is not None:
-        text += f" ± {std:.{digits}f}"
-    return text
-
-
-def table_cells(rows: Sequence[Mapping[str, Any]], *, always_reached: bool = False
-                ) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells of the summary table: the one layout every report uses.
-
-    ``always_reached`` appends "(reached/seeds)" to the target column even for one seed.
-    """
-    cols = table_columns(rows)
-    header = ["optimizer", "scheduler", "lr", *(h for _, h in cols)]
-    body = []
-    for r in rows:
-        cells = [r["optimizer"], r["scheduler"], f"{r['lr']:g}"]
-        for key, _ in cols:
-            cell = format_value(r.get(f"{key}_mean"), r.get(f"{key}_std"), key, r["seeds"])
-            if f"{key}_reached" in r and (always_reached or r["seeds"] > 1):
-                cell += f" ({r[f'{key}_reached']})"
-            cells.append(cell)
-        body.append(cells)
-    return header, body
-
-
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The summary (``summarize``) as an aligned plain-text table."""
-    header, body = table_cells(rows)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
-                       for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-             for cells in [header, *body]]
-    return "\n".join(lines)
-
-
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Rows to CSV (atomic): the union of keys as columns, in first-seen order."""
-    from .files import atomic_open
-
-    keys: dict[str, None] = {}
-    for r in rows:
-        keys.update(dict.fromkeys(r))
-    with atomic_open(path, "w") as f:
-        w = csv.DictWriter(f, fieldnames=list(keys))
-        w.writeheader()
-        w.writerows(rows)
 
 
 # --- helpers -----------------------------------------------------------------------------------
