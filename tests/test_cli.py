@@ -226,8 +226,12 @@ def test_list_shows_every_name_with_defaults(cli):
     for name in ("sgd", "adamw", "muon", "cosine", "onecycle", "plateau", "digits", "diabetes",
                  "mlp", "cnn"):
         assert f"  {name} " in proc.stdout
-    assert "nesterov=False" in proc.stdout  # torch's default for sgd
+    sgd = next(line for line in proc.stdout.splitlines() if line.startswith("  sgd "))
+    assert "lr=0.1, momentum=0.9" in sgd and "torch.optim.SGD" in sgd  # the CLI's one table
     assert "metric" in proc.stdout  # plateau's interval
+    proc = cli("list", "--torch-defaults")
+    assert proc.returncode == 0, proc.stderr
+    assert "nesterov=False" in proc.stdout  # torch's default for sgd
 
 
 def test_eval_bad_input(cli, tmp_path):

@@ -71,12 +71,12 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
     # without momentum is not the SGD anyone tunes.
     "sgd": OptimizerInfo("SGD", "stochastic gradient descent (momentum, nesterov)",
                          {"lr": 0.1, "momentum": 0.9}, fused_on=("cpu", "cuda", "mps")),
-    "adam": OptimizerInfo("Adam", "Adam (decoupled_weight_decay=true: AdamW)", {"lr": 1e-3},
+    "adam": OptimizerInfo("Adam", "Adam; decoupled_weight_decay=true makes it AdamW", {"lr": 1e-3},
                           decoupled_switch="decoupled_weight_decay", fused_on=("cpu", "cuda", "mps")),
     "adamw": OptimizerInfo("AdamW", "Adam with decoupled weight decay", {"lr": 1e-3, "weight_decay": 0.01},
                            decoupled=True, fused_on=("cpu", "cuda", "mps")),
-    "rmsprop": OptimizerInfo("RMSprop", "RMSprop (momentum, centered)", {"lr": 1e-3}),
-    "adagrad": OptimizerInfo("Adagrad", "Adagrad: per-parameter LR from summed squared gradients",
+    "rmsprop": OptimizerInfo("RMSprop", "running mean of squared gradients (momentum, centered)", {"lr": 1e-3}),
+    "adagrad": OptimizerInfo("Adagrad", "per-parameter LR from the sum of squared gradients",
                              {"lr": 1e-2}, fused_on=("cpu",)),
     # The rest: torch's own LR, named here so the command line shows what it uses.
     "nadam": OptimizerInfo("NAdam", "Adam with Nesterov momentum", {"lr": 2e-3},
