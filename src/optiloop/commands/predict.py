@@ -43,7 +43,8 @@ class PredictCommand(Command):
                                     "give the rows with --data FILE") from None
         else:
             X, _ = read_rows(args.data, run, target=args.target, what="--data")
-        header, rows = prediction_table(run, X, batch_size=args.batch_size)
+        where = f"--data {args.data}" if args.data else "the validation split"
+        header, rows = prediction_table(run, X, batch_size=args.batch_size, where=where)
         if out is None:
             import csv
 
