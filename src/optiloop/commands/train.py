@@ -137,4 +137,4 @@ def length_line(epochs: int, patience: int, monitor: str) -> str:
     if patience >= epochs:
         return (f"{epochs} epochs: early stopping (patience {patience}) cannot end a run this short")
     return (f"up to {epochs} epochs: early stopping ends the run once {monitor} has not improved for "
-            f"{patience} epochs (--early-stopping 0 runs all {epochs})")
+            f"{patience} epoch{'s' if patience > 1 else ''} (--early-stopping 0 runs all {epochs})")
