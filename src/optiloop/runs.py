@@ -47,7 +47,6 @@ from .files import write_text
 from .preprocessing import Preprocessing
 
 INFERENCE = "inference"  # the key of the checkpoint config that holds what applying the model needs
-TASKS = ("classification", "regression")
 
 
 def with_key(key: str, fn: Callable[[Any], Any], value: Any) -> Any:
