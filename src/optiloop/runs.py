@@ -3,8 +3,7 @@
 - :func:`build_task` is the one way from a resolved config (``config.resolve``) to what training
   needs: the data set, the train / validation split, the preprocessing fitted on the train split
   (``optiloop.preprocessing``: scikit-learn's ``StandardScaler``), the model, the default loss and
-  metrics. ``optiloop train``,
-  ``eval``, ``predict``, ``compare`` and ``lr-find`` all start there.
+  metrics. ``optiloop train``, ``eval``, ``predict``, ``compare`` and ``lr-find`` all start there.
 - :class:`TrainingRun` is ``optiloop train`` as a library: everything built and checked first,
   then the folder, ``fit``, and the run's files.
 - :class:`RunFolder` is the one writer of a run's files (config.toml, history.csv, curves.png,
@@ -15,7 +14,6 @@
   data: checkpoints stay loadable with ``torch.load(weights_only=True)``.
 
 Example:
-    >>> import optiloop as ol
     >>> from optiloop.config import resolve
     >>> task = build_task(resolve(sets=["data.name=wine"]))
     >>> task.description, task.loss, task.metrics
@@ -41,7 +39,7 @@ import torch
 from torch import nn
 
 from .callbacks import Callback
-from .datasets import Dataset, is_user_function, labels, load_dataset, read_table, split
+from .datasets import Dataset, Split, is_user_function, labels, load_dataset, read_table, split
 from .errors import OptiloopError
 from .files import write_text
 from .preprocessing import Preprocessing
@@ -73,7 +71,7 @@ class Task:
 
     config: dict[str, Any]
     dataset: Dataset
-    raw: Any  # datasets.Split
+    raw: Split
     preprocessing: Preprocessing
     train_data: tuple[np.ndarray, np.ndarray]
     val_data: tuple[np.ndarray, np.ndarray]
@@ -308,6 +306,7 @@ class TrainingRun:
     def __init__(self, cfg: Mapping[str, Any], *, out: str | os.PathLike | None = None,
                  resume: str | os.PathLike | None = None):
         from .callbacks import Monitor
+        from .config import extras
         from .loop import logged_keys, resolve_device, seed_everything
         from .optim import build_optimizer
         from .schedules import build_scheduler, default_arguments, lookup, run_length
@@ -333,8 +332,6 @@ class TrainingRun:
                 s.setdefault(key, value)
         seed_everything(t["seed"])  # the model's initial weights follow the run's seed
         self.model = task.new_model()
-        from .config import extras
-
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
         self.scheduler = {"name": s["name"], **extras(s)}
         # Dry build on the real model, exactly as fit() will: unknown keys and impossible values
@@ -358,7 +355,7 @@ class TrainingRun:
         if out is not None:
             # Under torchrun every rank names the same folder, and a restarted attempt finds its own.
             if not multi:
-                ensure_empty(out, "out", f", or continue it with --resume {out}")
+                ensure_empty(out, "out", ", or continue it (resume=)")
             return Path(out), False
         # Every rank must derive the same name: torchrun's run id is shared, a clock is not.
         when = os.environ["TORCHELASTIC_RUN_ID"][:12] if multi else stamp()
@@ -411,10 +408,9 @@ class TrainingRun:
         best = history.rows[ckpt.best_epoch - 1] if ckpt.best_epoch else history.rows[-1]
         if info.is_main:
             folder.write_history(history)
-            lr = o.get("lr")
+            lr = f"{o['lr']:g}" if "lr" in o else "default"
             folder.write_curves(history, best_epoch=ckpt.best_epoch,
-                                title=f"{folder.path.name}: {o['name']} lr {lr if lr is not None else 'default'}"
-                                      f", {self.cfg['scheduler']['name']}")
+                                title=f"{folder.path.name}: {o['name']} lr {lr}, {self.cfg['scheduler']['name']}")
             folder.write_summary(self._summary(history, best, info, seconds))
         return TrainingResult(folder, history, dict(best), info.stop_reason, seconds, info.is_main)
 
@@ -563,7 +559,7 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
         found = [path / n for n in names if (path / n).is_file()]
         if not found:
             raise OptiloopError(f"{path} holds no {' or '.join(names)}: is it a run folder of optiloop "
-                                "train (compare runs keep checkpoints only with --checkpoints)?")
+                                "train? (a compare run keeps checkpoints only when asked: checkpoints=True)")
         path = found[0]
     elif not path.exists():
         raise OptiloopError(f"no run folder or checkpoint at {path}")
@@ -586,9 +582,10 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
 
 # --- new rows from files (the command line's --data) ------------------------------------------
 def read_rows(spec: str, run: Run, *, target: str | None = None, need_labels: bool = False,
-              what: str = "data") -> tuple[Any, np.ndarray | None]:
+              what: str = "data", target_arg: str = "target") -> tuple[Any, np.ndarray | None]:
     """Rows to apply ``run`` to, from a CSV (columns by name; the label column optional), an
     ``.npz`` (``X`` by position, ``y`` optional), a built-in data set or ``package.module:function``.
+    ``what`` and ``target_arg`` name the arguments in error messages (the CLI: --data, --target).
 
     Returns:
         (the features: a mapping of columns or an array, the labels in original values or None).
@@ -600,7 +597,7 @@ def read_rows(spec: str, run: Run, *, target: str | None = None, need_labels: bo
         y = labels(table.pop(target)) if target in table else None
         if need_labels and y is None:
             raise OptiloopError(f"{where}: no label column {target!r} to evaluate against; columns: "
-                                f"{', '.join(table)} (name it with --target)")
+                                f"{', '.join(table)} (name it with {target_arg})")
         return table, y
     if spec.lower().endswith(".npz"):
         path = Path(spec)

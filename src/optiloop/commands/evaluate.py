@@ -37,7 +37,8 @@ class EvalCommand(Command):
                                     "evaluate on other rows with --data FILE") from None
             what = f"validation split of {run.config['data']['name']}"
         else:
-            X, y = read_rows(args.data, run, target=args.target, need_labels=True, what="--data")
+            X, y = read_rows(args.data, run, target=args.target, need_labels=True, what="--data",
+                             target_arg="--target")
             what = f"all of {args.data}"
         results = run.evaluate(X, y, batch_size=args.batch_size, device=args.device,
                                where=f"--data {args.data}" if args.data else what)
