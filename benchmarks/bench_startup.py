@@ -2,7 +2,7 @@
 
     python benchmarks/bench_startup.py                                  # prints the table
     python benchmarks/bench_startup.py --out docs/performance.md        # (re)writes its section there
-    python benchmarks/bench_startup.py --baseline /path/to/other/src    # side by side with another checkout
+    python benchmarks/bench_startup.py --baseline /path/to/other/src --baseline-name "before (abc123)"
 
 Method (why each choice):
 - Each figure is one whole ``python -m optiloop ...`` process, start to exit (interpreter start-up,
@@ -101,7 +101,16 @@ def report(sources: dict[str, Path], times: dict[tuple[str, str], list[float]], 
             cells += [f"{min(t):.2f}", f"{statistics.median(t):.2f}",
                       "yes" if torch_seen[(label, name)] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", END]
+    lines += ["", "What the figures hold: `--help` and `list` import no torch (names, defaults and help come "
+              "from torch-free records: `optiloop.optim.OPTIMIZERS`, `optiloop.schedules.SCHEDULERS`, "
+              "`optiloop.models`), so they cost the interpreter plus argparse; `list` also imports numpy "
+              "(the data-set table lives in `optiloop.datasets`). Commands that compute still pay torch's "
+              "own import, and `train` pays three costs that are not optiloop's: torch's import, "
+              "`torch._dynamo`, which torch imports when the first optimizer is constructed (any "
+              "`torch.optim` class, with or without optiloop), and scikit-learn, imported for the "
+              "built-in data set and the `StandardScaler` of the preprocessing. matplotlib is imported "
+              "only when `curves.png` is drawn, at the end. A shared machine (see the load average) "
+              "spreads the medians; the minima are the better comparison.", "", END]
     return "\n".join(lines) + "\n"
 
 
@@ -125,11 +134,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--baseline", metavar="SRC", help="another checkout's src folder to time alongside")
+    p.add_argument("--baseline-name", default="before (baseline)",
+                   help="its column label, e.g. 'before (eff3f3e)'")
     p.add_argument("--out", metavar="FILE", help="write the section into this Markdown file")
     args = p.parse_args()
     sources = {"this checkout": HERE / "src"}
     if args.baseline:
-        sources = {"before (baseline)": Path(args.baseline).resolve(), "after (this checkout)": HERE / "src"}
+        sources = {args.baseline_name: Path(args.baseline).resolve(), "after (this checkout)": HERE / "src"}
     load0 = _load()
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="optiloop-startup-"))
