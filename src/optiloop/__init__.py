@@ -30,7 +30,8 @@ _WHERE: dict[str, str] = {
     "Batches": "data",
     "compare": "comparison", "summarize": "comparison", "to_frame": "comparison",
     "CheckpointError": "errors", "NonFiniteLossError": "errors", "OptiloopError": "errors",
-    "History": "history",
+    "History": "history", "Steps": "history",
+    "Logger": "loggers", "StepHistory": "loggers", "TensorBoard": "loggers",
     "evaluate": "loop", "fit": "loop", "resolve_device": "loop",
     "seed_everything": "loop",
     "LRFindResult": "lr_finder", "lr_find": "lr_finder",
@@ -44,8 +45,9 @@ _WHERE: dict[str, str] = {
 
 __all__ = [
     "OPTIMIZERS", "SCHEDULERS", "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError",
-    "CheckpointFolder", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Monitor", "NonFiniteLossError",
-    "OptiloopError", "ProgressBar", "Run", "Schedule", "StepOutput", "TrainState", "build_optimizer",
+    "CheckpointFolder", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Logger", "Monitor",
+    "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepHistory", "StepOutput", "Steps",
+    "TensorBoard", "TrainState", "build_optimizer",
     "build_scheduler", "compare", "evaluate", "fit", "load", "load_checkpoint", "lr_find",
     "optimizer_defaults", "predict", "preview_schedule", "resolve_device", "save_checkpoint",
     "seed_everything", "summarize", "to_frame",
@@ -73,8 +75,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .comparison import compare, summarize, to_frame
     from .data import Batches
     from .errors import CheckpointError, NonFiniteLossError, OptiloopError
-    from .history import History
+    from .history import History, Steps
     from .inference import predict
+    from .loggers import Logger, StepHistory, TensorBoard
     from .loop import evaluate, fit, resolve_device, seed_everything
     from .lr_finder import LRFindResult, lr_find
     from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
