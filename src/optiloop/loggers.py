@@ -316,7 +316,7 @@ class TensorBoard(Logger):
     def __init__(self, log_dir: str | os.PathLike, *, every: int = 1, max_points: int | None = DEFAULT_MAX_POINTS,
                  grad_norm: bool = False, flush_every: int | None = None):
         super().__init__(every=every, max_points=max_points, grad_norm=grad_norm, flush_every=flush_every)
-        _summary_writer()  # a missing package fails now, before training
+        require_tensorboard()  # a missing package fails now, before training
         self.log_dir = Path(log_dir)
         self.writer: Any = None
 
@@ -325,7 +325,7 @@ class TensorBoard(Logger):
         pending = self.pending_steps()
         # Resumed: events the interrupted run wrote after this point are not this run's.
         purge = pending[0] if pending else (state.step + 1 if state.step else None)
-        self.writer = _summary_writer()(log_dir=str(self.log_dir), purge_step=purge)
+        self.writer = require_tensorboard()(log_dir=str(self.log_dir), purge_step=purge)
 
     def log_steps(self, state, rows, walltimes):
         add = self.writer.add_scalar
@@ -347,7 +347,7 @@ class TensorBoard(Logger):
             self.writer = None
 
 
-def _summary_writer() -> Any:
+def require_tensorboard() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

@@ -43,6 +43,14 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
 }
 
+# flag -> (train key, help): on/off switches (given: true; absent: the config's value).
+TRAIN_SWITCHES: dict[str, tuple[str, str]] = {
+    "--tensorboard": ("tensorboard", "also write TensorBoard event files into RUN/tensorboard: per epoch every "
+                      "logged figure, per step the loss, LR and gradient norm (needs: pip install tensorboard)"),
+    "--grad-norm": ("grad_norm", "record the gradient norm of every step in steps.csv (and TensorBoard); "
+                    "free with clip_grad_norm, otherwise a few extra kernels per step"),
+}
+
 
 @command("train")
 class TrainCommand(Command):
@@ -64,6 +72,9 @@ class TrainCommand(Command):
         for flag, (section, key, typ, text) in TRAIN_FLAGS.items():
             p.add_argument(flag, type=typ, dest=f"{section}__{key}",
                            help=f"{text} ({section}.{key})")
+        for flag, (key, text) in TRAIN_SWITCHES.items():
+            p.add_argument(flag, action="store_true", default=None, dest=f"train__{key}",
+                           help=f"{text} (train.{key})")
 
     def run(self, args: argparse.Namespace) -> int:
         from ..config import resolve
@@ -72,6 +83,8 @@ class TrainCommand(Command):
         flags: dict[str, dict[str, Any]] = {}
         for section, key, _, _ in TRAIN_FLAGS.values():
             flags.setdefault(section, {})[key] = getattr(args, f"{section}__{key}")
+        for key, _ in TRAIN_SWITCHES.values():
+            flags["train"][key] = getattr(args, f"train__{key}")
         resume = self._resume_dir(args)
         if args.out is not None and torchrun_rank() is None:  # (under torchrun every rank names it)
             ensure_empty(args.out, "--out", f", or continue it with --resume {args.out}")
@@ -127,6 +140,8 @@ def header(run: Any, folder: Path) -> str:
         f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
         "  " + length_line(run.epochs, run.patience, run.monitor),
     ]
+    if cfg["train"].get("tensorboard"):
+        lines.append(f"  TensorBoard: tensorboard --logdir {folder}/tensorboard")
     return "\n".join(lines)
 
 
