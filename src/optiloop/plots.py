@@ -294,7 +294,7 @@ def plot_lr_runs(runs: Mapping[str, Rows], path: str | os.PathLike, *, base: Map
         runs: legend label -> a History (its per-step rows are used when present).
         path: the PNG to write.
         base: label -> the run's configured LR: curves are drawn as a multiple of it, so
-            optimizers whose LRs differ 100x share one linear axis (the legend keeps the LRs).
+            optimizers whose LRs differ 100x share one linear axis (put the LRs in the labels).
         styles: label -> matplotlib line keywords (colour, line style).
         title: the axis title.
         log: a log y axis (default linear).
@@ -306,11 +306,12 @@ def plot_lr_runs(runs: Mapping[str, Rows], path: str | os.PathLike, *, base: Map
         raise OptiloopError("no runs to plot")
     fig = Figure(figsize=(9.5, 4.8), layout="constrained")
     ax = fig.subplots()
-    for label, h in runs.items():
+    for i, (label, h) in enumerate(runs.items()):
         scale = 1.0 / base[label] if base else 1.0
-        kw = {"linewidth": 1.8, **{k: v for k, v in (styles or {}).get(label, {}).items()
-                                   if k in ("color", "linestyle")}}
-        name = f"{label} (lr {base[label]:g})" if base else label
+        # Runs on one schedule coincide: each later line is thinner, so every one stays in sight.
+        kw = {"linewidth": 1.6 + 1.4 * (len(runs) - 1 - i), "alpha": 0.85,
+              **{k: v for k, v in (styles or {}).get(label, {}).items() if k in ("color", "linestyle")}}
+        name = label
         steps = getattr(h, "steps", None)
         if steps is not None and len(steps) and moves_within_epochs(steps):
             ax.plot(steps["epoch"], [v * scale for v in steps["lr"]], label=name, **kw)
