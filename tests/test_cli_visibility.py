@@ -139,3 +139,21 @@ def test_schedule_previews_per_step_schedules_per_step_by_default(run_main, tmp_
     assert_picture(tmp_path / "p.png")
     code, out, _ = run_main("schedule", "step", "cosine", "--epochs", "6")  # epoch schedules: one value per epoch
     assert code == 0 and "previewed with" not in out
+
+
+def test_class_figures_equal_scikit_learns():
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from optiloop.classification import class_report
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, 300)
+    pred = np.where((rng.random(300) < 0.6) & (truth < 4), truth, rng.integers(0, 4, 300))  # never class 4
+    report = class_report(truth, pred, list("abcde"))
+    np.testing.assert_array_equal(report.matrix, confusion_matrix(truth, pred, labels=range(5)))
+    expected = precision_recall_fscore_support(truth, pred, labels=range(5), zero_division=0)
+    for got, want in zip((report.precision, report.recall, report.f1, report.support), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert report.precision[4] == 0.0 and report.accuracy == pytest.approx(np.mean(truth == pred))
+    with pytest.raises(ol.OptiloopError, match="class ids must lie in 0..4"):
+        class_report([0, 5], [0, 1], list("abcde"))
