@@ -56,3 +56,82 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Atomically write a UTF-8 text file."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+def check_writable(path: str | os.PathLike, what: str) -> Path:
+    """Fail now, in one line, if ``path`` could not be created and written (a name too long, a
+    read-only or missing parent): before any work starts, not after it. Returns ``path``."""
+    from .errors import OptiloopError
+
+    path = Path(path)
+    for part in path.parts:  # first: a too-long name makes even exists() raise
+        if len(os.fsencode(part)) > 255:
+            raise OptiloopError(f"{what} {path}: the name {part[:40]}... is longer than the 255 bytes file "
+                                "systems allow")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    base = existing if existing.is_dir() else existing.parent
+    if existing.exists() and not existing.is_dir() and existing != path:
+        raise OptiloopError(f"{what} {path}: {existing} is a file, not a folder")
+    try:  # a real probe: os.access says yes to root even on a read-only file system
+        os.rmdir(tempfile.mkdtemp(prefix=".optiloop-probe-", dir=base))
+    except OSError as e:
+        raise OptiloopError(f"{what} {path}: cannot create anything in {base} ({e.strerror})") from None
+    return path
+
+
+LOCK_NAME = ".optiloop.lock"
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by this process until ``release`` (or its exit).
+
+    ``flock`` on ``<folder>/.optiloop.lock``: the kernel drops it when the holder dies, so a lock
+    left by a killed run is free again, never stale. A second process is refused with one line
+    naming the holder's pid.
+
+    Example:
+        >>> import tempfile
+        >>> lock = FolderLock(tempfile.mkdtemp()).acquire()
+        >>> lock.release()
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        import fcntl
+
+        from .errors import OptiloopError
+
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise OptiloopError(f"{self.path.parent} is in use by another optiloop process (pid {holder}); "
+                                    "wait for it to end, or choose another folder") from None
+            try:  # the holder before us may have removed the file after we opened it: retry on the new one
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and let go (removed while held: nobody can take a removed file)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None

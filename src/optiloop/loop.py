@@ -60,6 +60,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise OptiloopError("device 'cuda' asked for but CUDA is not available; use device='auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise OptiloopError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptiloopError("device 'mps' asked for but MPS is not available on this machine; "
+                            "use device='auto' or 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps")
     return dev
 
 
