@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from .commands import COMMANDS, Command, command
-from .errors import OptiloopError
+from .errors import DiskError, OptiloopError
 
 __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     try:
         return args._command.run(args)
+    except DiskError as e:  # the machine's fault, not the input's: exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except OptiloopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

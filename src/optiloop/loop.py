@@ -31,7 +31,7 @@ from torch import nn
 
 from . import distributed as D
 from .callbacks import Callback, CallbackList, Monitor, TrainState
-from .checkpoint import FORMAT, VERSION, find_resumable, load_checkpoint, load_model_weights, rng_state, set_rng_state
+from .checkpoint import FORMAT, VERSION, load_model_weights, load_resumable, rng_state, set_rng_state
 from .data import make_batches, map_batch
 from .errors import CheckpointError, NonFiniteLossError, OptiloopError, choices
 from .history import History
@@ -519,9 +519,7 @@ class _Loop:
         """Continue from a checkpoint file or run folder (the newest valid last.pt)."""
         # On the CPU: RNG states must stay CPU tensors; model / optimizer load_state_dict move the
         # rest to where the parameters live.
-        ckpt = load_checkpoint(find_resumable(path), map_location="cpu")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise CheckpointError("not an optiloop training checkpoint (no whole training state in it)")
+        _, ckpt = load_resumable(path)  # verified, loaded and checked: nothing of it used before
         saved = ckpt.get("settings", {})
         changed = [f"{k} {saved[k]} -> {v}" for k, v in self.settings.items() if k in saved and saved[k] != v]
         if changed and not force:

@@ -502,8 +502,8 @@ class TrainingRun:
                 resume=None if self.resume is None else str(self.resume), force_resume=self.force_resume,
                 progress=progress,
             )
-        except OptiloopError as e:
-            raise OptiloopError(f"{e} (files so far are in {folder.path}/)") from None
+        except OptiloopError as e:  # the same kind of error (a DiskError stays one), with where to look
+            raise type(e)(f"{e} (files so far are in {folder.path}/)") from None
         seconds = time.perf_counter() - t0
         best = history.rows[ckpt.best_epoch - 1] if ckpt.best_epoch else history.rows[-1]
         if info.is_main:

@@ -87,7 +87,7 @@ class TrainCommand(Command):
                 print(header(run, folder.path), flush=True)
             result = run.train()
         except OptiloopError as e:  # the library names its argument; a user here typed the flag
-            raise OptiloopError(str(e).replace("force_resume=True", "--force-resume")) from None
+            raise type(e)(str(e).replace("force_resume=True", "--force-resume")) from None
         if not result.is_main:
             return 0
         best = result.best
