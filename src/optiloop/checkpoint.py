@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .callbacks import Callback, Monitor
-from .errors import CheckpointError, DiskError, OptiloopError
+from .errors import CheckpointError, DiskError, OptiloopError, TrainingInterrupted
 from .files import TEMP_SUFFIX, atomic_open, fsync_dir
 
 FORMAT = "optiloop.checkpoint"
@@ -389,6 +389,7 @@ class Checkpoint(Callback):
         self._last_save = 0.0  # time.monotonic() of the last save (or of the fit's start)
         self._unsaved = False  # an epoch ended after the last save
         self._pending_best: dict[str, Any] | None = None  # a best state not yet on disk (CPU)
+        self._saved_at: tuple[int, int, int] | None = None  # (epoch, step, batch) last.pt holds
 
     @property
     def snapshot_every_n_steps(self) -> int | None:  # declared to the CallbackList
@@ -421,7 +422,7 @@ class Checkpoint(Callback):
         if state.healthy():
             self._flush_best()
             self.folder.save("last", state.snapshot())
-            self._last_save = time.monotonic()
+            self._last_save, self._saved_at = time.monotonic(), self._position(state)
 
     def on_epoch_end(self, state, logs):
         improved = False
@@ -450,6 +451,17 @@ class Checkpoint(Callback):
             self._save(state, improved=False)
 
     def on_exception(self, state, error):
+        if isinstance(error, TrainingInterrupted):
+            # A signal stopped the run between two steps: the state is whole, and it is what a
+            # resume wants (not the best epoch, which may lie far behind).
+            try:
+                self._flush_best()
+                if self.save_last and self._saved_at != self._position(state) and state.healthy():
+                    self.folder.save("last", state.snapshot())
+                    self._saved_at = self._position(state)
+            except Exception as e:  # noqa: BLE001 - the interruption is what must surface
+                warnings.warn(f"could not save the interrupted state: {e}", stacklevel=2)
+            return
         # The state at a failure may be broken (NaN, a half-done step): it is never written. A
         # kept best is a finished epoch newer than last.pt, so it becomes both files: resuming
         # then starts from it, with the best score that best.pt really holds.
@@ -474,6 +486,11 @@ class Checkpoint(Callback):
             if self.save_last:
                 self.folder.save("last", state.snapshot())
         self._last_save, self._unsaved = time.monotonic(), False
+        self._saved_at = self._position(state) if self.save_last else None
+
+    @staticmethod
+    def _position(state) -> tuple[int, int, int]:
+        return state.epoch, state.step, state.batch
 
     def _flush_best(self) -> None:
         if self._pending_best is not None:

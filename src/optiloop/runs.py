@@ -314,6 +314,13 @@ class _RunFiles(Callback):
     def on_epoch_end(self, state, logs):
         self.folder.write_history(state.history)
 
+    def on_exception(self, state, error):
+        from .errors import TrainingInterrupted
+
+        if isinstance(error, TrainingInterrupted) and len(state.history):  # a stop asked for: show it
+            self.folder.write_curves(state.history, best_epoch=None, title=f"{self.folder.path.name} "
+                                     f"(stopped by {error.signal_name} at epoch {error.epoch})")
+
 
 # Settings a resume may change, by what they change: how the run is carried out (applied and
 # recorded), what each step computes (only with force_resume), or what the saved state is.
@@ -398,9 +405,13 @@ class TrainingRun:
         self.resume = Path(resume) if resume is not None else None
         self.force_resume = force_resume
         self.changed: list[str] = []  # settings a resume changes (applied and recorded)
+        self.from_start = False  # a resume of a run that saved nothing yet
         if self.resume is not None:
             self.path, self.unique = self.resume, False
             self.changed = resume_changes(self.resume, cfg, force_resume)
+            # Killed before its first save (a preemption in the first minute): nothing to continue
+            # from, so the run starts over in its own folder rather than leaving it unusable.
+            self.from_start = not any((self.resume / n).exists() for n in ("last.pt", "last.prev.pt", "last"))
         else:
             self.path, self.unique = self._folder(out, cfg)
             if _restarted_by_torchrun() and (self.path / "last.pt").exists():
@@ -499,7 +510,8 @@ class TrainingRun:
                 metrics=t["metrics"], callbacks=callbacks, device=self.device, seed=t["seed"],
                 grad_accum=t["grad_accum"], clip_grad_norm=t.get("clip_grad_norm"), amp=t.get("amp"),
                 nonfinite=t["nonfinite"], config={**self.cfg, INFERENCE: self.task.inference()},
-                resume=None if self.resume is None else str(self.resume), force_resume=self.force_resume,
+                resume=None if self.resume is None or self.from_start else str(self.resume),
+                force_resume=self.force_resume,
                 progress=progress,
             )
         except OptiloopError as e:  # the same kind of error (a DiskError stays one), with where to look

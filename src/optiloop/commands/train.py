@@ -8,10 +8,11 @@ it creates the run folder.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import OptiloopError
+from ..errors import OptiloopError, TrainingInterrupted
 from . import Command, command
 from .common import keywords
 
@@ -86,6 +87,12 @@ class TrainCommand(Command):
             if run.is_main_process:
                 print(header(run, folder.path), flush=True)
             result = run.train()
+        except TrainingInterrupted as e:  # a scheduler, preemption or Ctrl-C: saved, say how to go on
+            if run.is_main_process:
+                saved = (run.folder.path / "last.pt").exists()
+                print(f"{e}; " + (f"saved {run.folder.path}/last.pt; continue with: optiloop train --resume "
+                                  f"{run.folder.path}" if saved else "nothing was saved yet"), file=sys.stderr)
+            return e.exit_code
         except OptiloopError as e:  # the library names its argument; a user here typed the flag
             raise type(e)(str(e).replace("force_resume=True", "--force-resume")) from None
         if not result.is_main:
@@ -133,7 +140,9 @@ def header(run: Any, folder: Path) -> str:
         f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
         "  " + length_line(run.epochs, run.patience, run.monitor),
     ]
-    if run.resume is not None:
+    if run.resume is not None and run.from_start:
+        lines.append(f"  {run.resume}/ saved nothing before it stopped: starting it from its beginning")
+    elif run.resume is not None:
         lines.append(f"  resuming {run.resume}/" + (f": changed {'; '.join(run.changed)}" if run.changed else ""))
         if any(c.startswith(("train.epochs ", "train.batch_size ", "train.grad_accum ")) for c in run.changed):
             lines.append("  (the schedule continues with the lengths it was built with)")
