@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,9 +33,9 @@ from torch import nn
 
 from . import distributed as D
 from .callbacks import Callback, CallbackList, Monitor, TrainState
-from .checkpoint import FORMAT, VERSION, find_resumable, load_checkpoint, load_model_weights, rng_state, set_rng_state
+from .checkpoint import FORMAT, VERSION, load_model_weights, load_resumable, rng_state, set_rng_state
 from .data import make_batches, map_batch
-from .errors import CheckpointError, NonFiniteLossError, OptiloopError, choices
+from .errors import CheckpointError, NonFiniteLossError, OptiloopError, TrainingInterrupted, choices
 from .history import History
 from .metrics import MetricSet, resolve_metric
 from .optim import build_optimizer
@@ -60,6 +62,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise OptiloopError("device 'cuda' asked for but CUDA is not available; use device='auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise OptiloopError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptiloopError("device 'mps' asked for but MPS is not available on this machine; "
+                            "use device='auto' or 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps")
     return dev
 
 
@@ -264,21 +274,24 @@ class _Loop:
         self.skipped_batches = 0  # batches dropped by nonfinite="skip"
         self.gathered: tuple[int, list] | None = None  # DDP: (step, every rank's partial figures)
         self.final_weights: Mapping[str, Any] | None = None  # loaded once fit ends (restore_best)
+        self.signals = _Signals()  # installed while run() runs
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> History:
         state, callbacks = self.state, self.callbacks
         callbacks.fire("on_fit_start", state, {})
-        try:
-            first = state.epoch + 1 if self.epoch_done else state.epoch
-            for epoch in range(first, state.epochs + 1):
-                if state.stop:  # asked at fit start, e.g. a resumed run early stopping had ended
-                    break
-                self._run_epoch(epoch)
-            callbacks.fire("on_fit_end", state, {"stop_reason": state.stop_reason})
-        except BaseException as error:
-            callbacks.fire_exception(state, error)
-            raise
+        with _Signals() as self.signals:
+            try:
+                first = state.epoch + 1 if self.epoch_done else state.epoch
+                for epoch in range(first, state.epochs + 1):
+                    if state.stop:  # asked at fit start, e.g. a resumed run early stopping had ended
+                        break
+                    self._run_epoch(epoch)
+                callbacks.fire("on_fit_end", state, {"stop_reason": state.stop_reason})
+            except BaseException as error:
+                # Still under our handlers: a second Ctrl-C cannot cut the checkpoint write short.
+                callbacks.fire_exception(state, error)
+                raise
         if self.final_weights is not None:
             state.unwrapped_model.load_state_dict(self.final_weights)
         return state.history
@@ -308,8 +321,13 @@ class _Loop:
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}{where}: stopped before saving; lower the LR, "
                     "clip gradients, or skip bad batches (nonfinite='skip')")
+        if not self._params_finite():  # one sync per epoch: broken weights are never saved or evaluated
+            raise NonFiniteLossError(
+                f"non-finite weights after epoch {epoch}: stopped before saving; lower the LR or clip gradients")
         if self.val is not None:
             logs.update({f"val_{k}": v for k, v in self._evaluate().items()})
+            if not math.isfinite(logs["val_loss"]):  # whatever nonfinite= says: that governs batches
+                raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}: stopped before saving")
             callbacks.fire("on_eval_end", state, logs)
         logs["lr"] = self.epoch_lr
         logs["seconds"] = time.perf_counter() - t0
@@ -325,6 +343,20 @@ class _Loop:
         # rank 0's checkpoint write.
         if state.world.distributed:
             state.stop = D.broadcast_flag(state.stop, state.device)
+            # Ranks get a signal at different steps: they agree on it here, at the epoch's end.
+            signum = int(D.all_reduce_sum(torch.tensor([self.signals.signum or 0], device=state.device)).item())
+            if signum:
+                raise TrainingInterrupted(self.signals.signum or signum, epoch, state.step)
+        elif self.signals.signum is not None:
+            raise TrainingInterrupted(self.signals.signum, epoch, state.step)
+
+    def _params_finite(self) -> bool:
+        """Every weight finite (one host sync). Sharded tensors are checked by their local part."""
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.state.unwrapped_model.parameters()]
+        ok = torch.stack([torch.isfinite(p).all() for p in local if p.numel()]).all() if local else torch.tensor(True)
+        if self.state.world.distributed:
+            return bool(D.all_reduce_sum((~ok).to(torch.int32).reshape(1)).item() == 0)
+        return bool(ok)
 
     def _train_epoch(self) -> None:
         """The hot path. Nothing here reads a device value unless nonfinite='skip' or fp16 asks."""
@@ -346,6 +378,7 @@ class _Loop:
         channels_last, skip_bad = opts.channels_last, opts.nonfinite == "skip"
         clip_norm, clip_value, gather_every = opts.clip_grad_norm, opts.clip_grad_value, self.gather_every
         unscale = scaler is not None and bool(clip_norm or clip_value or before_step)
+        signals, distributed = self.signals, state.world.distributed
 
         model.train()
         opt.zero_grad(set_to_none=True)
@@ -439,6 +472,9 @@ class _Loop:
                     self.gathered = (state.step, D.all_gather_object(metrics.state_dict()))
                 for cb in step_end:
                     cb.on_step_end(state, logs)
+                if signals.signum is not None and not distributed and i + 1 < n:
+                    # A signal arrived: stop after this whole step (the epoch's end checks too).
+                    raise TrainingInterrupted(signals.signum, state.epoch, state.step)
 
     @torch.no_grad()
     def _evaluate(self) -> dict[str, float]:
@@ -479,7 +515,8 @@ class _Loop:
             losses = [self.train_metrics.losses]
         else:
             losses = [r["losses"] for r in partial] if isinstance(partial, list) else [partial["losses"]]
-        return all(bool(torch.isfinite(torch.stack(x)).all()) for x in losses if x)
+        finite_losses = all(bool(torch.isfinite(torch.stack(x)).all()) for x in losses if x)
+        return self._params_finite() and finite_losses
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue exactly (the checkpoint format)."""
@@ -511,9 +548,7 @@ class _Loop:
         """Continue from a checkpoint file or run folder (the newest valid last.pt)."""
         # On the CPU: RNG states must stay CPU tensors; model / optimizer load_state_dict move the
         # rest to where the parameters live.
-        ckpt = load_checkpoint(find_resumable(path), map_location="cpu")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise CheckpointError("not an optiloop training checkpoint (no whole training state in it)")
+        _, ckpt = load_resumable(path)  # verified, loaded and checked: nothing of it used before
         saved = ckpt.get("settings", {})
         changed = [f"{k} {saved[k]} -> {v}" for k, v in self.settings.items() if k in saved and saved[k] != v]
         if changed and not force:
@@ -549,6 +584,36 @@ class _Loop:
         self.callbacks.load_state_dict(ckpt["callbacks"])
         state.history.load_state_dict(ckpt["history"])
         set_rng_state(ckpt["rng"])
+
+
+class _Signals:
+    """While training runs: SIGTERM (schedulers, preemption), SIGINT (Ctrl-C) and SIGUSR1 ask it
+    to stop after the current optimizer step instead of dying in the middle of one. The first
+    signal is recorded; later ones are ignored until training has saved and returned, so a
+    second Ctrl-C cannot cut the checkpoint write short. The previous handlers come back at the
+    end. Only the main thread can install handlers: elsewhere signals keep their own effect."""
+
+    NAMES = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                num = getattr(signal, name, None)
+                if num is not None:
+                    self._previous[num] = signal.signal(num, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for num, handler in self._previous.items():
+            signal.signal(num, handler)
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:

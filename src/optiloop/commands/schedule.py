@@ -17,6 +17,7 @@ from . import Command, command
 from .common import fmt
 
 PER_STEP_DEFAULT = 100  # steps per epoch a per-step schedule is previewed with when none is given
+MAX_STEPS = 1_000_000
 
 
 def simulated_metric(epochs: int) -> tuple[list[float], int]:
@@ -59,11 +60,18 @@ class ScheduleCommand(Command):
             raise OptiloopError(f"--lr: must be > 0 (got {args.lr})")
         if args.epochs < 1 or (args.steps_per_epoch is not None and args.steps_per_epoch < 1):
             raise OptiloopError("--epochs and --steps-per-epoch: must be >= 1")
+        if args.plot:
+            from ..files import check_writable
+
+            check_writable(args.plot, "--plot")
         common, scoped = self._sets(args.set, names, parse_value)
 
         stepped = [n for n in names if _per_step({**common, **scoped.get(n, {})}, SCHEDULERS[n].interval)]
         spe = args.steps_per_epoch or (PER_STEP_DEFAULT if stepped else 1)
         per_step = spe > 1
+        if args.epochs * spe > MAX_STEPS:  # a typo must not run for ever
+            raise OptiloopError(f"--epochs x --steps-per-epoch: at most {MAX_STEPS:,} steps to preview "
+                                f"(got {args.epochs * spe:,})")
         curves: dict[str, list[float]] = {}
         table: dict[str, list[float]] = {}
         note = None
