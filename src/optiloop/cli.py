@@ -782,3 +782,19 @@ class LRFindCommand(Command):
         print(f"plot: {plot}" + (f" (steps: {plot.parent / 'lr_find.csv'})" if args.plot is None
                                  else ""))
         return 0
+
+
+# --- doctor ------------------------------------------------------------------------------------
+@command("doctor")
+class DoctorCommand(Command):
+    help = "run your own training script unchanged and diagnose how it steps its optimizer and LR scheduler"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        from .doctor.command import add_arguments
+
+        add_arguments(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from .doctor.command import run
+
+        return run(args)
