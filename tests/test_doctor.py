@@ -372,14 +372,24 @@ def test_cli_a_raising_script_shows_its_own_traceback_then_the_findings_so_far(t
     assert "raised ValueError: Tried to step" in out[first] and out[first + 1] == "1 problem so far:"
 
 
-def test_cli_a_script_without_optimizer_gets_one_line_and_keeps_its_exit_code(tmp_path):
-    (tmp_path / "hello.py").write_text("import sys\nprint('hello from', sys.argv[1:], __name__)\nsys.exit(3)\n")
-    proc = doctor(tmp_path, "hello.py", "--out", "x")  # --out after the script belongs to the script
-    assert proc.returncode == 3, proc.stderr
+def test_cli_ctrl_c_and_a_script_without_optimizer(tmp_path):
+    # The script prints, then "Ctrl-C" reaches its whole process group (as from a terminal): the
+    # script gets KeyboardInterrupt (its traceback, exit code 130), the waiting doctor survives it
+    # and reports in one line that there was no optimizer.
+    (tmp_path / "hello.py").write_text(
+        "import os, signal, sys, time\n"
+        "print('hello from', sys.argv[1:], __name__, flush=True)\n"
+        "os.killpg(os.getpgid(0), signal.SIGINT)\n"
+        "time.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
+    proc = subprocess.run([sys.executable, "-m", "optiloop", "doctor", "hello.py", "--out", "x"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert proc.returncode == 130, proc.stderr
     assert proc.stdout.splitlines() == [
-        "hello from ['--out', 'x'] __main__",
-        "optiloop doctor: hello.py built no torch.optim optimizer, so there is nothing to diagnose (the doctor "
-        "watches torch.optim optimizers and their LR schedulers)"]
+        "hello from ['--out', 'x'] __main__",  # --out after the script belongs to the script
+        "optiloop doctor: hello.py built no torch.optim optimizer (KeyboardInterrupt), so there is nothing to "
+        "diagnose (the doctor watches torch.optim optimizers and their LR schedulers)"]
+    assert proc.stderr.splitlines()[-1] == "KeyboardInterrupt" and 'hello.py", line ' in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hello.py"]  # nothing written
 
 

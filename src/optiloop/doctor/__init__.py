@@ -11,16 +11,19 @@ Importing this package does not import torch; the recorder does, when a watch st
 
 Example:
     >>> import torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
     >>> from optiloop.doctor import watch
     >>> model = torch.nn.Linear(4, 2)
+    >>> loader = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=8)
     >>> with watch() as w:
     ...     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    ...     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
-    ...     for _ in range(8):  # one "epoch" of 8 batches, the scheduler stepped in the batch loop
-    ...         opt.zero_grad()
-    ...         model(torch.randn(3, 4)).sum().backward()
-    ...         opt.step()
-    ...         sched.step()
+    ...     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)  # step_size counts epochs
+    ...     for epoch in range(3):
+    ...         for (x,) in loader:
+    ...             opt.zero_grad()
+    ...             model(x).sum().backward()
+    ...             opt.step()
+    ...             sched.step()  # but it is stepped in the batch loop
     >>> [f.rule for f in w.findings]
     ['epoch-scheduler-per-step']
 """

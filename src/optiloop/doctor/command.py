@@ -84,9 +84,11 @@ def _run_child(script: str, script_args: list[str], record: Path) -> int:
     cmd = [sys.executable, "-c", _BOOTSTRAP, root, str(record), script, *script_args]
     sys.stdout.flush()
     sys.stderr.flush()
+    child = subprocess.Popen(cmd)
+    # Ignored only now: an ignored SIGINT would be inherited, and Python keeps it ignored.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        return subprocess.call(cmd)
+        return child.wait()
     finally:
         signal.signal(signal.SIGINT, previous)
 

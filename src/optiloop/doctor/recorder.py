@@ -110,17 +110,21 @@ class Recorder:
                                 "watch() block first")
         _active = self
         self._installed = True
-        self._handles.append(register_optimizer_step_post_hook(self._on_optimizer_step))
-        self._patch(Optimizer, "__init__", self._wrap_optimizer_init)
-        self._patch(Optimizer, "zero_grad", self._wrap_zero_grad)
-        self._patch(nn.Module, "zero_grad", self._wrap_zero_grad)
-        self._patch(DataLoader, "__iter__", self._wrap_loader_iter)
-        self._patch(torch, "save", self._wrap_save)
-        self._patch(torch.serialization, "save", self._wrap_save)
-        self._patch(torch.amp.GradScaler, "step", self._wrap_scaler_step)
-        for cls in _subclasses(tls.LRScheduler):
-            self._wrap_scheduler_class(cls)
-        self._wrap_scheduler_class(tls.LRScheduler)
+        try:
+            self._handles.append(register_optimizer_step_post_hook(self._on_optimizer_step))
+            self._patch(Optimizer, "__init__", self._wrap_optimizer_init)
+            self._patch(Optimizer, "zero_grad", self._wrap_zero_grad)
+            self._patch(nn.Module, "zero_grad", self._wrap_zero_grad)
+            self._patch(DataLoader, "__iter__", self._wrap_loader_iter)
+            self._patch(torch, "save", self._wrap_save)
+            self._patch(torch.serialization, "save", self._wrap_save)
+            self._patch(torch.amp.GradScaler, "step", self._wrap_scaler_step)
+            for cls in _subclasses(tls.LRScheduler):
+                self._wrap_scheduler_class(cls)
+            self._wrap_scheduler_class(tls.LRScheduler)
+        except BaseException:
+            self.uninstall()  # never leave torch half-instrumented
+            raise
 
     def uninstall(self) -> None:
         """Put every patched attribute back; remove the optimizer hook. Safe to call twice."""
@@ -281,9 +285,9 @@ class Recorder:
             index=index, cls=type(sched).__name__, optimizer=-1 if opt_index is None else opt_index,
             params=_scheduler_params(sched), site=_user_site() if created else None,
             created_seq=next(self._seq) if created else None,
-            lr_at_creation=[_lr_value(g["lr"]) for g in groups] or None,
-            base_lrs=[_lr_value(v) for v in getattr(sched, "base_lrs", [])] or
-            [_lr_value(g.get("initial_lr", g["lr"])) for g in groups] or None)
+            lr_at_creation=[float(g["lr"]) for g in groups] or None,
+            base_lrs=[float(v) for v in getattr(sched, "base_lrs", [])] or
+            [float(g.get("initial_lr", g["lr"])) for g in groups] or None)
         self._scheds.append(rec)
         for part in getattr(sched, "_schedulers", None) or []:  # SequentialLR / ChainedScheduler
             part_index = self._sched_index.get(id(part))
@@ -509,7 +513,7 @@ def _scheduler_params(sched: Any) -> dict[str, Any]:
             params[name] = list(value)
     if isinstance(sched, tls.OneCycleLR):
         params["warmup_steps"] = int(sched._schedule_phases[0]["end_step"]) + 1
-        params["max_lr"] = [_lr_value(g["max_lr"]) for g in sched.optimizer.param_groups]
+        params["max_lr"] = [float(g["max_lr"]) for g in sched.optimizer.param_groups]
     if isinstance(sched, tls.CyclicLR):
         params["cycle_steps"] = int(round(sched.total_size))
     parts = getattr(sched, "_schedulers", None)  # SequentialLR / ChainedScheduler

@@ -12,7 +12,7 @@ from .rules import PLATEAU, ZERO_LR, Finding, Run, checkpoint_needs, plateau_ver
 from .timeline import Timeline
 
 _CADENCE = {"step": "after every optimizer step", "epoch": "once per epoch", "micro": "once per micro-batch",
-            "never": "never", "other": "{n} times"}
+            "other": "{n} times"}
 
 
 def header(tl: Timeline, name: str | None = None) -> str:
@@ -27,6 +27,9 @@ def header(tl: Timeline, name: str | None = None) -> str:
     kinds = ", ".join(dict.fromkeys(o.cls for o in opts))
     parts.append(f"{steps:,} optimizer step" + ("s" if steps != 1 else "") + (f" ({kinds})" if kinds else ""))
     for s in run.top_level():
+        if not s.steps:
+            parts.append(f"{s.cls} never stepped")
+            continue
         how = _CADENCE[run.cadence(s)].format(n=f"{s.steps:,}")
         if s.cls == PLATEAU and s.steps:
             verdicts = {plateau_verdict(run, e)[0] for e in tl.plateau if e.scheduler == s.index}

@@ -255,7 +255,8 @@ def scheduler_per_micro_batch(run: Run) -> Iterable[Finding]:
             detail = f": its {length:,}-step cycle was used up by optimizer step {math.ceil(length / k):,}"
         elif s.cls == "StepLR" and length:
             detail = f": the LR fell ×{s.params.get('gamma', 0.1):g} every {length / k:.3g} optimizer steps"
-        epochs = " (or once per epoch: its lengths count epochs)" if s.cls in EPOCH_BASED else ""
+        counts_epochs = s.cls in EPOCH_BASED and length and run.epochs and length <= run.epochs
+        epochs = " (or once per epoch: its lengths count epochs)" if counts_epochs else ""
         yield Finding(
             "scheduler-per-micro-batch",
             f"{s.describe()} was stepped {s.steps:,} times for {m:,} optimizer steps — {k} times per optimizer "

@@ -1,0 +1,240 @@
+"""What watching costs: a training loop run plain and under the doctor, side by side.
+
+    python benchmarks/bench_doctor.py --out docs/doctor.md   # full run, figures into docs/doctor.md
+    python benchmarks/bench_doctor.py --quick                # smoke run, prints the figures
+
+Method (why each choice):
+- In-process: the same training loop (scikit-learn's digits, an MLP, SGD) run plain and inside
+  ``watch()``, alternating which goes first in each repeat so a slow phase of a shared machine hits
+  both alike. Only the loop is timed (not installing the hooks or the diagnosis). Three couplings:
+  a DataLoader with a per-epoch StepLR (the notes' train_model), in-memory tensor batches with
+  OneCycleLR stepped every batch (the fastest step, so the largest relative cost), and a
+  DataLoader with ReduceLROnPlateau (the doctor also keeps every loss for the plateau check).
+- The absolute cost per optimizer step: a bare ``opt.step()`` on one parameter, plain vs watched.
+- End to end: ``python script.py`` against ``optiloop doctor script.py`` as subprocesses; the
+  difference is the doctor's fixed cost (its own interpreter, the diagnosis, doctor.png).
+- Every figure is over ``--repeats`` runs: the minimum (the least disturbed run) and the median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from optiloop.doctor import diagnose, watch
+from optiloop.doctor.report import plot, to_json
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench_doctor:start -->", "<!-- bench_doctor:end -->"
+
+
+def data() -> tuple[torch.Tensor, ...]:
+    d = load_digits()
+    X = torch.tensor(d.data, dtype=torch.float32) / 16.0
+    y = torch.tensor(d.target)
+    perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
+    return X[perm[360:]], y[perm[360:]], X[perm[:360]], y[perm[:360]]
+
+
+def train(kind: str, epochs: int, tensors: tuple[torch.Tensor, ...]) -> list[float]:
+    """One training run; returns the seconds per optimizer step of each epoch (validation included)."""
+    X, y, Xv, yv = tensors
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    batch = 64
+    steps_per_epoch = -(-len(X) // batch)
+    if kind == "loader_step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=max(1, epochs // 3))
+    elif kind == "tensor_onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, epochs=epochs, steps_per_epoch=steps_per_epoch)
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=2)
+    loader = DataLoader(TensorDataset(X, y), batch_size=batch, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    per_step = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        steps = 0
+        model.train()
+        if kind == "tensor_onecycle":
+            order = torch.randperm(len(X))
+            batches = ((X[order[i:i + batch]], y[order[i:i + batch]]) for i in range(0, len(X), batch))
+        else:
+            batches = loader
+        for xb, yb in batches:
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            steps += 1
+            if kind == "tensor_onecycle":
+                sched.step()
+        model.eval()
+        with torch.no_grad():
+            val_loss = F.cross_entropy(model(Xv), yv)
+        if kind == "loader_step":
+            sched.step()
+        elif kind == "loader_plateau":
+            sched.step(val_loss)
+        per_step.append((time.perf_counter() - t0) / steps)
+    return per_step
+
+
+def bare_steps(n: int, chunk: int = 1000) -> list[float]:
+    """Seconds per step of n optimizer steps on one parameter, in chunks: the doctor's per-step cost,
+    undiluted by any training work."""
+    p = nn.Parameter(torch.zeros(1))
+    p.grad = torch.ones(1)
+    opt = torch.optim.SGD([p], lr=1e-3)
+    out = []
+    for _ in range(n // chunk):
+        t0 = time.perf_counter()
+        for _ in range(chunk):
+            opt.step()
+        out.append((time.perf_counter() - t0) / chunk)
+    return out
+
+
+def paired(fn, repeats: int) -> tuple[list[float], list[float]]:
+    """fn() plain and watched, alternating which runs first; all their timings pooled."""
+    plain, watched = [], []
+    for r in range(repeats):
+        for w in ((False, True) if r % 2 == 0 else (True, False)):
+            if w:
+                with watch():
+                    watched += fn()
+            else:
+                plain += fn()
+    return plain, watched
+
+
+def end_to_end(repeats: int, epochs: int) -> tuple[list[float], list[float]]:
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
+        from bench_doctor import data, train
+        print("trained in %.2f s, %d steps" % train("loader_step", {epochs}, data()))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MPLBACKEND": "Agg"}
+    plain, doctor = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.py"
+        path.write_text(script)
+        for r in range(repeats):
+            for w in ((False, True) if r % 2 == 0 else (True, False)):
+                cmd = [sys.executable, "-m", "optiloop", "doctor", "--out", str(Path(tmp) / "out"), str(path)] \
+                    if w else [sys.executable, str(path)]
+                t0 = time.perf_counter()
+                subprocess.run(cmd, env=env, check=True, capture_output=True)
+                (doctor if w else plain).append(time.perf_counter() - t0)
+    return plain, doctor
+
+
+def fmt(values: list[float], scale: float = 1.0, unit: str = "") -> str:
+    lo, mid = min(values) * scale, statistics.median(values) * scale
+    digits = 0 if lo >= 100 else 1 if lo >= 10 else 2
+    return f"{lo:,.{digits}f}{unit} / {mid:,.{digits}f}{unit}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="2 repeats, 3 epochs, prints the figures")
+    parser.add_argument("--out", help="markdown file whose benchmark section is replaced (docs/doctor.md)")
+    args = parser.parse_args()
+    repeats, epochs = (2, 3) if args.quick else (args.repeats, args.epochs)
+    tensors = data()
+    train("loader_step", 1, tensors)  # warm up: first calls import and compile kernels
+
+    rows = []
+    names = {"loader_step": "DataLoader, StepLR once per epoch",
+             "tensor_onecycle": "tensor batches, OneCycleLR every step",
+             "loader_plateau": "DataLoader, ReduceLROnPlateau (losses kept)"}
+    steps = epochs * -(-len(tensors[0]) // 64)
+    for kind, title in names.items():
+        p, w = paired(lambda kind=kind: train(kind, epochs, tensors), repeats)
+        over_min = (min(w) - min(p)) / min(p) * 100
+        over_med = (statistics.median(w) - statistics.median(p)) / statistics.median(p) * 100
+        rows.append(f"| {title} | {steps:,} | {fmt(p, 1e6, ' µs')} | {fmt(w, 1e6, ' µs')} | "
+                    f"{over_min:+.1f}% / {over_med:+.1f}% |")
+        print(rows[-1], flush=True)
+
+    n = 20_000 if not args.quick else 2_000
+    plain, watched = paired(lambda: bare_steps(n), repeats)
+    added = (min(watched) - min(plain)) * 1e6
+    bare = (f"A bare `opt.step()` on one parameter ({n:,} steps per run, timed in chunks of 1,000): "
+            f"{fmt(plain, 1e6, ' µs')} plain, {fmt(watched, 1e6, ' µs')} watched (min / median): the doctor "
+            f"adds about {added:.1f} µs per optimizer step (min against min).")
+    print(bare, flush=True)
+
+    with watch() as w:
+        bare_steps(100_000)
+    t0 = time.perf_counter()
+    findings = diagnose(w.timeline)
+    t_diag = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        to_json(w.timeline, findings)
+        plot(w.timeline, findings, Path(tmp) / "doctor.png")
+        t_files = time.perf_counter() - t0
+    scale = (f"For a 100,000-step timeline, the diagnosis takes {t_diag:.2f} s and doctor.json + doctor.png "
+             f"{t_files:.2f} s.")
+    print(scale, flush=True)
+
+    e2e_plain, e2e_doctor = end_to_end(max(2, repeats // 2), epochs)
+    e2e = (f"End to end, a {epochs}-epoch script run as `python train.py`: {fmt(e2e_plain, unit=' s')}; as "
+           f"`optiloop doctor train.py`: {fmt(e2e_doctor, unit=' s')} (min / median of "
+           f"{len(e2e_plain)} runs each). The difference, about "
+           f"{statistics.median(e2e_doctor) - statistics.median(e2e_plain):.1f} s, is a fixed cost: the parent "
+           "interpreter (which imports torch through `optiloop/__init__.py`), the diagnosis and doctor.png.")
+    print(e2e, flush=True)
+
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+               f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    section = "\n".join([
+        START,
+        f"Measured by `python benchmarks/bench_doctor.py --out docs/doctor.md` on {machine}; {repeats} repeats, "
+        f"{epochs} epochs of digits (1,437 training samples, batch 64), each epoch timed on its own. Time per "
+        "optimizer step (the epoch's time over its steps, validation included), min / median over all epochs:",
+        "",
+        "| loop | steps | plain | watched | overhead (min / median) |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        bare,
+        "",
+        scale,
+        "",
+        e2e,
+        END,
+    ])
+    if args.out:
+        path = Path(args.out)
+        text = path.read_text() if path.exists() else ""
+        if START in text and END in text:
+            text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip() + "\n\n" + section + "\n"
+        path.write_text(text)
+        print(f"written: {path}")
+    else:
+        print(section)
+
+
+if __name__ == "__main__":
+    main()
