@@ -6,11 +6,15 @@
 Method (why each choice):
 - In-process: the same training loop (scikit-learn's digits, an MLP, SGD) run plain and inside
   ``watch()``, alternating which goes first in each repeat so a slow phase of a shared machine hits
-  both alike. Only the loop is timed (not installing the hooks or the diagnosis). Three couplings:
+  both alike. Each epoch is timed on its own, in CPU time of this process with torch on one
+  thread (``--threads``): CPU time leaves out the time spent waiting for a core on a shared
+  machine, which wall-clock figures there mostly measure. Only the loop is timed (not installing
+  the hooks or the diagnosis). Three couplings:
   a DataLoader with a per-epoch StepLR (the notes' train_model), in-memory tensor batches with
   OneCycleLR stepped every batch (the fastest step, so the largest relative cost), and a
   DataLoader with ReduceLROnPlateau (the doctor also keeps every loss for the plateau check).
-- The absolute cost per optimizer step: a bare ``opt.step()`` on one parameter, plain vs watched.
+- The cost per call: ``opt.step()``, ``scheduler.step()`` and ``zero_grad()`` on a one-parameter
+  model, plain vs watched: what the doctor adds per training step, undiluted.
 - End to end: ``python script.py`` against ``optiloop doctor script.py`` as subprocesses; the
   difference is the doctor's fixed cost (its own interpreter, the diagnosis, doctor.png).
 - Every figure is over ``--repeats`` runs: the minimum (the least disturbed run) and the median.
@@ -39,6 +43,7 @@ from optiloop.doctor import diagnose, watch
 from optiloop.doctor.report import plot, to_json
 
 ROOT = Path(__file__).resolve().parents[1]
+CLOCK = time.process_time  # in-process figures: CPU time (see the method above)
 START, END = "<!-- bench_doctor:start -->", "<!-- bench_doctor:end -->"
 
 
@@ -68,7 +73,7 @@ def train(kind: str, epochs: int, tensors: tuple[torch.Tensor, ...]) -> list[flo
                         generator=torch.Generator().manual_seed(0))
     per_step = []
     for _ in range(epochs):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         steps = 0
         model.train()
         if kind == "tensor_onecycle":
@@ -90,36 +95,46 @@ def train(kind: str, epochs: int, tensors: tuple[torch.Tensor, ...]) -> list[flo
             sched.step()
         elif kind == "loader_plateau":
             sched.step(val_loss)
-        per_step.append((time.perf_counter() - t0) / steps)
+        per_step.append((CLOCK() - t0) / steps)
     return per_step
 
 
-def bare_steps(n: int, chunk: int = 1000) -> list[float]:
-    """Seconds per step of n optimizer steps on one parameter, in chunks: the doctor's per-step cost,
-    undiluted by any training work."""
+def per_call(what: str, n: int, chunk: int = 1000) -> list[float]:
+    """Seconds per call of one watched entry point on a one-parameter model, in chunks of calls:
+    the doctor's cost per call, undiluted by any training work."""
     p = nn.Parameter(torch.zeros(1))
     p.grad = torch.ones(1)
     opt = torch.optim.SGD([p], lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=10 * n)
+    opt.step()
+    call = {"optimizer.step()": opt.step, "scheduler.step()": sched.step,
+            "optimizer.zero_grad()": lambda: opt.zero_grad(set_to_none=False)}[what]
     out = []
     for _ in range(n // chunk):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         for _ in range(chunk):
-            opt.step()
-        out.append((time.perf_counter() - t0) / chunk)
+            call()
+        out.append((CLOCK() - t0) / chunk)
     return out
 
 
-def paired(fn, repeats: int) -> tuple[list[float], list[float]]:
-    """fn() plain and watched, alternating which runs first; all their timings pooled."""
-    plain, watched = [], []
+def paired(fn, repeats: int) -> tuple[list[float], list[float], float]:
+    """fn() plain and watched, back to back, alternating which runs first. Returns all timings of
+    each, pooled, and the paired overhead: the median over repeats of (watched run's median / the
+    plain run's next to it) - 1, which cancels slow drifts in the load of a shared machine."""
+    plain, watched, ratios = [], [], []
     for r in range(repeats):
+        runs = {}
         for w in ((False, True) if r % 2 == 0 else (True, False)):
             if w:
                 with watch():
-                    watched += fn()
+                    runs[w] = fn()
             else:
-                plain += fn()
-    return plain, watched
+                runs[w] = fn()
+        plain += runs[False]
+        watched += runs[True]
+        ratios.append(statistics.median(runs[True]) / statistics.median(runs[False]) - 1)
+    return plain, watched, statistics.median(ratios)
 
 
 def end_to_end(repeats: int, epochs: int) -> tuple[list[float], list[float]]:
@@ -127,7 +142,7 @@ def end_to_end(repeats: int, epochs: int) -> tuple[list[float], list[float]]:
         import sys
         sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
         from bench_doctor import data, train
-        print("trained in %.2f s, %d steps" % train("loader_step", {epochs}, data()))
+        print("trained: %.0f µs of CPU per step" % (1e6 * min(train("loader_step", {epochs}, data()))))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "MPLBACKEND": "Agg"}
     plain, doctor = [], []
@@ -138,7 +153,7 @@ def end_to_end(repeats: int, epochs: int) -> tuple[list[float], list[float]]:
             for w in ((False, True) if r % 2 == 0 else (True, False)):
                 cmd = [sys.executable, "-m", "optiloop", "doctor", "--out", str(Path(tmp) / "out"), str(path)] \
                     if w else [sys.executable, str(path)]
-                t0 = time.perf_counter()
+                t0 = time.perf_counter()  # wall clock: what a user waits, child processes included
                 subprocess.run(cmd, env=env, check=True, capture_output=True)
                 (doctor if w else plain).append(time.perf_counter() - t0)
     return plain, doctor
@@ -154,10 +169,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the in-process loops (default 1)")
     parser.add_argument("--quick", action="store_true", help="2 repeats, 3 epochs, prints the figures")
     parser.add_argument("--out", help="markdown file whose benchmark section is replaced (docs/doctor.md)")
     args = parser.parse_args()
     repeats, epochs = (2, 3) if args.quick else (args.repeats, args.epochs)
+    torch.set_num_threads(args.threads)
     tensors = data()
     train("loader_step", 1, tensors)  # warm up: first calls import and compile kernels
 
@@ -167,33 +184,30 @@ def main() -> None:
              "loader_plateau": "DataLoader, ReduceLROnPlateau (losses kept)"}
     steps = epochs * -(-len(tensors[0]) // 64)
     for kind, title in names.items():
-        p, w = paired(lambda kind=kind: train(kind, epochs, tensors), repeats)
-        over_min = (min(w) - min(p)) / min(p) * 100
-        over_med = (statistics.median(w) - statistics.median(p)) / statistics.median(p) * 100
-        rows.append(f"| {title} | {steps:,} | {fmt(p, 1e6, ' µs')} | {fmt(w, 1e6, ' µs')} | "
-                    f"{over_min:+.1f}% / {over_med:+.1f}% |")
+        p, w, over = paired(lambda kind=kind: train(kind, epochs, tensors), repeats)
+        rows.append(f"| {title} | {steps:,} | {fmt(p, 1e6, ' µs')} | {fmt(w, 1e6, ' µs')} | {100 * over:+.1f}% |")
         print(rows[-1], flush=True)
 
     n = 20_000 if not args.quick else 2_000
-    plain, watched = paired(lambda: bare_steps(n), repeats)
-    added = (min(watched) - min(plain)) * 1e6
-    bare = (f"A bare `opt.step()` on one parameter ({n:,} steps per run, timed in chunks of 1,000): "
-            f"{fmt(plain, 1e6, ' µs')} plain, {fmt(watched, 1e6, ' µs')} watched (min / median): the doctor "
-            f"adds about {added:.1f} µs per optimizer step (min against min).")
-    print(bare, flush=True)
+    calls = []
+    for what in ("optimizer.step()", "scheduler.step()", "optimizer.zero_grad()"):
+        plain, watched, _ = paired(lambda what=what: per_call(what, n), repeats)
+        calls.append(f"| `{what}` | {fmt(plain, 1e6, ' µs')} | {fmt(watched, 1e6, ' µs')} | "
+                     f"{(statistics.median(watched) - statistics.median(plain)) * 1e6:+.2f} µs |")
+        print(calls[-1], flush=True)
 
     with watch() as w:
-        bare_steps(100_000)
-    t0 = time.perf_counter()
+        per_call("optimizer.step()", 100_000)
+    t0 = CLOCK()
     findings = diagnose(w.timeline)
-    t_diag = time.perf_counter() - t0
+    t_diag = CLOCK() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         to_json(w.timeline, findings)
         plot(w.timeline, findings, Path(tmp) / "doctor.png")
-        t_files = time.perf_counter() - t0
-    scale = (f"For a 100,000-step timeline, the diagnosis takes {t_diag:.2f} s and doctor.json + doctor.png "
-             f"{t_files:.2f} s.")
+        t_files = CLOCK() - t0
+    scale = (f"For a 100,000-step timeline, the diagnosis takes {t_diag:.2f} s of CPU and doctor.json + "
+             f"doctor.png {t_files:.2f} s.")
     print(scale, flush=True)
 
     e2e_plain, e2e_doctor = end_to_end(max(2, repeats // 2), epochs)
@@ -204,19 +218,26 @@ def main() -> None:
            "interpreter (which imports torch through `optiloop/__init__.py`), the diagnosis and doctor.png.")
     print(e2e, flush=True)
 
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-               f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (load average {load:.1f} "
+               f"at the end), torch {torch.__version__}, Python {platform.python_version()}")
     section = "\n".join([
         START,
         f"Measured by `python benchmarks/bench_doctor.py --out docs/doctor.md` on {machine}; {repeats} repeats, "
-        f"{epochs} epochs of digits (1,437 training samples, batch 64), each epoch timed on its own. Time per "
-        "optimizer step (the epoch's time over its steps, validation included), min / median over all epochs:",
+        f"{epochs} epochs of digits (1,437 training samples, batch 64), each epoch timed on its own in CPU time "
+        f"({args.threads} torch thread). Time per optimizer step (the epoch's time over its steps, validation "
+        "included), min / median over all epochs:",
         "",
-        "| loop | steps | plain | watched | overhead (min / median) |",
+        "| loop | steps per run | plain (min / median) | watched (min / median) | overhead (paired median) |",
         "|---|---:|---:|---:|---:|",
         *rows,
         "",
-        bare,
+        f"What each watched call costs, on a one-parameter model ({n:,} calls per run, timed in chunks of 1,000; "
+        "CPU time per call, min / median):",
+        "",
+        "| call | plain (min / median) | watched (min / median) | added (median against median) |",
+        "|---|---:|---:|---:|",
+        *calls,
         "",
         scale,
         "",

@@ -20,7 +20,7 @@ from matplotlib.image import imread
 from optiloop.cli import main
 from optiloop.doctor import Timeline, diagnose, watch
 from optiloop.doctor._child import run_script
-from optiloop.doctor.timeline import LoaderRecord, OptimizerRecord, SaveRecord, SchedulerRecord
+from optiloop.doctor.timeline import LoaderRecord, OptimizerRecord, PlateauEvidence, SaveRecord, SchedulerRecord
 from optiloop.errors import OptiloopError
 
 CORPUS = Path(__file__).resolve().parent / "doctor"
@@ -212,6 +212,49 @@ def test_per_step_steplr_is_flagged_only_when_its_period_is_shorter_than_an_epoc
         "epoch-scheduler-per-step"]
 
 
+def test_steplr_per_batch_on_small_data_and_legit_iteration_schedules():
+    # 23 batches per epoch, step_size=30 meant as epochs, stepped per batch for 40 epochs: flagged
+    small = Script(epochs=40, steps=23)
+    s = small.scheduler("StepLR", step_size=30, gamma=0.1)
+    assert [f.rule for f in diagnose(small.run(lambda k: 0.1 * 0.1 ** (k // 30), per_step=[s]))] == [
+        "epoch-scheduler-per-step"]
+    # one long epoch, an iteration schedule dropping 3 times: not flagged
+    one = Script(epochs=1, steps=10_000)
+    s = one.scheduler("StepLR", step_size=3000, gamma=0.1)
+    assert diagnose(one.run(lambda k: 0.1 * 0.1 ** (k // 3000), per_step=[s])) == []
+    # CosineAnnealingWarmRestarts.step(epoch + i / iters) every batch, as torch documents: not flagged
+    sgdr = Script(epochs=6, steps=20)
+    s = sgdr.scheduler("CosineAnnealingWarmRestarts", T_0=2)
+    tl = sgdr.run(lambda k: 0.1, per_step=[s])
+    s.step_arg = [k / 20 for k in range(len(s.step_seq))]
+    assert diagnose(tl) == []
+
+
+def test_plateau_fed_a_validation_loss_computed_with_gradients_before_training():
+    # each epoch: validation (with gradients, before the epoch's steps), training, plateau.step(val_loss)
+    tl = Timeline(optimizers=[OptimizerRecord(index=0, cls="SGD", step_seq=[], lrs=[])],
+                  loaders=[LoaderRecord(index=0, dataset="train"), LoaderRecord(index=1, dataset="val")])
+    plateau = SchedulerRecord(index=0, cls="ReduceLROnPlateau", optimizer=0, created_seq=0)
+    tl.schedulers.append(plateau)
+    seq = 1
+    for epoch in range(3):
+        tl.loaders[1].iter_seq.append(seq)
+        tl.loaders[0].iter_seq.append(seq + 1)
+        tl.optimizers[0].step_seq += [seq + 2 + i for i in range(5)]
+        tl.optimizers[0].lrs += [[0.1]] * 5
+        val, train = 1.0 - 0.1 * epoch, 1.2 - 0.1 * epoch
+        plateau.step_seq.append(seq + 8)
+        plateau.step_arg.append(val)
+        tl.plateau.append(PlateauEvidence(scheduler=0, seq=seq + 8, metric=val, groups=[
+            {"phase": "train", "loader": 1, "n": 2, "mean": val, "wmean": val, "last": val},
+            {"phase": "train", "loader": 0, "n": 5, "mean": train, "wmean": train, "last": train}]))
+        seq += 10
+    assert diagnose(tl) == []
+    for e in tl.plateau:  # now fed the training loss instead
+        e.metric = e.groups[1]["mean"]
+    assert [f.rule for f in diagnose(tl)] == ["plateau-training-loss"]
+
+
 def test_cosine_stepped_past_t_max_per_epoch_turns_back_up():
     sc = Script(epochs=12, steps=10)
     s = sc.scheduler("CosineAnnealingLR", T_max=6)
@@ -316,7 +359,7 @@ def test_scheduler_subclass_defined_while_watching_is_seen():
             def get_lr(self):
                 return [base * 0.5 ** self.last_epoch for base in self.base_lrs]
 
-            def step(self):  # overrides step without calling super().step() for the counting
+            def step(self):  # its own step, calling torch's: each call must count once, not twice
                 super().step()
 
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -327,6 +370,52 @@ def test_scheduler_subclass_defined_while_watching_is_seen():
     s = w.timeline.schedulers[0]
     assert s.cls == "Halving" and s.steps == 3  # its own step() counted once per call, not twice
     assert [lrs[0] for lrs in w.timeline.optimizers[0].lrs] == pytest.approx([0.1, 0.05, 0.025])
+
+
+def test_watching_reads_no_tensor_value_except_once_per_plateau_step(tmp_path):
+    # Every call that would copy a tensor's value to the host (a sync on a GPU), counted with a
+    # TorchFunctionMode: watching adds none per step; with a ReduceLROnPlateau it adds exactly one
+    # read per plateau step (the epoch's losses, read together), which also shows the count works.
+    from torch.overrides import TorchFunctionMode
+    from torch.utils.data import DataLoader, TensorDataset
+
+    reads = {torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__bool__,
+             torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu, torch.Tensor.__index__}
+
+    class CountReads(TorchFunctionMode):
+        count = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            CountReads.count += func in reads
+            return func(*args, **(kwargs or {}))
+
+    def train(plateau: bool) -> int:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(opt) if plateau
+                 else torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=24))
+        loader = DataLoader(TensorDataset(torch.randn(64, 8), torch.randint(0, 3, (64,))), batch_size=8)
+        CountReads.count = 0
+        with CountReads():
+            for _ in range(3):
+                for x, y in loader:
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(model(x), y).backward()
+                    opt.step()
+                    if not plateau:
+                        sched.step()
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "c.pt")
+                if plateau:
+                    with torch.no_grad():
+                        sched.step(0.5)
+        return CountReads.count
+
+    for plateau, added in ((False, 0), (True, 3)):
+        plain = train(plateau)
+        with watch():
+            watched = train(plateau)
+        assert watched - plain == added, (plateau, plain, watched)
 
 
 # -------------------------------------------------------------------------------------------------

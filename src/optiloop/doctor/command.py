@@ -31,6 +31,8 @@ _BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv[1]); from optiloop.doctor
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The doctor's arguments; its own options go before SCRIPT, everything after is the script's."""
+    p.epilog = ("The doctor's own options go before SCRIPT; everything after SCRIPT is passed to it. The script's "
+                "output and exit code pass through; the diagnosis follows its output.")
     p.add_argument("--out", metavar="DIR", help="folder for doctor.json and doctor.png (created; these two "
                    "files are replaced if there; default runs/doctor-<script>-<time>)")
     p.add_argument("script", metavar="SCRIPT", help="the training script (a .py file), run as `python SCRIPT "

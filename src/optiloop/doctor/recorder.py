@@ -84,6 +84,7 @@ class Recorder:
         self._scheds: list[SchedulerRecord] = []
         self._sched_index: dict[int, int] = {}
         self._sched_live: list[Any] = []
+        self._sched_sites: list[dict[tuple[Any, int], int]] = []  # per scheduler: (code, line) of step() calls
         self._loaders: list[LoaderRecord] = []
         self._loader_index: dict[int, int] = {}
         self._loader_live: list[Any] = []
@@ -195,8 +196,6 @@ class Recorder:
             rec.stale.append(seq)  # same grad object, no zero_grad since the last step: it accumulated
         probe[1] = weakref.ref(grad) if grad is not None else None
         probe[2] = self._resets
-        if rec.first_step_site is None:
-            rec.first_step_site = _user_site()
         self._last_opt_seq = seq
 
     def _wrap_zero_grad(self, original: Callable) -> Callable:
@@ -289,6 +288,7 @@ class Recorder:
             base_lrs=[float(v) for v in getattr(sched, "base_lrs", [])] or
             [float(g.get("initial_lr", g["lr"])) for g in groups] or None)
         self._scheds.append(rec)
+        self._sched_sites.append({})
         for part in getattr(sched, "_schedulers", None) or []:  # SequentialLR / ChainedScheduler
             part_index = self._sched_index.get(id(part))
             if part_index is None:
@@ -305,13 +305,16 @@ class Recorder:
         rec = self._scheds[index]
         seq = next(self._seq)
         rec.step_seq.append(seq)
-        site = _site(caller)
-        rec.sites[site] = rec.sites.get(site, 0) + 1
-        arg = args[0] if args else kwargs.get("metrics", kwargs.get("epoch"))
-        value = _number(arg)
-        rec.step_arg.append(value)
-        if isinstance(sched, tls.ReduceLROnPlateau) and value is not None:
-            self._plateau_evidence(index, seq, value)
+        sites = self._sched_sites[index]
+        key = (caller.f_code, caller.f_lineno)  # formatted into "file:line" only when the timeline is built
+        sites[key] = sites.get(key, 0) + 1
+        if args or kwargs:
+            value = _number(args[0] if args else kwargs.get("metrics", kwargs.get("epoch")))
+            rec.step_arg.append(value)
+            if value is not None and isinstance(sched, tls.ReduceLROnPlateau):
+                self._plateau_evidence(index, seq, value)
+        else:
+            rec.step_arg.append(None)
 
     # ---------------------------------------------------------------------------------------------
     # losses, for the plateau check
@@ -413,6 +416,11 @@ class Recorder:
         for rec in self._opts:  # LRs kept as device tensors (tensor LRs off the CPU) are read now
             if any(not isinstance(v, float) for lrs in rec.lrs for v in lrs):
                 rec.lrs = [[float(v) for v in lrs] for lrs in rec.lrs]
+        for rec, sites in zip(self._scheds, self._sched_sites, strict=True):
+            rec.sites = {}
+            for (code, line), count in sites.items():
+                where = f"{_display_path(code.co_filename)}:{line}"
+                rec.sites[where] = rec.sites.get(where, 0) + count
         return Timeline(torch_version=torch.__version__, optimizers=self._opts, schedulers=self._scheds,
                         loaders=self._loaders, saves=self._saves, plateau=self._plateau,
                         zero_grad_calls=self._resets, **run)

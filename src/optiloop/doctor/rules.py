@@ -21,6 +21,7 @@ import bisect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from .timeline import OptimizerRecord, SchedulerRecord, Timeline, median_int
 
@@ -34,8 +35,14 @@ PLATEAU = "ReduceLROnPlateau"
 # Thresholds (docs/doctor.md explains each).
 PER_STEP_MIN_RATIO = 0.8  # scheduler steps / optimizer steps at or above this: stepped once per optimizer step
 MICRO_MIN_RATIO = 1.8  # at or above: several scheduler steps per optimizer step (once per micro-batch)
-MIN_PERIODS = 3  # an epoch-based schedule stepped per batch must have run through its length this often
-MIN_PERIODS_NO_EPOCHS = 10  # ... this often when epochs cannot be seen (no DataLoader)
+# An epoch-based schedule stepped per batch must have run through its length this many times
+# (StepLR: dropped 5 times; the others: used up in the first third of the run) ...
+MIN_PERIODS = {"StepLR": 5, "ExponentialLR": 5}
+MIN_PERIODS_DEFAULT = 3
+MIN_PERIODS_NO_EPOCHS = 10  # ... and this many when epochs cannot be seen (no DataLoader)
+# Schedules whose length must also be at most the number of epochs run to count as "in epochs":
+# a per-step use with a short length is plausible for them (SGDR restarts, a short decay).
+LENGTH_IN_EPOCHS_ONLY = ("CosineAnnealingWarmRestarts", "LinearLR", "PolynomialLR")
 MATCH_RTOL = 1e-3  # a plateau metric "is" a loss aggregate when they agree this closely
 ZERO_LR = 1e-8  # an LR at or below this fraction of the group's peak counts as 0
 
@@ -53,7 +60,7 @@ class Finding:
     def text(self) -> str:
         return f"{self.message}\nrule: {self.why}. fix: {self.fix}."
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -187,7 +194,7 @@ def scheduler_never_stepped(run: Run) -> Iterable[Finding]:
 
 def epoch_scheduler_per_step(run: Run) -> Iterable[Finding]:
     for s in run.top_level():
-        if s.cls not in EPOCH_BASED or run.cadence(s) != "step":
+        if s.cls not in EPOCH_BASED or run.cadence(s) != "step" or _given_epochs(s):
             continue
         length = _length(s)
         o = run.opt(s)
@@ -195,7 +202,10 @@ def epoch_scheduler_per_step(run: Run) -> Iterable[Finding]:
             continue
         spe = run.steps_per_epoch(o) if run.epochs else 0
         if run.epochs:
-            if not (length < spe and s.steps >= MIN_PERIODS * length):
+            # its length looks like epochs: shorter than one epoch's batches, or no more than the epochs run
+            in_epochs = length <= run.epochs if s.cls in LENGTH_IN_EPOCHS_ONLY else (
+                length < spe or length <= run.epochs)
+            if not in_epochs or s.steps < MIN_PERIODS.get(s.cls, MIN_PERIODS_DEFAULT) * length:
                 continue
         elif s.steps < MIN_PERIODS_NO_EPOCHS * length:
             continue
@@ -243,7 +253,7 @@ def step_scheduler_per_epoch(run: Run) -> Iterable[Finding]:
 
 def scheduler_per_micro_batch(run: Run) -> Iterable[Finding]:
     for s in run.top_level():
-        if s.cls == PLATEAU or run.cadence(s) != "micro":
+        if s.cls == PLATEAU or run.cadence(s) != "micro" or _given_epochs(s):
             continue
         m = len(run.attempts(s))
         k = round(s.steps / m)
@@ -323,7 +333,8 @@ def warmup_never_ends(run: Run) -> Iterable[Finding]:
 def cosine_past_t_max(run: Run) -> Iterable[Finding]:
     for s in run.top_level():
         t_max = s.params.get("T_max")
-        if s.cls != "CosineAnnealingLR" or not t_max or run.cadence(s) != "epoch" or s.steps < t_max + 2:
+        if s.cls != "CosineAnnealingLR" or not t_max or run.cadence(s) != "epoch" or s.steps < t_max + 2 \
+                or _given_epochs(s):
             continue
         lrs = run.lr_series(s)
         if not lrs:
@@ -343,7 +354,7 @@ def scheduler_before_optimizer(run: Run) -> Iterable[Finding]:
         if s.steps == 0 or not attempts or s.cls == PLATEAU or run.cadence(s) == "micro":
             continue
         early = bisect.bisect_left(s.step_seq, attempts[0])
-        if early == 0:
+        if early == 0 or _given_epochs(s):  # step(epoch) sets the epoch outright: nothing is skipped
             continue
         lrs = run.lr_series(s)
         start = s.lr_at_creation[0] if s.lr_at_creation else None
@@ -486,6 +497,12 @@ def _length(s: SchedulerRecord) -> int | None:
     return p.get("total_iters")
 
 
+def _given_epochs(s: SchedulerRecord) -> bool:
+    """The script passes the epoch to step() (e.g. CosineAnnealingWarmRestarts.step(epoch + i / iters),
+    as torch documents): the schedule follows that number, not a count of calls."""
+    return s.cls != PLATEAU and any(a is not None for a in s.step_arg)
+
+
 def _shape_ok(s: SchedulerRecord, lrs: list[float]) -> bool:
     """Whether per-step stepping visibly broke this schedule (not a legit per-step use)."""
     if s.cls in ("StepLR", "MultiStepLR", "ExponentialLR"):
@@ -528,10 +545,14 @@ def plateau_verdict(run: Run, e) -> tuple[str | None, str, float | None]:
     train: list[tuple[float | None, str]] = []
     val: list[float | None] = []
     for g in e.groups:
-        if g["phase"] == "train":
+        # The data set decides where it is known; otherwise the phase (with gradients, before the
+        # epoch's last optimizer step) does.
+        known = run.train_loader is not None and g["loader"] is not None
+        on_train_data = g["loader"] == run.train_loader if known else g["phase"] == "train"
+        if on_train_data and g["phase"] == "train":
             train += [(g["mean"], "the epoch's mean training loss"), (g["wmean"], "the epoch's mean training loss"),
                       (g["last"], "the last training batch's loss")]
-        elif run.train_loader is not None and g["loader"] == run.train_loader:
+        elif on_train_data:
             train += [(g["mean"], "the loss on the training data"), (g["wmean"], "the loss on the training data")]
         else:
             val += [g["mean"], g["wmean"], g["last"]]
@@ -540,7 +561,7 @@ def plateau_verdict(run: Run, e) -> tuple[str | None, str, float | None]:
     for value, what in train:
         if _close(e.metric, value):
             shown = next((g["wmean"] for g in e.groups if g["phase"] == "eval"
-                          and g["loader"] != run.train_loader), None)
+                          and (g["loader"] != run.train_loader or run.train_loader is None)), None)
             return "train", what, shown
     return None, "", None
 

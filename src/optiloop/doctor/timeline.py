@@ -28,7 +28,6 @@ class OptimizerRecord:
     lrs: list[list[float]] = field(default_factory=list)  # per step: the LR of every param group
     stale: list[int] = field(default_factory=list)  # steps whose gradients were never cleared since the last step
     skipped: list[int] = field(default_factory=list)  # GradScaler.step calls that skipped the step (inf/NaN)
-    first_step_site: str | None = None
 
     @property
     def steps(self) -> int:
