@@ -421,10 +421,11 @@ def test_watching_reads_no_tensor_value_except_once_per_plateau_step(tmp_path):
 # -------------------------------------------------------------------------------------------------
 # the command line, by subprocess, as a user runs it
 # -------------------------------------------------------------------------------------------------
-def doctor(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def doctor(cwd: Path, *args: str, entry: tuple[str, ...] = ("-m", "optiloop", "doctor"),
+           timeout: float = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
-    return subprocess.run([sys.executable, "-m", "optiloop", "doctor", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_cli_streams_the_script_then_diagnoses_and_writes_json_and_png(tmp_path, batches):
@@ -447,7 +448,8 @@ def test_cli_streams_the_script_then_diagnoses_and_writes_json_and_png(tmp_path,
 
 
 def test_cli_a_raising_script_shows_its_own_traceback_then_the_findings_so_far(tmp_path):
-    proc = doctor(tmp_path, "--out", "d", str(CORPUS / "accumulation_per_micro_batch.py"), "--scheduler", "onecycle")
+    proc = doctor(tmp_path, "--out", "d", str(CORPUS / "accumulation_per_micro_batch.py"), "--scheduler", "onecycle",
+                  entry=("-m", "optiloop.doctor"))  # the other way in
     assert proc.returncode == 1
     tb = proc.stderr[proc.stderr.index("Traceback (most recent call last):"):].splitlines()
     assert tb[1].startswith(f'  File "{CORPUS / "accumulation_per_micro_batch.py"}", line ')  # no runpy frames

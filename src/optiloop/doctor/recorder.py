@@ -107,8 +107,8 @@ class Recorder:
         """Instrument torch. One recorder at a time per process."""
         global _active
         if _active is not None:
-            raise OptiloopError("the doctor is already watching this process; leave the other "
-                                "watch() block first")
+            raise OptiloopError("the doctor is already watching this process (another watch() block is open, "
+                                "or optiloop doctor runs this script); use one watch at a time")
         _active = self
         self._installed = True
         try:

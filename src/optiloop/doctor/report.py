@@ -140,7 +140,7 @@ def _lr_panel(ax, run: Run, o) -> None:
     trans = ax.get_xaxis_transform()
     mine = [s for s in run.top_level() if s.optimizer == o.index and s.steps]
     for j, s in enumerate(mine):
-        pos = [bisect.bisect_right(o.step_seq, q) + 0.5 for q in s.step_seq]
+        pos = _spread([bisect.bisect_right(o.step_seq, q) for q in s.step_seq])
         lo = 0.02 + 0.07 * j
         ax.vlines(pos, lo, lo + 0.055, transform=trans, color=_SCHED_COLORS[j % len(_SCHED_COLORS)],
                   lw=1.6 if len(pos) < 200 else 0.6, label=f"{s.cls}.step() ({s.steps:,}×)")
@@ -183,6 +183,19 @@ def _plateau_panel(ax, run: Run, evidence) -> None:
     ax.set_title("the plateau metric next to the losses the script computed", fontsize=9, loc="left")
     ax.grid(alpha=0.25)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
+def _spread(done: list[int]) -> list[float]:
+    """x positions of events given how many optimizer steps preceded each: the events between steps
+    k and k + 1 spread evenly over that gap (four per step show as four ticks, one as one in the middle)."""
+    out, i = [], 0
+    while i < len(done):
+        j = i
+        while j < len(done) and done[j] == done[i]:
+            j += 1
+        out += [done[i] + (n + 1) / (j - i + 1) for n in range(j - i)]
+        i = j
+    return out
 
 
 def _spans(flags: list[bool]) -> list[tuple[int, int]]:
