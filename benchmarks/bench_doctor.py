@@ -215,7 +215,7 @@ def main() -> None:
            f"`optiloop doctor train.py`: {fmt(e2e_doctor, unit=' s')} (min / median of "
            f"{len(e2e_plain)} runs each). The difference, about "
            f"{statistics.median(e2e_doctor) - statistics.median(e2e_plain):.1f} s, is a fixed cost: the parent "
-           "interpreter (which imports torch through `optiloop/__init__.py`), the diagnosis and doctor.png.")
+           "interpreter (no torch in it), the child's bootstrap, the diagnosis and doctor.png.")
     print(e2e, flush=True)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

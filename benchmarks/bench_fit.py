@@ -290,12 +290,19 @@ def _impl(opt: torch.optim.Optimizer) -> str:
     return "fused" if d.get("fused") else "foreach" if d.get("foreach") else "for-loop"
 
 
+def _own_step(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> ol.StepOutput:
+    """The default step's work, written as a user's ``step=``: what the custom path costs."""
+    x, y = batch
+    out = model(x)
+    return ol.StepOutput(F.cross_entropy(out, y), outputs=out, targets=y)
+
+
 def make_fit(fast: bool = True, progress: bool = True, checkpoint: bool = True, val: bool = True,
-             every_seconds: float | None = None, raw_optimizer: bool = False):
+             every_seconds: float | None = None, raw_optimizer: bool = False, own_step: bool = False):
     """optiloop.fit with its defaults, or with one feature turned off (for the cost breakdown).
     ``every_seconds``: the Checkpoint's save interval (None: its default). ``raw_optimizer``:
     pass the very optimizer raw builds (one param group, for-loop AdamW), so that the only
-    difference left is the loop itself."""
+    difference left is the loop itself. ``own_step``: the same work through ``step=``."""
 
     def run(w: Workload, device: torch.device, epochs: int, ckpt_dir: Path) -> Run:
         t0 = time.perf_counter()
@@ -309,7 +316,8 @@ def make_fit(fast: bool = True, progress: bool = True, checkpoint: bool = True, 
             cbs.append(ol.Checkpoint(ckpt_dir, monitor="val_loss" if val else "train_loss", **kw))
         opt: Any = {"optimizer": torch.optim.AdamW(model.parameters(), lr=LR)} if raw_optimizer \
             else {"optimizer": "adamw", "lr": LR, "fast": fast}
-        ol.fit(model, (w.X, w.y), val_data=(w.Xv, w.yv) if val else None, **opt, epochs=epochs,
+        step = {"step": _own_step} if own_step else {}
+        ol.fit(model, (w.X, w.y), val_data=(w.Xv, w.yv) if val else None, **opt, **step, epochs=epochs,
                batch_size=w.batch_size, metrics=["accuracy"], callbacks=cbs, device=device,
                seed=SEED, progress=progress)
         _sync(device)
@@ -392,6 +400,7 @@ VARIANTS: dict[str, tuple[str, Callable[..., Run]]] = {
     "raw": ("hand-written loop (for-loop AdamW)", run_raw),
     "notes": ("notes' train_model", run_notes),
     "fit": ("optiloop.fit defaults (fused AdamW, progress, checkpoint)", make_fit()),
+    "fit_step": ("  defaults, the same work through step= (StepOutput with outputs)", make_fit(own_step=True)),
     "fit_every_epoch": ("  defaults, but checkpoint written every epoch (every_seconds=0)",
                         make_fit(every_seconds=0)),
     "fit_slow": ("optiloop.fit fast=False (for-loop AdamW)", make_fit(fast=False)),

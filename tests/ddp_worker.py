@@ -1,7 +1,7 @@
 """A user script calling optiloop.fit, run under torchrun by tests/test_distributed.py.
 
 usage: torchrun --nproc_per_node=N ddp_worker.py OUT_DIR [--scheduler NAME] [--run-dir DIR]
-                 [--die-at-step K] [--as-dataset] [--early-stopping PATIENCE]
+                 [--die-at-step K] [--as-dataset] [--early-stopping PATIENCE] [--custom-step]
 Each rank saves rank<r>.pt: final weights, history, the LR at every optimizer step.
 --die-at-step K: on torchrun's first attempt, rank 1 SIGKILLs itself after step K; torchrun
 (--max-restarts=1) restarts every rank, and they resume from RUN_DIR's last checkpoint.
@@ -32,6 +32,21 @@ def model():
     return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
 
 
+def custom_step(model, batch):
+    """A step of the user's own on dict batches: what --custom-step trains with."""
+    logits = model(batch["inputs"])
+    loss = torch.nn.functional.cross_entropy(logits, batch["labels"])
+    return ol.StepOutput(loss, outputs=logits, targets=batch["labels"])
+
+
+def fit_kwargs(custom: bool, X, y) -> dict:
+    """--custom-step: dict batches, step=, two micro-batches per optimizer step."""
+    if not custom:
+        return {"train_data": (X, y), "val_data": (X, y)}
+    return {"train_data": {"inputs": X, "labels": y}, "val_data": {"inputs": X, "labels": y},
+            "step": custom_step, "grad_accum": 2}
+
+
 class StepLog(ol.Callback):
     def __init__(self, die_at):
         self.lrs, self.die_at = [], die_at
@@ -51,6 +66,7 @@ def main():
     p.add_argument("--die-at-step", type=int, default=0)
     p.add_argument("--as-dataset", action="store_true", help="pass a TensorDataset (DistributedSampler)")
     p.add_argument("--early-stopping", type=int, default=0, help="EarlyStopping patience on val_acc")
+    p.add_argument("--custom-step", action="store_true", help="dict batches, step=, grad_accum=2")
     p.add_argument("--checkpoint-on-rank0-only", action="store_true",
                    help="create the Checkpoint on rank 0 only, as a script may")
     a = p.parse_args()
@@ -68,8 +84,10 @@ def main():
             resume = a.run_dir
     sched = {"name": "plateau", "patience": 0, "factor": 0.5, "threshold": 0.5} \
         if a.scheduler == "plateau" else a.scheduler
-    train = torch.utils.data.TensorDataset(X, y) if a.as_dataset else (X, y)
-    h = ol.fit(net, train, val_data=(X, y), optimizer="sgd", lr=0.5, scheduler=sched, epochs=EPOCHS,
+    data = fit_kwargs(a.custom_step, X, y)
+    if a.as_dataset:
+        data["train_data"] = torch.utils.data.TensorDataset(X, y)
+    h = ol.fit(net, **data, optimizer="sgd", lr=0.5, scheduler=sched, epochs=EPOCHS,
                batch_size=B, metrics=["accuracy"], seed=0, progress=False, callbacks=callbacks,
                resume=resume)
     world = current_world()

@@ -1,9 +1,11 @@
 """A training process for tests/test_resume.py to kill and resume (not a test module itself).
 
-usage: python resume_worker.py RUN_DIR OUT_FILE [--resume] [--slow-save N]
+usage: python resume_worker.py RUN_DIR OUT_FILE [--resume] [--slow-save N] [--custom-step]
 Prints "STEP k" after every optimizer step and "EPOCH e" after every epoch (after the checkpoint
 for it is written). --slow-save N makes the N-th checkpoint write stop half-way, print "SAVING"
-and sleep, so the parent can kill it in the middle of a write.
+and sleep, so the parent can kill it in the middle of a write. --custom-step trains the same job
+through the step contract: dict batches, a model returning (logits, loss), a step returning
+StepOutput with a device-tensor count, two micro-batches per optimizer step.
 """
 
 import argparse
@@ -46,12 +48,30 @@ def slow_save(n: int) -> None:
     ckpt_mod.torch.save = save
 
 
+class LogitsAndLoss(nn.Module):
+    """nanoGPT's shape: forward(x, targets) -> (logits, loss)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, targets):
+        logits = self.net(x)
+        return logits, nn.functional.cross_entropy(logits, targets)
+
+
+def custom_step(model, batch):
+    logits, loss = model(batch["x"], batch["y"])
+    return ol.StepOutput(loss, outputs=logits, targets=batch["y"], count=(batch["y"] >= 0).sum())
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("run_dir")
     p.add_argument("out")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--slow-save", type=int, default=0)
+    p.add_argument("--custom-step", action="store_true")
     a = p.parse_args()
     if a.slow_save:
         slow_save(a.slow_save)
@@ -61,9 +81,14 @@ def main() -> None:
     torch.manual_seed(0)
     # Dropout: the result depends on the torch RNG, so RNG state must be restored exactly.
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
+    data = {"train_data": (X[:150], y[:150]), "val_data": (X[150:], y[150:])}
+    if a.custom_step:
+        model = LogitsAndLoss(model)
+        data = {"train_data": {"x": X[:150], "y": y[:150]}, "val_data": {"x": X[150:], "y": y[150:]},
+                "step": custom_step, "grad_accum": 2, "batch_size": 8}
     history = ol.fit(
-        model, (X[:150], y[:150]), val_data=(X[150:], y[150:]), optimizer="adamw", lr=1e-2,
-        scheduler={"name": "cosine", "warmup_steps": 5}, epochs=5, batch_size=16,
+        model, **{"batch_size": 16, **data}, optimizer="adamw", lr=1e-2,
+        scheduler={"name": "cosine", "warmup_steps": 5}, epochs=5,
         metrics=["accuracy"], seed=0, progress=False, resume=a.run_dir if a.resume else None,
         callbacks=[ol.EarlyStopping(patience=20), ol.Checkpoint(a.run_dir, every_n_steps=4, every_seconds=0),
                    Announce()],

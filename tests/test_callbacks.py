@@ -122,3 +122,63 @@ def test_an_early_stopping_object_reused_for_a_new_fit_does_not_stop_it_at_once(
     first = ol.fit(torch.nn.Linear(4, 2), (X, y), epochs=5, callbacks=[es], progress=False, seed=0)
     second = ol.fit(torch.nn.Linear(4, 2), (X, y), epochs=5, callbacks=[es], progress=False, seed=0)
     assert len(first) < 5 and len(second) >= 1
+
+
+def test_callback_list_fans_an_error_out_to_every_callback_and_the_users_error_surfaces():
+    heard = []
+
+    class Broken(ol.Callback):
+        def on_exception(self, state, error):
+            heard.append("broken")
+            raise RuntimeError("cleanup failed")
+
+    class Listener(ol.Callback):
+        order = 10
+
+        def on_exception(self, state, error):
+            heard.append(type(error).__name__)
+
+    class Fail(ol.Callback):
+        def on_epoch_end(self, state, logs):
+            raise ValueError("the user's own error")
+
+    X, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    with pytest.warns(UserWarning, match="Broken.on_exception failed: cleanup failed"):
+        with pytest.raises(ValueError, match="the user's own error"):
+            ol.fit(nn.Linear(4, 2), (X, y), epochs=2, progress=False, callbacks=[Listener(), Broken(), Fail()])
+    assert heard == ["broken", "ValueError"]  # order: Broken (0) before Listener (10), both heard it
+
+
+def test_callback_list_orders_sends_events_only_to_listeners_and_refuses_non_callbacks():
+    class Late(ol.Callback):
+        order = 5
+
+        def on_step_end(self, state, logs): ...
+
+    es, late = ol.EarlyStopping(), Late()
+    cl = ol.CallbackList([late, es], progress=True)
+    assert [type(c).__name__ for c in cl.callbacks] == ["EarlyStopping", "Late", "ProgressBar"]
+    assert cl.listeners("on_step_end") == [late, cl.callbacks[2]]  # EarlyStopping does not listen
+    assert cl.listeners("on_before_optimizer_step") == []
+    assert [type(c).__name__ for c in ol.CallbackList([es], progress=True, is_main=False).active] == \
+        ["EarlyStopping"]  # the progress bar runs on rank 0 only
+    with pytest.raises(ol.OptiloopError, match="callbacks must be ol.Callback instances, got str"):
+        ol.CallbackList(["early"])
+
+
+def test_restore_best_loads_the_best_weights_after_every_callback_saw_the_run_as_it_ended():
+    X = torch.randn(32, 4)
+    y = (X[:, 0] > 0).long()
+    seen = {}
+
+    class AtEnd(ol.Callback):
+        order = 200  # after EarlyStopping: its on_fit_end has run when this one's does
+
+        def on_fit_end(self, state, logs):
+            seen["at_end"] = state.unwrapped_model.weight.detach().clone()
+
+    es = ol.EarlyStopping(monitor="train_loss", mode="max", patience=1, restore_best=True)
+    net = nn.Linear(4, 2)
+    ol.fit(net, (X, y), optimizer="sgd", lr=0.5, epochs=5, callbacks=[es, AtEnd()], progress=False, seed=0)
+    assert torch.equal(net.weight, es.best_weights["weight"])  # fit returned the best epoch's weights
+    assert not torch.equal(seen["at_end"], net.weight)  # the last epoch's, as it ended, at fit end

@@ -6,14 +6,14 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import optiloop as ol
-from optiloop.data import TensorBatches, make_batches
+from optiloop.data import InMemoryBatches, make_batches
 
 CPU = torch.device("cpu")
 
 
 def batches(n=10, bs=4, **kw):
     X = torch.arange(n, dtype=torch.float32).reshape(n, 1)
-    return TensorBatches(X, torch.arange(n), batch_size=bs, seed=kw.pop("seed", 0), device=CPU,
+    return InMemoryBatches((X, torch.arange(n)), batch_size=bs, seed=kw.pop("seed", 0), device=CPU,
                          shuffle=kw.pop("shuffle", True), **kw)
 
 
@@ -70,7 +70,7 @@ def test_dataset_and_dataloader_inputs():
 @pytest.mark.parametrize("data,match", [
     ((torch.zeros(3, 2), torch.zeros(2)), "X has 3 samples but y has 2"),
     ((torch.zeros(0, 2), torch.zeros(0)), "training data is empty"),
-    ([1, 2, 3], "training data must be a DataLoader, a Dataset or an"),
+    ([1, 2, 3], r"training data must be a DataLoader, a Dataset, .*; got a list of int"),
     (("a", "b"), "X must be a torch.Tensor or numpy array, got str"),
 ])
 def test_bad_data(data, match):

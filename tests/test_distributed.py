@@ -30,21 +30,28 @@ def torchrun(out, *args, nproc=2, restarts=0):
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
 
 
-def single_process(scheduler, batch_size):
+def single_process(scheduler, batch_size, custom_step=False):
     """The same job in this process, with the given batch: what DDP must reproduce."""
     X, y = ddp_worker.dataset()
     net = ddp_worker.model()
     log = ddp_worker.StepLog(0)
     sched = {"name": "plateau", "patience": 0, "factor": 0.5, "threshold": 0.5} \
         if scheduler == "plateau" else scheduler
-    h = ol.fit(net, (X, y), val_data=(X, y), optimizer="sgd", lr=0.5, scheduler=sched, epochs=ddp_worker.EPOCHS,
+    h = ol.fit(net, **ddp_worker.fit_kwargs(custom_step, X, y), optimizer="sgd", lr=0.5, scheduler=sched,
+               epochs=ddp_worker.EPOCHS,
                batch_size=batch_size, metrics=["accuracy"], seed=0, progress=False, callbacks=[log])
     return net.state_dict(), [{k: v for k, v in r.items() if k != "seconds"} for r in h], log.lrs
 
 
-def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path):
-    ranks = torchrun(tmp_path / "ddp")
-    weights, history, lrs = single_process("onecycle", 2 * ddp_worker.B)
+# --custom-step: dict batches through step= with two micro-batches per step, so DDP's no_sync
+# accumulation runs on the custom path too
+@pytest.mark.parametrize("custom", [False, True], ids=["default-step", "custom-step"])
+def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path, custom):
+    ranks = torchrun(tmp_path / "ddp", *(["--custom-step"] if custom else []))
+    weights, history, lrs = single_process("onecycle", 2 * ddp_worker.B, custom_step=custom)
+    if custom:
+        steps = ddp_worker.EPOCHS * ddp_worker.N // (4 * ddp_worker.B)  # 2 micro-batches of B per rank
+        assert len(ranks[0]["lrs"]) == len(lrs) == steps
     assert [r["world_size"] for r in ranks] == [2, 2]
     for r in ranks:
         for k, v in weights.items():

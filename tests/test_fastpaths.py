@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 import optiloop as ol
-from optiloop.data import TensorBatches, make_batches
+from optiloop.data import InMemoryBatches, make_batches
 
 CPU = torch.device("cpu")
 
@@ -154,7 +154,7 @@ def _assert_same_batches(a, b) -> None:
 @pytest.mark.parametrize("epoch", [1, 2])
 def test_tensor_batches_equal_dataloader_with_same_permutation(epoch: int) -> None:
     X, y = _data(100)
-    tb = TensorBatches(X, y, batch_size=16, shuffle=True, seed=7, device=CPU)
+    tb = InMemoryBatches((X, y), batch_size=16, shuffle=True, seed=7, device=CPU)
     tb.set_epoch(epoch)
     order = tb.indices()
     assert sorted(order.tolist()) == list(range(100))  # a permutation: every sample once
@@ -166,7 +166,7 @@ def test_tensor_batches_equal_dataloader_with_same_permutation(epoch: int) -> No
 
 def test_tensor_batches_order_depends_on_epoch_and_is_reproducible() -> None:
     X, y = _data(100)
-    tb = TensorBatches(X, y, batch_size=16, shuffle=True, seed=7, device=CPU)
+    tb = InMemoryBatches((X, y), batch_size=16, shuffle=True, seed=7, device=CPU)
     tb.set_epoch(1)
     first = tb.indices()
     tb.set_epoch(2)
@@ -177,7 +177,7 @@ def test_tensor_batches_order_depends_on_epoch_and_is_reproducible() -> None:
 
 def test_unshuffled_tensor_batches_equal_plain_dataloader() -> None:
     X, y = _data(50)
-    tb = TensorBatches(X, y, batch_size=16, shuffle=False, seed=0, device=CPU)
+    tb = InMemoryBatches((X, y), batch_size=16, shuffle=False, seed=0, device=CPU)
     plain = DataLoader(TensorDataset(X, y), batch_size=16, shuffle=False)
     _assert_same_batches(_batches(tb), _batches(plain))
 

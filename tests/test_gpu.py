@@ -27,16 +27,16 @@ def model():
 
 def strict_step_loop(monkeypatch):
     """Run every _train_epoch under torch's sync debug mode 'error': any host sync raises."""
-    real = loop_mod._train_epoch
+    real = loop_mod._Loop._train_epoch
 
-    def strict(ctx):
+    def strict(self):
         torch.cuda.set_sync_debug_mode("error")
         try:
-            real(ctx)
+            real(self)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
-    monkeypatch.setattr(loop_mod, "_train_epoch", strict)
+    monkeypatch.setattr(loop_mod._Loop, "_train_epoch", strict)
 
 
 @cuda

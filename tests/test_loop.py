@@ -68,7 +68,8 @@ def test_averages_are_weighted_by_sample_count_with_a_short_last_batch():
 SYNCS = ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "cpu")
 
 
-def count_syncs_in_step_loop(monkeypatch, **fit_kwargs):
+def count_syncs_in_step_loop(monkeypatch, net=None, train=None, val=None, **fit_kwargs):
+    """Every device read (``.item()``, ``bool(t)`` ...) made inside the training step loop."""
     calls = []
     counting = [False]
     for name in SYNCS:
@@ -80,19 +81,21 @@ def count_syncs_in_step_loop(monkeypatch, **fit_kwargs):
             return __original(self, *a, **k)
 
         monkeypatch.setattr(torch.Tensor, name, wrapper)
-    real = loop_mod._train_epoch
+    real = loop_mod._Loop._train_epoch
 
-    def counted(ctx):
+    def counted(self):
         counting[0] = True
         try:
-            real(ctx)
+            real(self)
         finally:
             counting[0] = False
 
-    monkeypatch.setattr(loop_mod, "_train_epoch", counted)
-    X, y = data(n=64)
-    ol.fit(model(), (X, y), val_data=(X, y), epochs=2, batch_size=8, metrics=["accuracy", "top2"],
-           **quiet(**fit_kwargs))
+    monkeypatch.setattr(loop_mod._Loop, "_train_epoch", counted)
+    if train is None:
+        X, y = data(n=64)
+        train = val = (X, y)
+        fit_kwargs.setdefault("metrics", ["accuracy", "top2"])
+    ol.fit(net or model(), train, val_data=val, epochs=2, batch_size=8, **quiet(**fit_kwargs))
     return calls
 
 

@@ -150,3 +150,28 @@ def test_cli_lr_find_bad_input_exits_2_and_writes_nothing(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0] == "error: min_lr must be below max_lr (got 1 and 0.1)"
     assert not (tmp_path / "lf").exists() and not (tmp_path / "runs").exists()
+
+
+def test_lr_find_takes_the_step_contract_on_dict_batches():
+    """A model computing its own loss on dict batches: the same sweep as the default path."""
+    from types import SimpleNamespace
+
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    d = load_digits()
+    X, y = torch.tensor(d.data, dtype=torch.float32) / 16, torch.tensor(d.target)
+
+    class OwnLoss(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+        def forward(self, x, labels):
+            return SimpleNamespace(loss=nn.functional.cross_entropy(self.net(x), labels))
+
+    own = ol.lr_find(OwnLoss(), {"x": X, "labels": y}, loss="model", steps=30, seed=0)
+    torch.manual_seed(0)
+    plain = ol.lr_find(nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), (X, y), steps=30, seed=0)
+    assert own.losses == plain.losses and own.suggestion == plain.suggestion

@@ -11,9 +11,26 @@ CPU = torch.device("cpu")
 
 def test_weighted_by_sample_count_across_batches():
     ms = MetricSet(["accuracy"], CPU)
-    ms.update(torch.tensor([[1.0, 0.0]] * 4), torch.tensor([0, 0, 0, 0]), torch.tensor(1.0))
-    ms.update(torch.tensor([[1.0, 0.0]]), torch.tensor([1]), torch.tensor(6.0))
+    ms.update(torch.tensor(1.0), 4, torch.tensor([[1.0, 0.0]] * 4), torch.tensor([0, 0, 0, 0]))
+    ms.update(torch.tensor(6.0), 1, torch.tensor([[1.0, 0.0]]), torch.tensor([1]))
     assert ms.compute() == {"loss": pytest.approx(2.0), "acc": pytest.approx(0.8)}
+
+
+def test_counts_may_be_device_tensors_and_weigh_the_loss():
+    """A language model's count is its tokens, e.g. (labels != -100).sum(): a 0-d tensor."""
+    ms = MetricSet([], CPU)
+    ms.update(torch.tensor(2.0), torch.tensor(3))  # 3 tokens at mean loss 2
+    ms.update(torch.tensor(6.0), 1)  # an int count mixes in
+    assert ms.compute() == {"loss": pytest.approx((2.0 * 3 + 6.0) / 4)}
+    restored = MetricSet([], CPU)
+    restored.load_state_dict(ms.state_dict())  # a mid-epoch checkpoint keeps tensor counts
+    assert restored.compute() == ms.compute()
+
+
+def test_metrics_without_outputs_name_what_to_return():
+    ms = MetricSet(["accuracy"], CPU)
+    with pytest.raises(ol.OptiloopError, match=r"metrics acc need the step.s outputs and targets"):
+        ms.update(torch.tensor(1.0), 4)
 
 
 def test_binary_accuracy_from_one_logit_and_topk():
@@ -37,15 +54,15 @@ def test_callable_metric_is_a_batch_mean_weighted_by_size():
         return (out.argmax(1) == y).float().mean()
 
     ms = MetricSet([hit], CPU)
-    ms.update(torch.tensor([[1.0, 0.0]] * 3), torch.tensor([0, 0, 0]), torch.tensor(0.0))
-    ms.update(torch.tensor([[1.0, 0.0]]), torch.tensor([1]), torch.tensor(0.0))
+    ms.update(torch.tensor(0.0), 3, torch.tensor([[1.0, 0.0]] * 3), torch.tensor([0, 0, 0]))
+    ms.update(torch.tensor(0.0), 1, torch.tensor([[1.0, 0.0]]), torch.tensor([1]))
     assert ms.compute()["hit"] == pytest.approx(0.75)
 
 
 def test_first_nonfinite_batch():
     ms = MetricSet([], CPU)
     for v in (1.0, 2.0, float("inf"), float("nan")):
-        ms.update(torch.zeros(2, 1), torch.zeros(2), torch.tensor(v))
+        ms.update(torch.tensor(v), 2)
     assert ms.first_nonfinite() == 2
 
 
@@ -58,5 +75,5 @@ def test_unknown_metric_and_loss():
 
 def test_callable_metric_may_return_a_python_float():
     ms = MetricSet([lambda out, y: 0.5], CPU)
-    ms.update(torch.zeros(4, 2), torch.zeros(4), torch.tensor(1.0))
+    ms.update(torch.tensor(1.0), 4, torch.zeros(4, 2), torch.zeros(4))
     assert ms.compute()["<lambda>"] == pytest.approx(0.5)

@@ -33,10 +33,10 @@ def run_to_end(run_dir, out, *extra):
     return result
 
 
-def resume(run_dir, out):
+def resume(run_dir, out, *extra):
     """Resume, and check it continued from the saved step rather than starting over."""
     saved_step = ol.load_checkpoint(ol.checkpoint.find_resumable(run_dir))["step"]
-    result = run_to_end(run_dir, out, "--resume")
+    result = run_to_end(run_dir, out, "--resume", *extra)
     assert saved_step > 0 and result["first_step"] == saved_step + 1
     return result
 
@@ -55,6 +55,13 @@ def kill_when(p, marker):
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("straight")
     result = run_to_end(d / "run", d / "out.pt")
+    return result, ol.load_checkpoint(d / "run" / "last.pt")
+
+
+@pytest.fixture(scope="module")
+def custom_reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp("straight-custom")
+    result = run_to_end(d / "run", d / "out.pt", "--custom-step")
     return result, ol.load_checkpoint(d / "run" / "last.pt")
 
 
@@ -98,3 +105,12 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_bit_exact(reference, t
     ol.load_checkpoint(run / "last.pt")  # the previous checkpoint is intact under its real name
     result = resume(run, tmp_path / "out.pt")
     assert_same_as(reference, result, run)
+
+
+def test_sigkill_then_resume_is_bit_exact_on_a_custom_step(custom_reference, tmp_path):
+    """Dict batches, step=, a device-tensor count and accumulation: the same guarantee."""
+    p = start(tmp_path / "run", tmp_path / "out.pt", "--custom-step")
+    kill_when(p, "STEP 14")  # 10 steps per epoch: mid-epoch 2, after the save at step 12
+    assert ol.load_checkpoint(tmp_path / "run" / "last.pt")["epoch_done"] is False
+    result = resume(tmp_path / "run", tmp_path / "out.pt", "--custom-step")
+    assert_same_as(custom_reference, result, tmp_path / "run")

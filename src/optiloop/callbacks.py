@@ -1,12 +1,14 @@
-"""Callbacks on a small fixed event set, and the one Monitor that EarlyStopping and Checkpoint share.
+"""Callbacks on a small fixed event set, the CallbackList that fires them, and the one Monitor that
+EarlyStopping and Checkpoint share.
 
-Events, in order (each receives the loop ``state`` and a ``logs`` dict):
-    on_fit_start, on_epoch_start, on_step_end (after the optimizer and scheduler),
+Events, in order (each receives the loop's ``TrainState`` and a ``logs`` dict):
+    on_fit_start, on_epoch_start,
+    on_before_optimizer_step (gradients present, unscaled, before clipping and optimizer.step()),
+    on_step_end (after the optimizer and scheduler; logs hold the step's loss and LRs),
     on_eval_end, on_epoch_end, on_fit_end; on_exception if training raises.
-A callback stops training by setting ``state.stop = True`` (and ``state.stop_reason``), never by
-raising. Callbacks run in ``order`` (lower first); ``main_process_only`` ones run on rank 0 only.
-``on_fit_end`` runs in ``fit_end_order`` where a callback sets one: Checkpoint's is first, so the
-final state is saved before, say, EarlyStopping(restore_best=True) puts the best weights back.
+A callback stops training with ``state.request_stop(reason)``, never by raising. Callbacks run in
+``order`` (lower first); ``main_process_only`` ones run on rank 0 only. A ``CallbackList`` owns
+all of this: the loop never looks inside a callback.
 """
 
 from __future__ import annotations
@@ -15,23 +17,93 @@ import copy
 import math
 import sys
 import time
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import NonFiniteLossError, OptiloopError
+from .errors import OptiloopError
 
 if TYPE_CHECKING:
-    from .loop import TrainState
+    import torch
+
+    from .distributed import World
+    from .history import History
+    from .schedules import Schedule
+
+
+@dataclass(eq=False)
+class TrainState:
+    """What callbacks see: the run's parts and where it stands.
+
+    Callbacks read it; the only changes they make go through ``request_stop`` and
+    ``load_at_end``. ``model`` is the module as the loop calls it (maybe DDP- or compile-wrapped),
+    ``unwrapped_model`` the user's own module (what checkpoints hold). ``epoch`` is 1-based,
+    ``batch`` counts the batches done in the current epoch, ``step`` the optimizer steps of the run.
+    """
+
+    model: torch.nn.Module
+    unwrapped_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler | None
+    history: History
+    device: torch.device
+    world: World
+    epochs: int
+    batches_per_epoch: int
+    steps_per_epoch: int
+    log_keys: list[str]  # every key the epoch logs will hold: what a monitor may name
+    config: dict[str, Any] | None = None
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    stop: bool = False
+    stop_reason: str | None = None
+    _loop: Any = field(default=None, repr=False)  # the loop behind this view
+
+    def request_stop(self, reason: str) -> None:
+        """End training after the current epoch."""
+        self.stop, self.stop_reason = True, reason
+
+    def running_logs(self) -> dict[str, float]:
+        """This rank's train figures so far in the epoch. One host sync: call sparingly."""
+        return self._loop.running_logs()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole training state as of now, to save: model, optimizer, scheduler, scaler,
+        position, RNG, callbacks, history, config. Mid-epoch under DDP only at the steps a
+        callback declared in ``snapshot_every_n_steps`` (every rank's figures are gathered then)."""
+        return self._loop.snapshot()
+
+    def healthy(self) -> bool:
+        """False if a training loss of the epoch so far was NaN/inf (one host sync)."""
+        return self._loop.healthy()
+
+    def load_at_end(self, weights: Mapping[str, Any]) -> None:
+        """Load these weights into the model once fit ends, after every ``on_fit_end``: callbacks
+        at the end (a final checkpoint) still see the run as it ended."""
+        self._loop.final_weights = weights
 
 
 class Callback:
-    """Base class: override the events you need. State to resume goes in ``state_dict``."""
+    """Base class: override the events you need. State to resume goes in ``state_dict``.
+
+    Declarations (class or instance attributes, read by the CallbackList):
+        order: lower runs first at every event.
+        main_process_only: under DDP, run on rank 0 only.
+        snapshot_every_n_steps: this callback calls ``state.snapshot()`` mid-epoch every N
+            optimizer steps (Checkpoint(every_n_steps=N) does), so under DDP every rank must
+            gather its figures at those steps.
+    """
 
     order: int = 0
-    fit_end_order: int | None = None  # None: ``order``
     main_process_only: bool = False
+    snapshot_every_n_steps: int | None = None
 
     def on_fit_start(self, state: TrainState, logs: dict[str, Any]) -> None: ...
     def on_epoch_start(self, state: TrainState, logs: dict[str, Any]) -> None: ...
+    def on_before_optimizer_step(self, state: TrainState, logs: dict[str, Any]) -> None: ...
     def on_step_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
     def on_eval_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
     def on_epoch_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
@@ -43,6 +115,79 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+EVENTS = ("on_fit_start", "on_epoch_start", "on_before_optimizer_step", "on_step_end", "on_eval_end",
+          "on_epoch_end", "on_fit_end")
+
+
+class CallbackList:
+    """The run's callbacks: adds the default ones, orders them, fires events, fans out errors.
+
+    Each event goes only to the callbacks that override it, so a step event with no listener
+    costs nothing. Example:
+        >>> cl = CallbackList([EarlyStopping()], progress=False)
+        >>> [type(c).__name__ for c in cl.listeners("on_epoch_end")]
+        ['EarlyStopping']
+    """
+
+    def __init__(self, callbacks: Iterable[Callback] = (), *, progress: bool = False, is_main: bool = True):
+        cbs = list(callbacks)
+        for cb in cbs:
+            if not isinstance(cb, Callback):
+                raise OptiloopError(f"callbacks must be ol.Callback instances, got {type(cb).__name__}")
+        if progress and not any(isinstance(c, ProgressBar) for c in cbs):
+            cbs.append(ProgressBar())
+        cbs.sort(key=lambda c: c.order)  # stable: equal orders keep the user's order
+        self.callbacks = cbs  # every callback: their state is saved whichever rank runs them
+        self.active = [c for c in cbs if is_main or not c.main_process_only]
+        self._listeners = {e: [c for c in self.active if _overrides(c, e)] for e in EVENTS}
+
+    def listeners(self, event: str) -> list[Callback]:
+        return self._listeners[event]
+
+    def fire(self, event: str, state: TrainState, logs: dict[str, Any]) -> None:
+        for cb in self._listeners[event]:
+            getattr(cb, event)(state, logs)
+
+    def fire_exception(self, state: TrainState, error: BaseException) -> None:
+        """Every callback hears of the error, even if one of them fails doing so (it warns): the
+        user's own error is what surfaces."""
+        for cb in self.active:
+            try:
+                cb.on_exception(state, error)
+            except Exception as e:  # noqa: BLE001 - never hide the error training raised
+                warnings.warn(f"{type(cb).__name__}.on_exception failed: {e}", stacklevel=2)
+
+    def snapshot_every(self) -> int:
+        """Every how many steps some callback snapshots mid-epoch (the gcd of their declarations; 0: never)."""
+        every = 0
+        for cb in self.active:
+            every = math.gcd(every, cb.snapshot_every_n_steps or 0)
+        return every
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: cb.state_dict() for key, cb in self._keyed()}
+
+    def load_state_dict(self, states: Mapping[str, Any]) -> None:
+        for key, cb in self._keyed():
+            if key in states:
+                cb.load_state_dict(states[key])
+
+    def _keyed(self) -> list[tuple[str, Callback]]:
+        """Stable keys for callback state: the class name, numbered from the second of a kind, so
+        adding or removing a callback of another kind does not mix up whose state is whose."""
+        seen: dict[str, int] = {}
+        out = []
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            seen[name] = seen.get(name, 0) + 1
+            out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))
+        return out
+
+
+def _overrides(cb: Callback, event: str) -> bool:
+    return getattr(type(cb), event) is not getattr(Callback, event)
 
 
 _MAX_HINTS = ("acc", "top", "f1", "auc", "precision", "recall", "r2")
@@ -155,7 +300,7 @@ class EarlyStopping(Callback):
 
     def on_fit_end(self, state, logs):
         if self.restore_best and self.best_weights is not None:
-            state.unwrapped_model.load_state_dict(self.best_weights)
+            state.load_at_end(self.best_weights)
 
     def state_dict(self):
         return {"monitor": self.monitor.state_dict(), "wait": self.wait, "best_epoch": self.best_epoch,
@@ -166,24 +311,6 @@ class EarlyStopping(Callback):
         self.wait, self.best_epoch = state["wait"], state["best_epoch"]
         self.best_weights = state.get("best_weights")
         self.stop_reason = state.get("stop_reason")
-
-
-class TerminateOnNaN(Callback):
-    """Raise NonFiniteLossError at the end of an epoch whose training loss went NaN/inf.
-
-    Runs before every other epoch-end callback, so no checkpoint of the broken state is written.
-    The loop finds the first bad step after the fact from the per-batch losses it keeps on the
-    device: detecting it costs no host sync per step.
-    """
-
-    order = -100
-
-    def on_epoch_end(self, state, logs):
-        if state.nonfinite_step is not None:
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {state.epoch}, step {state.nonfinite_step}: stopped "
-                "before saving; lower the LR, clip gradients, or skip bad batches (nonfinite='skip')"
-            )
 
 
 class LRMonitor(Callback):

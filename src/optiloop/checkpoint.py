@@ -22,7 +22,7 @@ import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,9 +30,6 @@ import torch
 from .callbacks import Callback, Monitor
 from .errors import CheckpointError, OptiloopError
 from .files import TEMP_SUFFIX, atomic_open, fsync_dir
-
-if TYPE_CHECKING:
-    from .loop import TrainState
 
 FORMAT = "optiloop.checkpoint"
 VERSION = 1
@@ -228,69 +225,42 @@ def set_rng_state(s: dict[str, Any]) -> None:
     random.setstate((s["python_version"], tuple(s["python"]), s["python_gauss"]))
 
 
-# --- the training state -------------------------------------------------------------------------------
-def training_state(state: TrainState, partial_ranks: list[dict] | None = None) -> dict[str, Any]:
-    """Everything needed to continue ``state`` exactly.
+# --- where: a folder of atomic files ---------------------------------------------------------------
+class CheckpointFolder:
+    """Where checkpoints go: ``<name>.pt`` files in one folder, each written atomically, the one
+    it replaces kept as ``<name>.prev.pt`` on request. ``Checkpoint`` decides *when* and takes
+    *what* from the loop; this class only writes.
 
-    Mid-epoch, the partial epoch's per-batch figures are saved; under DDP pass every rank's
-    (``partial_ranks``, gathered in rank order) so that each rank resumes with its own.
+    Example:
+        >>> folder = CheckpointFolder("runs/demo")
+        >>> folder.path("last").name
+        'last.pt'
     """
-    if state.epoch_done:
-        partial = None
-    elif partial_ranks is not None:
-        partial = {"ranks": partial_ranks}
-    else:
-        partial = state.train_metrics.state_dict()
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "model": state.unwrapped_model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
-        "scheduler": state.schedule.state_dict(),
-        "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-        "epoch": state.epoch,
-        "epoch_done": state.epoch_done,
-        "batch": state.batch,
-        "step": state.step,
-        "data_seed": state.data_seed,
-        "epoch_lr": state.epoch_lr,
-        "partial_train": partial,
-        "rng": rng_state(),
-        "callbacks": state.callback_states(),
-        "history": state.history.state_dict(),
-        "settings": dict(state.settings),
-        "config": state.config,
-    }
+
+    def __init__(self, dirpath: str | os.PathLike):
+        self.dir = Path(dirpath)
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{name}.pt"
+
+    def save(self, name: str, state: dict[str, Any], *, keep_previous: bool = True) -> None:
+        save_checkpoint(state, self.path(name), keep_previous=keep_previous)
+
+    def copy(self, src: str, dst: str, *, keep_previous: bool = True) -> None:
+        """Make ``dst`` hold what ``src`` holds, without serializing it again."""
+        link_or_copy(self.path(src), self.path(dst), keep_previous=keep_previous)
+
+    def clean(self) -> None:
+        """Remove what a killed writer left behind."""
+        remove_stale_temporaries(self.dir)
 
 
-def restore_training_state(state: TrainState, ckpt: dict[str, Any]) -> None:
-    if ckpt.get("format") != FORMAT:
-        raise CheckpointError("not an optiloop training checkpoint (no whole training state in it)")
-    load_model_weights(state.unwrapped_model, ckpt["model"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.schedule.load_state_dict(ckpt["scheduler"])
-    if state.scaler is not None and ckpt["scaler"] is not None:
-        state.scaler.load_state_dict(ckpt["scaler"])
-    state.epoch, state.epoch_done = ckpt["epoch"], ckpt["epoch_done"]
-    state.batch, state.step = ckpt["batch"], ckpt["step"]
-    state.data_seed, state.epoch_lr = ckpt["data_seed"], ckpt["epoch_lr"]
-    partial = ckpt["partial_train"]
-    if partial is not None and "ranks" in partial:
-        if len(partial["ranks"]) != state.world.world_size:
-            raise CheckpointError(f"a mid-epoch checkpoint of {len(partial['ranks'])} processes cannot "
-                                  f"resume on {state.world.world_size}; resume from an epoch's end")
-        partial = partial["ranks"][state.world.rank]
-    if partial is not None:
-        state.train_metrics.load_state_dict(partial)
-    state.load_callback_states(ckpt["callbacks"])
-    state.history.load_state_dict(ckpt["history"])
-    set_rng_state(ckpt["rng"])
-
-
+# --- when: the callback ---------------------------------------------------------------------------
 class Checkpoint(Callback):
     """Keep ``best.pt`` (best ``monitor``) and ``last.pt`` (the latest state) in ``dirpath``.
 
-    Both hold the whole training state, so either can be resumed or evaluated.
+    Both hold the whole training state (``TrainState.snapshot()``), so either can be resumed or
+    evaluated.
 
     When: at the end of an epoch once ``every_seconds`` have passed since the last save, and at the
     end of the run (its last epoch, an early stop, or ``fit`` returning). A crash therefore costs
@@ -305,8 +275,7 @@ class Checkpoint(Callback):
     ``last.pt`` records, so a resumed run never keeps a stale best.
 
     Runs after every other epoch-end callback (order 100), so their state (early-stopping
-    counters) is saved as of this epoch, and first at fit end (``fit_end_order``), so the final
-    state is saved before EarlyStopping(restore_best=True) puts the best weights back.
+    counters) is saved as of this epoch.
 
     Example:
         >>> import optiloop as ol
@@ -314,7 +283,6 @@ class Checkpoint(Callback):
     """
 
     order = 100
-    fit_end_order = -1000  # save the final state before any callback changes it at fit end
     main_process_only = True
     SNAPSHOT_LIMIT = 512 * 2**20  # bytes of tensors: above it a best state is written, not kept
 
@@ -325,7 +293,7 @@ class Checkpoint(Callback):
             raise OptiloopError(f"every_n_steps must be an integer >= 1 or None, got {every_n_steps!r}")
         if not isinstance(every_seconds, (int, float)) or not every_seconds >= 0:
             raise OptiloopError(f"every_seconds must be a number >= 0, got {every_seconds!r}")
-        self.dir = Path(dirpath)
+        self.folder = CheckpointFolder(dirpath)
         self.monitor = Monitor(monitor, mode) if monitor and save_best else None
         self.save_last, self.every_n_steps = save_last, every_n_steps
         self.every_seconds = float(every_seconds)
@@ -335,36 +303,36 @@ class Checkpoint(Callback):
         self._pending_best: dict[str, Any] | None = None  # a best state not yet on disk (CPU)
 
     @property
+    def snapshot_every_n_steps(self) -> int | None:  # declared to the CallbackList
+        return self.every_n_steps if self.save_last else None
+
+    @property
+    def dir(self) -> Path:
+        return self.folder.dir
+
+    @property
     def best_path(self) -> Path:
-        return self.dir / "best.pt"
+        return self.folder.path("best")
 
     @property
     def last_path(self) -> Path:
-        return self.dir / "last.pt"
+        return self.folder.path("last")
 
     def on_fit_start(self, state, logs):
         if self.monitor is not None:
             self.monitor.check_available(state.log_keys)
-        remove_stale_temporaries(self.dir)
+        self.folder.clean()
         self._last_save, self._unsaved, self._pending_best = time.monotonic(), False, None
 
     def on_step_end(self, state, logs):
         if not (self.save_last and self.every_n_steps and state.step % self.every_n_steps == 0
                 and state.batch < state.batches_per_epoch):
             return
-        # Under DDP each rank's partial figures go into the file (the loop gathered them at this
-        # step on every rank), so each rank resumes with its own.
-        ranks = None
-        if state.world.distributed:
-            if state.partial_ranks is None or state.partial_ranks[0] != state.step:
-                raise CheckpointError("internal: no gathered partial-epoch figures for this step")
-            ranks = state.partial_ranks[1]
         # Never rotate a good checkpoint away for a broken state: the NaN check normally waits
         # for the epoch's end; here it costs one sync per save, which syncs anyway.
-        losses = [r["losses"] for r in ranks] if ranks else [state.train_metrics.losses]
-        if all(torch.isfinite(torch.stack(x)).all() for x in losses if x):
+        if state.healthy():
             self._flush_best()
-            save_checkpoint(training_state(state, ranks), self.last_path)
+            self.folder.save("last", state.snapshot())
             self._last_save = time.monotonic()
 
     def on_epoch_end(self, state, logs):
@@ -380,11 +348,11 @@ class Checkpoint(Callback):
             return
         self._unsaved = True
         if improved:
-            snapshot = training_state(state)
+            snapshot = state.snapshot()
             # The weights and optimizer state are what can be big; the rest is a few KiB.
-            if tensor_bytes([snapshot["model"], snapshot["optimizer"]["state"]]) > self.SNAPSHOT_LIMIT:
+            if tensor_bytes([snapshot["model"], snapshot["optimizer"]]) > self.SNAPSHOT_LIMIT:
                 self._pending_best = None
-                save_checkpoint(snapshot, self.best_path, keep_previous=False)
+                self.folder.save("best", snapshot, keep_previous=False)
             else:
                 self._pending_best = cpu_copy(snapshot)
 
@@ -402,7 +370,7 @@ class Checkpoint(Callback):
         try:
             self._flush_best()
             if self.save_last:
-                link_or_copy(self.best_path, self.last_path, keep_previous=True)
+                self.folder.copy("best", "last")
         except Exception as e:  # noqa: BLE001 - the user's own error is what must surface
             warnings.warn(f"could not write the best state after the error: {e}", stacklevel=2)
 
@@ -410,18 +378,18 @@ class Checkpoint(Callback):
         # best.pt first: a crash in between leaves last.pt older than best.pt, never the reverse.
         if improved:
             self._pending_best = None
-            save_checkpoint(training_state(state), self.best_path, keep_previous=False)
+            self.folder.save("best", state.snapshot(), keep_previous=False)
             if self.save_last:  # the same bytes: a hard link, no second serialization or write
-                link_or_copy(self.best_path, self.last_path, keep_previous=True)
+                self.folder.copy("best", "last")
         else:
             self._flush_best()
             if self.save_last:
-                save_checkpoint(training_state(state), self.last_path)
+                self.folder.save("last", state.snapshot())
         self._last_save, self._unsaved = time.monotonic(), False
 
     def _flush_best(self) -> None:
         if self._pending_best is not None:
-            save_checkpoint(self._pending_best, self.best_path, keep_previous=False)
+            self.folder.save("best", self._pending_best, keep_previous=False)
             self._pending_best = None
 
     def state_dict(self):

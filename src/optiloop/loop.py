@@ -1,7 +1,12 @@
-"""fit(): the epoch / step loop that couples model, optimizer, scheduler and callbacks.
+"""fit(): the epoch / step loop that couples model, step, optimizer, scheduler and callbacks.
 
-Reading order: ``fit`` sets up (device, data, optimizer, scheduler, callbacks, resume), then per
+Reading order: ``fit`` checks its arguments, builds the run (``_Loop.__init__``: device, data,
+step, optimizer, scheduler, callbacks), resumes if asked, and runs the epochs (``_Loop.run``): per
 epoch ``_train_epoch`` (the hot path) and ``_evaluate``, then the epoch's bookkeeping.
+
+The step is a parameter (see optiloop.steps): ``loss_fn(model(x), y)`` by default, the model's own
+loss with ``loss="model"``, or any ``step(model, batch)``. Whatever it is, the loop owns backward,
+accumulation, clipping, AMP, the optimizer and scheduler steps, and the averages.
 
 Host syncs: none per step. Per-batch losses and metric sums stay on the device and are read once
 per epoch in ``MetricSet.compute`` (and, throttled by wall time, by the progress bar). The only
@@ -25,13 +30,15 @@ import torch
 from torch import nn
 
 from . import distributed as D
-from .callbacks import Callback, Monitor, ProgressBar, TerminateOnNaN
-from .data import make_batches
-from .errors import NonFiniteLossError, OptiloopError, choices
+from .callbacks import Callback, CallbackList, Monitor, TrainState
+from .checkpoint import FORMAT, VERSION, find_resumable, load_checkpoint, load_model_weights, rng_state, set_rng_state
+from .data import make_batches, map_batch
+from .errors import CheckpointError, NonFiniteLossError, OptiloopError, choices
 from .history import History
-from .metrics import MetricSet, get_loss, resolve_metric
+from .metrics import MetricSet, resolve_metric
 from .optim import build_optimizer
-from .schedules import Schedule, build_scheduler
+from .schedules import build_scheduler
+from .steps import check_loss, default_count, resolve_step, user_step
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NONFINITE = ("stop", "skip", "ignore")
@@ -71,85 +78,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass
-class TrainState:
-    """What callbacks see. Mutable by the loop; callbacks only read it and set ``stop``."""
+@dataclass(frozen=True)
+class _Options:
+    """How each optimizer step is taken."""
 
-    model: nn.Module  # as called in the loop (maybe DDP- or compile-wrapped)
-    unwrapped_model: nn.Module  # the user's module: what checkpoints hold
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    scaler: torch.amp.GradScaler | None
-    history: History
-    train_metrics: MetricSet
-    callbacks: list[Callback]
-    device: torch.device
-    world: D.World
-    epochs: int
-    batches_per_epoch: int
-    steps_per_epoch: int
-    data_seed: int
-    log_keys: list[str]
-    settings: dict[str, Any]  # what must not change on resume (batch size, accumulation ...)
-    config: dict[str, Any] | None = None
-    epoch: int = 0  # current epoch, 1-based
-    epoch_done: bool = True  # False while an epoch is under way (mid-epoch checkpoints)
-    batch: int = 0  # batches done in the current epoch
-    step: int = 0  # optimizer steps done in the whole run
-    epoch_lr: float = 0.0  # group 0's LR at the epoch's first step: the history's "lr"
-    stop: bool = False
-    stop_reason: str | None = None
-    nonfinite_step: int | None = None
-    skipped_batches: int = 0  # batches dropped by nonfinite="skip"
-    partial_ranks: tuple[int, list] | None = None  # DDP: (step, every rank's partial-epoch figures)
-
-    def request_stop(self, reason: str) -> None:
-        self.stop, self.stop_reason = True, reason
-
-    def running_logs(self) -> dict[str, float]:
-        """This rank's train figures so far in the epoch. One host sync: call sparingly."""
-        return {f"train_{k}": v for k, v in self.train_metrics.compute().items()}
-
-    def callback_states(self) -> dict[str, Any]:
-        return {key: cb.state_dict() for key, cb in _keyed(self.callbacks)}
-
-    def load_callback_states(self, states: Mapping[str, Any]) -> None:
-        for key, cb in _keyed(self.callbacks):
-            if key in states:
-                cb.load_state_dict(states[key])
-
-
-def _keyed(callbacks: list[Callback]) -> list[tuple[str, Callback]]:
-    """Stable keys for callback state: the class name, numbered from the second of a kind, so
-    adding or removing a callback of another kind does not mix up whose state is whose."""
-    seen: dict[str, int] = {}
-    out = []
-    for cb in callbacks:
-        name = type(cb).__name__
-        seen[name] = seen.get(name, 0) + 1
-        out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", cb))
-    return out
-
-
-def _overrides(cb: Callback, event: str) -> bool:
-    return getattr(type(cb), event) is not getattr(Callback, event)
-
-
-def _accumulation_weights(sizes: Sequence[int] | None, n_batches: int, accum: int) -> list[float]:
-    """Per-batch loss factor so a group's summed gradients equal one big batch's mean gradient.
-
-    A group of micro-batches with sizes n_i contributes sum_i n_i * mean_i / sum_i n_i: a short
-    last batch (or short last group) weighs exactly its share, as in one large batch.
-    """
-    weights = []
-    for start in range(0, n_batches, accum):
-        group = range(start, min(start + accum, n_batches))
-        if sizes is not None:
-            total = sum(sizes[i] for i in group)
-            weights += [sizes[i] / total for i in group]
-        else:
-            weights += [1.0 / len(group)] * len(group)
-    return weights
+    grad_accum: int = 1
+    clip_grad_norm: float | None = None
+    clip_grad_value: float | None = None
+    amp_dtype: torch.dtype | None = None
+    nonfinite: str = "stop"
+    channels_last: bool = False
 
 
 def fit(
@@ -158,6 +96,8 @@ def fit(
     val_data: Any = None,
     *,
     loss: str | Callable = "cross_entropy",
+    step: Callable | None = None,
+    eval_step: Callable | None = None,
     optimizer: str | Mapping[str, Any] | torch.optim.Optimizer = "adamw",
     lr: float | None = None,
     weight_decay: float | None = None,
@@ -185,17 +125,27 @@ def fit(
 
     Args:
         model: any nn.Module; moved to ``device``.
-        train_data, val_data: a DataLoader, a Dataset, or an ``(X, y)`` pair of tensors / arrays
-            (batched by index: the fast path). val_data is evaluated after every epoch.
-        loss: a name (cross_entropy, mse, l1, bce, huber, smooth_l1, nll) or callable(out, y).
+        train_data, val_data: a DataLoader, a Dataset, or in-memory tensors / numpy arrays: an
+            ``(X, y)`` pair, a tuple, or a dict of equal-length arrays (batched by index: the fast
+            path). A batch may have any structure (tuple, dict, namedtuple, dataclass of tensors);
+            it is moved to the device whole. val_data is evaluated after every epoch.
+        loss: a name (cross_entropy, mse, l1, bce, huber, smooth_l1, nll) or callable(out, y),
+            used as ``loss(model(x), y)`` on ``(x, y)`` batches; or ``"model"``: the model
+            computes its own loss (``model(**batch).loss`` for a dict batch, ``model(*batch)``
+            for a tuple; ``.loss`` or ``["loss"]`` of the result).
+        step: ``step(model, batch)`` returning the loss tensor or ``ol.StepOutput(loss,
+            outputs=, targets=, count=)``; replaces ``loss``. The loop does backward and steps.
+        eval_step: the same for validation (default: ``step``), run under ``torch.no_grad()``.
         optimizer, lr, weight_decay: see ``build_optimizer``; lr/weight_decay None = torch default.
         scheduler: see ``build_scheduler``; None = constant LR. Stepped by its interval.
         epochs, batch_size: run length and batch size (per process under DDP).
-        metrics: names (accuracy, top5, mse, mae) or callables(out, y) -> batch mean.
+        metrics: names (accuracy, top5, mse, mae) or callables(out, y) -> batch mean, on the
+            step's outputs and targets.
         callbacks: EarlyStopping, Checkpoint, LRMonitor, your own Callback subclasses.
         device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps".
         seed: seeds python / numpy / torch and the data order; None leaves global RNG as is.
-        grad_accum: micro-batches per optimizer step; gradients equal the big batch's.
+        grad_accum: micro-batches per optimizer step; gradients equal the big batch's, each
+            micro-batch weighted by its sample count (or the count its step returns).
         clip_grad_norm / clip_grad_value: clip gradients before each optimizer step.
         amp: None, "bf16" or "fp16" (fp16 adds a GradScaler; bf16 needs none). On CPU both run
             (torch's CPU autocast), but only CPUs with native half-precision units gain speed.
@@ -218,307 +168,422 @@ def fit(
         >>> len(h["train_loss"])
         2
     """
-    if not isinstance(epochs, int) or epochs < 1:
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise OptiloopError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if grad_accum < 1:
-        raise OptiloopError(f"grad_accum must be >= 1, got {grad_accum}")
+    if not isinstance(grad_accum, int) or grad_accum < 1:
+        raise OptiloopError(f"grad_accum must be an integer >= 1, got {grad_accum!r}")
     if nonfinite not in NONFINITE:
         raise OptiloopError(f"unknown nonfinite={nonfinite!r}; choose one of: {choices(NONFINITE)}")
     if amp is not None and amp not in AMP_DTYPES:
         raise OptiloopError(f"unknown amp={amp!r}; choose one of: {choices(AMP_DTYPES)} or None")
     if not isinstance(model, nn.Module):
         raise OptiloopError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-
-    dev = resolve_device(device)
-    world = D.setup(dev)
-    dev = D.local_device(dev, world)
-    if nonfinite == "skip" and world.distributed:
-        raise OptiloopError("nonfinite='skip' is not supported under DDP (ranks would step apart); "
-                            "use 'stop'")
-    if seed is not None:
-        seed_everything(seed)
-    data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
-    data_seed = D.broadcast_int(data_seed, dev)  # every rank must shard the same permutation
-    loss_fn = get_loss(loss)
-    model.to(dev, memory_format=torch.channels_last) if channels_last else model.to(dev)
-
-    train = make_batches(train_data, batch_size=batch_size, shuffle=True, seed=data_seed, device=dev,
-                         rank=world.rank, world_size=world.world_size, role="training")
-    val = None
-    if val_data is not None:
-        val = make_batches(val_data, batch_size=batch_size, shuffle=False, seed=data_seed, device=dev,
-                           rank=world.rank, world_size=world.world_size, role="validation")
-    batches_per_epoch = len(train)
-    steps_per_epoch = math.ceil(batches_per_epoch / grad_accum)
-
-    if isinstance(optimizer, torch.optim.Optimizer) and (lr is not None or weight_decay is not None):
-        raise OptiloopError("lr/weight_decay go to build_optimizer; a built optimizer is used as is")
-    opt_kwargs = {} if isinstance(optimizer, torch.optim.Optimizer) else {"lr": lr, "weight_decay": weight_decay}
-    opt = build_optimizer(optimizer, model, fast=fast, **opt_kwargs)
-    schedule = build_scheduler(scheduler, opt, epochs=epochs, steps_per_epoch=steps_per_epoch)
-    scaler = torch.amp.GradScaler(dev.type) if amp == "fp16" else None
-
-    metric_names = list(metrics)
-    train_metrics = MetricSet(metric_names, dev)
-    val_metrics = MetricSet(metric_names, dev) if val is not None else None
-    log_keys = logged_keys(metric_names, validation=val is not None)
-    if schedule.interval == "metric":
-        Monitor(schedule.monitor or "val_loss").check_available(log_keys)
-
-    cbs = list(callbacks)
-    if nonfinite == "stop" and not any(isinstance(c, TerminateOnNaN) for c in cbs):
-        cbs.append(TerminateOnNaN())
-    if progress and not any(isinstance(c, ProgressBar) for c in cbs):
-        cbs.append(ProgressBar())
-    cbs.sort(key=lambda c: c.order)  # stable: equal orders keep the user's order
-    active = [c for c in cbs if world.is_main or not c.main_process_only]
-
-    # Mid-epoch checkpoints under DDP hold every rank's partial-epoch figures. Gathering them is a
-    # collective, so the loop does it on every rank at each step where rank 0 may save (the gcd of
-    # its savers' every_n_steps), wherever the user created the Checkpoint.
-    gather_every = 0
-    if world.distributed:
-        for c in active:
-            gather_every = math.gcd(gather_every, getattr(c, "every_n_steps", None) or 0)
-        gather_every = D.broadcast_int(gather_every, dev)
-
-    run_model = D.wrap(model, dev, world)
-    if compile:
-        run_model = torch.compile(run_model, **(dict(compile) if isinstance(compile, Mapping) else {}))
-    state = TrainState(
-        model=run_model, unwrapped_model=model, optimizer=opt, schedule=schedule, scaler=scaler,
-        history=History(), train_metrics=train_metrics, callbacks=cbs, device=dev, world=world,
-        epochs=epochs, batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch,
-        data_seed=data_seed, log_keys=log_keys, config=config,
-        settings={"batch_size": batch_size, "grad_accum": grad_accum, "world_size": world.world_size,
-                  "train_data": _fingerprint(train)},
-    )
+    if step is not None and loss not in ("cross_entropy", None):
+        raise OptiloopError("give step= or loss=, not both: a step computes its own loss")
+    if eval_step is not None and not callable(eval_step):
+        raise OptiloopError(f"eval_step must be a function (model, batch) -> loss, got {type(eval_step).__name__}")
+    options = _Options(grad_accum, clip_grad_norm, clip_grad_value, AMP_DTYPES.get(amp), nonfinite,
+                       channels_last)
+    run = _Loop(model, train_data, val_data, loss=loss, step=step, eval_step=eval_step, optimizer=optimizer,
+                lr=lr, weight_decay=weight_decay, scheduler=scheduler, epochs=epochs, batch_size=batch_size,
+                metrics=list(metrics), callbacks=callbacks, device=device, seed=seed, progress=progress,
+                compile=compile, fast=fast, config=config, options=options)
     if resume is not None:
-        _resume(state, resume, force_resume)
-    if state.data_seed != data_seed:  # resumed a run whose seed was drawn: replay its order
-        train = make_batches(train_data, batch_size=batch_size, shuffle=True, seed=state.data_seed,
-                             device=dev, rank=world.rank, world_size=world.world_size, role="training")
-    if resume is not None:
-        _warn_if_order_not_reproducible(state, train)
-    ctx = _Context(state, train, val, val_metrics, loss_fn, grad_accum, clip_grad_norm,
-                   clip_grad_value, AMP_DTYPES.get(amp), nonfinite, active, channels_last, gather_every)
-    _fire(active, "on_fit_start", state, {})
-    try:
-        first = state.epoch + 1 if state.epoch_done else state.epoch
-        for epoch in range(first, epochs + 1):
-            if state.stop:  # asked at fit start, e.g. a resumed run early stopping had ended
-                break
-            _run_epoch(ctx, epoch)
-            if state.stop:
-                break
-        at_end = sorted(active, key=lambda c: c.order if c.fit_end_order is None else c.fit_end_order)
-        _fire(at_end, "on_fit_end", state, {"stop_reason": state.stop_reason})
-    except BaseException as error:
-        for cb in active:
-            cb.on_exception(state, error)
-        raise
-    return state.history
+        run.resume(resume, force_resume)
+    return run.run()
 
 
-def _fingerprint(batches: Any) -> str:
-    """Sample count, and for in-memory data a checksum of it: resuming on other data is refused."""
-    X = getattr(batches, "X", None)
-    if X is None:
-        return f"{batches.num_samples} samples"
-    # One sync at set-up. Row sums first: a float64 copy of X would double its memory.
-    total = X.reshape(len(X), -1).sum(dim=1).double().sum().item()
-    return f"{batches.num_samples} samples, sum {total:.10g}"
+class _Loop:
+    """One fit() call: the built run, its position, and the loop that advances it."""
 
+    def __init__(self, model, train_data, val_data, *, loss, step, eval_step, optimizer, lr, weight_decay,
+                 scheduler, epochs, batch_size, metrics, callbacks, device, seed, progress, compile, fast,
+                 config, options: _Options):
+        self.options = opts = options
+        dev = resolve_device(device)
+        world = D.setup(dev)
+        dev = D.local_device(dev, world)
+        if opts.nonfinite == "skip" and world.distributed:
+            raise OptiloopError("nonfinite='skip' is not supported under DDP (ranks would step apart); use 'stop'")
+        if seed is not None:
+            seed_everything(seed)
+        data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        self.data_seed = D.broadcast_int(data_seed, dev)  # every rank must shard the same permutation
+        self.step_fn = resolve_step(step, loss)
+        self.eval_fn = user_step(eval_step) if eval_step is not None else self.step_fn
+        model.to(dev, memory_format=torch.channels_last) if opts.channels_last else model.to(dev)
 
-def _warn_if_order_not_reproducible(state: TrainState, train: Any) -> None:
-    """A mid-epoch resume replays the epoch's order and skips what was done: only exact if the
-    order can be replayed (optiloop's own batching, or a DistributedSampler)."""
-    from torch.utils.data import DistributedSampler, SequentialSampler
+        self._make_train = lambda seed: make_batches(
+            train_data, batch_size=batch_size, shuffle=True, seed=seed, device=dev, rank=world.rank,
+            world_size=world.world_size, role="training")
+        self.train = self._make_train(self.data_seed)
+        self.val = None if val_data is None else make_batches(
+            val_data, batch_size=batch_size, shuffle=False, seed=self.data_seed, device=dev, rank=world.rank,
+            world_size=world.world_size, role="validation")
+        batches_per_epoch = len(self.train)
+        steps_per_epoch = math.ceil(batches_per_epoch / opts.grad_accum)
 
-    loader = getattr(train, "loader", None)
-    if state.epoch_done or loader is None or getattr(train, "generators", ()):
-        return
-    if not isinstance(loader.sampler, (SequentialSampler, DistributedSampler)):
-        warnings.warn("resuming mid-epoch with your own shuffling DataLoader: its order cannot be "
-                      "replayed, so the rest of this epoch may repeat or miss samples; pass the "
-                      "Dataset or (X, y) and optiloop makes the order reproducible", stacklevel=3)
+        if isinstance(optimizer, torch.optim.Optimizer) and (lr is not None or weight_decay is not None):
+            raise OptiloopError("lr/weight_decay go to build_optimizer; a built optimizer is used as is")
+        opt_kwargs = {} if isinstance(optimizer, torch.optim.Optimizer) else {"lr": lr, "weight_decay": weight_decay}
+        opt = build_optimizer(optimizer, model, fast=fast, **opt_kwargs)
+        schedule = build_scheduler(scheduler, opt, epochs=epochs, steps_per_epoch=steps_per_epoch)
+        scaler = torch.amp.GradScaler(dev.type) if opts.amp_dtype == torch.float16 else None
 
+        self.train_metrics = MetricSet(metrics, dev)
+        self.val_metrics = MetricSet(metrics, dev) if self.val is not None else None
+        log_keys = logged_keys(metrics, validation=self.val is not None)
+        if schedule.interval == "metric":
+            Monitor(schedule.monitor or "val_loss").check_available(log_keys)
+        self.callbacks = CallbackList(callbacks, progress=progress, is_main=world.is_main)
+        # Mid-epoch snapshots under DDP hold every rank's partial-epoch figures. Gathering them is
+        # a collective, so every rank does it at each step where some rank's callback may snapshot,
+        # wherever the user created that callback (rank 0's declaration is broadcast).
+        self.gather_every = D.broadcast_int(self.callbacks.snapshot_every(), dev) if world.distributed else 0
 
-def _resume(state: TrainState, path: str, force: bool) -> None:
-    from .checkpoint import find_resumable, load_checkpoint, restore_training_state
+        run_model = D.wrap(model, dev, world)
+        if compile:
+            run_model = torch.compile(run_model, **(dict(compile) if isinstance(compile, Mapping) else {}))
+        self.state = TrainState(
+            model=run_model, unwrapped_model=model, optimizer=opt, schedule=schedule, scaler=scaler,
+            history=History(), device=dev, world=world, epochs=epochs, batches_per_epoch=batches_per_epoch,
+            steps_per_epoch=steps_per_epoch, log_keys=log_keys, config=config, _loop=self)
+        self.settings = {"batch_size": batch_size, "grad_accum": opts.grad_accum, "world_size": world.world_size,
+                         "train_data": self.train.fingerprint()}
+        # Accumulation weights known before the epoch (the default step on batches of known
+        # sizes); otherwise each micro-batch is weighted by the count its step reports.
+        sizes = self.train.batch_sizes()
+        default_step = step is None and loss != "model"
+        self.weights = (_accumulation_weights(sizes, batches_per_epoch, opts.grad_accum)
+                        if opts.grad_accum > 1 and default_step and sizes else None)
+        self.params = [p for g in opt.param_groups for p in g["params"]]
+        # Where the run stands, besides the public position in self.state.
+        self.epoch_done = True  # False while an epoch is under way (mid-epoch checkpoints)
+        self.epoch_lr = 0.0  # group 0's LR at the epoch's first step: the history's "lr"
+        self.nonfinite_step: int | None = None
+        self.skipped_batches = 0  # batches dropped by nonfinite="skip"
+        self.gathered: tuple[int, list] | None = None  # DDP: (step, every rank's partial figures)
+        self.final_weights: Mapping[str, Any] | None = None  # loaded once fit ends (restore_best)
 
-    # On the CPU: RNG states must stay CPU tensors; model / optimizer load_state_dict move the
-    # rest to where the parameters live.
-    ckpt = load_checkpoint(find_resumable(path), map_location="cpu")
-    saved = ckpt.get("settings", {})
-    changed = [f"{k} {saved[k]} -> {v}" for k, v in state.settings.items() if k in saved and saved[k] != v]
-    if changed and not force:
-        raise OptiloopError(f"cannot resume {path}: settings changed ({'; '.join(changed)}); "
-                            "pass force_resume=True to continue anyway")
-    restore_training_state(state, ckpt)
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> History:
+        state, callbacks = self.state, self.callbacks
+        callbacks.fire("on_fit_start", state, {})
+        try:
+            first = state.epoch + 1 if self.epoch_done else state.epoch
+            for epoch in range(first, state.epochs + 1):
+                if state.stop:  # asked at fit start, e.g. a resumed run early stopping had ended
+                    break
+                self._run_epoch(epoch)
+            callbacks.fire("on_fit_end", state, {"stop_reason": state.stop_reason})
+        except BaseException as error:
+            callbacks.fire_exception(state, error)
+            raise
+        if self.final_weights is not None:
+            state.unwrapped_model.load_state_dict(self.final_weights)
+        return state.history
 
+    def _run_epoch(self, epoch: int) -> None:
+        state, callbacks = self.state, self.callbacks
+        if not (not self.epoch_done and state.epoch == epoch):  # not resuming mid-epoch
+            state.epoch, state.batch = epoch, 0
+            self.train_metrics.reset()
+            self.epoch_lr = state.optimizer.param_groups[0]["lr"]
+        self.epoch_done, self.nonfinite_step = False, None
+        self.train.set_epoch(epoch)
+        callbacks.fire("on_epoch_start", state, {})
+        t0 = time.perf_counter()
 
-@dataclass
-class _Context:
-    """The loop's fixed parts for one fit() call."""
+        self._train_epoch()
+        if self.train_metrics.batches == 0:
+            raise NonFiniteLossError(f"every batch of epoch {epoch} had a non-finite loss; nothing was trained")
+        reduce = D.all_reduce_sum if state.world.distributed else None
+        logs: dict[str, Any] = {"epoch": epoch}
+        logs.update({f"train_{k}": v for k, v in self.train_metrics.compute(reduce).items()})
+        if not math.isfinite(logs["train_loss"]):
+            bad = self.train_metrics.first_nonfinite()
+            self.nonfinite_step = (bad // self.options.grad_accum + 1) if bad is not None else None
+            if self.options.nonfinite == "stop":  # before anything is saved or evaluated
+                where = f", step {self.nonfinite_step}" if self.nonfinite_step is not None else ""
+                raise NonFiniteLossError(
+                    f"non-finite loss at epoch {epoch}{where}: stopped before saving; lower the LR, "
+                    "clip gradients, or skip bad batches (nonfinite='skip')")
+        if self.val is not None:
+            logs.update({f"val_{k}": v for k, v in self._evaluate().items()})
+            callbacks.fire("on_eval_end", state, logs)
+        logs["lr"] = self.epoch_lr
+        logs["seconds"] = time.perf_counter() - t0
 
-    state: TrainState
-    train: Any
-    val: Any
-    val_metrics: MetricSet | None
-    loss_fn: Callable
-    grad_accum: int
-    clip_norm: float | None
-    clip_value: float | None
-    amp_dtype: torch.dtype | None
-    nonfinite: str
-    callbacks: list[Callback]
-    channels_last: bool = False
-    gather_every: int = 0  # DDP: gather every rank's partial-epoch figures every N steps (0: never)
+        # The one epoch-level scheduler call: per-epoch schedules step here, plateau with its metric.
+        metric = logs[state.schedule.monitor] if state.schedule.interval == "metric" else None
+        state.schedule.epoch_end(metric)
+        self.epoch_done, state.batch = True, 0
+        state.history.rows.append(logs)  # the same dict: epoch-end callbacks may add keys to it
+        callbacks.fire("on_epoch_end", state, logs)
+        # Every rank saw the same all-reduced logs, so early stopping decided the same everywhere; a
+        # stop from a rank-0-only callback is broadcast. The collective also keeps every rank behind
+        # rank 0's checkpoint write.
+        if state.world.distributed:
+            state.stop = D.broadcast_flag(state.stop, state.device)
 
+    def _train_epoch(self) -> None:
+        """The hot path. Nothing here reads a device value unless nonfinite='skip' or fp16 asks."""
+        state, opts = self.state, self.options
+        model, opt, schedule, scaler = state.model, state.optimizer, state.schedule, state.scaler
+        metrics, step_fn, accum, weights, params = self.train_metrics, self.step_fn, opts.grad_accum, \
+            self.weights, self.params
+        before_step = self.callbacks.listeners("on_before_optimizer_step")
+        step_end = self.callbacks.listeners("on_step_end")
+        step_logs = bool(before_step or step_end)  # build per-step logs only for a listener
+        counted = weights is None and accum > 1  # weigh micro-batches by their reported counts
+        n = state.batches_per_epoch
+        ddp_module = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
+        ddp = isinstance(ddp_module, nn.parallel.DistributedDataParallel)
+        no_op = contextlib.nullcontext()  # reusable: one object for every step
+        autocast = torch.autocast(state.device.type, dtype=opts.amp_dtype) if opts.amp_dtype else no_op
+        skip_until = state.batch  # batches already done before a mid-epoch resume
+        # Settings as locals: the body below runs per micro-batch, where attribute lookups add up.
+        channels_last, skip_bad = opts.channels_last, opts.nonfinite == "skip"
+        clip_norm, clip_value, gather_every = opts.clip_grad_norm, opts.clip_grad_value, self.gather_every
+        unscale = scaler is not None and bool(clip_norm or clip_value or before_step)
 
-def _fire(cbs: list[Callback], event: str, state: TrainState, logs: dict[str, Any]) -> None:
-    for cb in cbs:
-        getattr(cb, event)(state, logs)
-
-
-def _run_epoch(ctx: _Context, epoch: int) -> None:
-    state = ctx.state
-    resuming_mid_epoch = not state.epoch_done and state.epoch == epoch
-    if not resuming_mid_epoch:
-        state.epoch, state.batch = epoch, 0
-        state.train_metrics.reset()
-        state.epoch_lr = state.optimizer.param_groups[0]["lr"]
-    state.epoch_done, state.nonfinite_step = False, None
-    ctx.train.set_epoch(epoch)
-    _fire(ctx.callbacks, "on_epoch_start", state, {})
-    t0 = time.perf_counter()
-
-    _train_epoch(ctx)
-    if state.train_metrics.count == 0:
-        raise NonFiniteLossError(f"every batch of epoch {epoch} had a non-finite loss; nothing was trained")
-    reduce = D.all_reduce_sum if state.world.distributed else None
-    logs: dict[str, Any] = {"epoch": epoch}
-    logs.update({f"train_{k}": v for k, v in state.train_metrics.compute(reduce).items()})
-    if not math.isfinite(logs["train_loss"]):
-        bad = state.train_metrics.first_nonfinite()
-        state.nonfinite_step = (bad // ctx.grad_accum + 1) if bad is not None else None
-    if ctx.val is not None:
-        logs.update({f"val_{k}": v for k, v in _evaluate(ctx).items()})
-        _fire(ctx.callbacks, "on_eval_end", state, logs)
-    logs["lr"] = state.epoch_lr
-    logs["seconds"] = time.perf_counter() - t0
-
-    # The one epoch-level scheduler call: per-epoch schedules step here, plateau with its metric.
-    metric = logs[state.schedule.monitor] if state.schedule.interval == "metric" else None
-    state.schedule.epoch_end(metric)
-    state.epoch_done, state.batch = True, 0
-    state.history.rows.append(logs)  # the same dict: epoch-end callbacks may add keys to it
-    _fire(ctx.callbacks, "on_epoch_end", state, logs)
-    # Every rank saw the same all-reduced logs, so early stopping decided the same everywhere; a
-    # stop from a rank-0-only callback is broadcast. The collective also keeps every rank behind
-    # rank 0's checkpoint write.
-    if state.world.distributed:
-        state.stop = D.broadcast_flag(state.stop, state.device)
-
-
-def _train_epoch(ctx: _Context) -> None:
-    """The hot path. Nothing here reads a device value unless nonfinite='skip' or fp16 asks."""
-    state = ctx.state
-    model, opt, schedule, scaler = state.model, state.optimizer, state.schedule, state.scaler
-    metrics, loss_fn, accum = state.train_metrics, ctx.loss_fn, ctx.grad_accum
-    step_cbs = [c for c in ctx.callbacks if _overrides(c, "on_step_end")]
-    n = state.batches_per_epoch
-    weights = _accumulation_weights(ctx.train.batch_sizes(), n, accum) if accum > 1 else None
-    params = [p for g in opt.param_groups for p in g["params"]]
-    ddp_module = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
-    ddp = isinstance(ddp_module, nn.parallel.DistributedDataParallel)
-    no_op = contextlib.nullcontext()  # reusable: one object for every step
-    autocast = torch.autocast(state.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype else no_op
-    step_logs: dict[str, Any] = {}
-    skip_until = state.batch  # batches already done before a mid-epoch resume
-    # Settings as locals: the body below runs per micro-batch, where attribute lookups add up.
-    channels_last, skip_bad = ctx.channels_last, ctx.nonfinite == "skip"
-    clip_norm, clip_value, gather_every = ctx.clip_norm, ctx.clip_value, ctx.gather_every
-
-    model.train()
-    opt.zero_grad(set_to_none=True)
-    kept = 0  # micro-batches of the current accumulation group that contributed gradients
-    for i, (x, y) in enumerate(ctx.train):
-        if i < skip_until:
-            continue
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        boundary = (i + 1) % accum == 0 or i + 1 == n
-        # Under DDP, all-reduce gradients only on the micro-batch that ends an accumulation group.
-        with ddp_module.no_sync() if ddp and not boundary else no_op:
-            with autocast:
-                out = model(x)
-                loss = loss_fn(out, y)
-            if skip_bad and not torch.isfinite(loss):  # opt-in host sync
-                # The bad micro-batch adds nothing; the group's others keep their weights.
-                state.skipped_batches += 1
-                state.batch = i + 1
-                if not boundary or kept == 0:
-                    if boundary:
-                        opt.zero_grad(set_to_none=True)
-                    continue
-                out = None
-            else:
-                scaled = loss * weights[i] if weights is not None else loss
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                kept += 1
-        if out is not None:
-            metrics.update(out.detach(), y, loss)
-        state.batch = i + 1
-        if not boundary:
-            continue
-        kept = 0
-        if scaler is not None and (clip_norm or clip_value):
-            scaler.unscale_(opt)
-        if clip_norm:
-            torch.nn.utils.clip_grad_norm_(params, clip_norm)
-        if clip_value:
-            torch.nn.utils.clip_grad_value_(params, clip_value)
-        if scaler is not None:
-            scale = scaler.get_scale()  # host sync (fp16 only): was this step skipped?
-            scaler.step(opt)
-            scaler.update()
-            stepped = scaler.get_scale() >= scale
-        else:
-            opt.step()
-            stepped = True
+        model.train()
         opt.zero_grad(set_to_none=True)
-        if stepped:  # a step GradScaler skipped moves neither the schedule nor the step count
-            schedule.step_end()  # the one step-level scheduler call
-            state.step += 1
-            if gather_every and state.step % gather_every == 0 and i + 1 < n:
-                state.partial_ranks = (state.step, D.all_gather_object(metrics.state_dict()))
-            for cb in step_cbs:
-                cb.on_step_end(state, step_logs)
+        kept = 0  # micro-batches of the current accumulation group that contributed gradients
+        first = total = loss_sum = None  # counted groups: first kept count, kept counts, weighted losses
+        for i, batch in enumerate(self.train):
+            if i < skip_until:
+                continue
+            if channels_last:
+                batch = map_batch(_nhwc, batch)
+            boundary = (i + 1) % accum == 0 or i + 1 == n
+            contributed = False
+            # Under DDP, all-reduce gradients only on the micro-batch that ends an accumulation group.
+            with ddp_module.no_sync() if ddp and not boundary else no_op:
+                with autocast:
+                    loss, outputs, targets, count = step_fn(model, batch)
+                check_loss(loss)
+                if count is None:
+                    count = default_count(outputs, batch)
+                if skip_bad and not torch.isfinite(loss):  # opt-in host sync
+                    # The bad micro-batch adds nothing; the group's others keep their weights.
+                    self.skipped_batches += 1
+                elif not loss.requires_grad:
+                    raise OptiloopError("the step's loss does not require grad: it depends on no trainable "
+                                        "parameter (was it computed under no_grad, or detached?)")
+                else:
+                    if weights is not None:
+                        scaled = loss * weights[i]
+                    elif counted:
+                        # Micro-batch j's gradient weighs count_j / (the group's total count), known
+                        # only at the group's end: until then weigh by count_j / first, then rescale
+                        # the sum once, before the last backward (so DDP reduces the final sum).
+                        if kept == 0:
+                            first = total = count
+                            scaled = loss
+                        else:
+                            total = total + count
+                            if boundary:
+                                _scale_grads(params, first / total)
+                                scaled = loss * (count / total)
+                            else:
+                                scaled = loss * (count / first)
+                    else:
+                        scaled = loss
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                    kept += 1
+                    contributed = True
+                    if step_logs and accum > 1:
+                        part = loss.detach() * (weights[i] if weights is not None else count)
+                        loss_sum = part if loss_sum is None else loss_sum + part
+                    metrics.update(loss, count, outputs, targets)
+            state.batch = i + 1
+            if not boundary:
+                continue
+            if kept == 0:  # every micro-batch of the group was skipped
+                opt.zero_grad(set_to_none=True)
+                continue
+            if counted and not contributed and kept > 1:  # the group's last was skipped: rescale now
+                _scale_grads(params, first / total)
+            logs: dict[str, Any] = {}
+            if step_logs:
+                if accum == 1:
+                    step_loss = loss.detach()
+                else:
+                    step_loss = loss_sum / total if counted else loss_sum
+                logs = {"loss": step_loss, "lr": [g["lr"] for g in opt.param_groups]}
+            kept, first, total, loss_sum = 0, None, None, None
+            if unscale:
+                scaler.unscale_(opt)
+            for cb in before_step:
+                cb.on_before_optimizer_step(state, logs)
+            if clip_norm:
+                norm = torch.nn.utils.clip_grad_norm_(params, clip_norm)
+                if step_logs:
+                    logs["grad_norm"] = norm
+            if clip_value:
+                torch.nn.utils.clip_grad_value_(params, clip_value)
+            if scaler is not None:
+                scale = scaler.get_scale()  # host sync (fp16 only): was this step skipped?
+                scaler.step(opt)
+                scaler.update()
+                stepped = scaler.get_scale() >= scale
+            else:
+                opt.step()
+                stepped = True
+            opt.zero_grad(set_to_none=True)
+            if stepped:  # a step GradScaler skipped moves neither the schedule nor the step count
+                schedule.step_end()  # the one step-level scheduler call
+                state.step += 1
+                if gather_every and state.step % gather_every == 0 and i + 1 < n:
+                    self.gathered = (state.step, D.all_gather_object(metrics.state_dict()))
+                for cb in step_end:
+                    cb.on_step_end(state, logs)
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, float]:
+        state, ms, eval_fn = self.state, self.val_metrics, self.eval_fn
+        model = state.model
+        model.eval()
+        ms.reset()
+        autocast = (torch.autocast(state.device.type, dtype=self.options.amp_dtype) if self.options.amp_dtype
+                    else contextlib.nullcontext())
+        for batch in self.val:
+            if self.options.channels_last:
+                batch = map_batch(_nhwc, batch)
+            with autocast:
+                loss, outputs, targets, count = eval_fn(model, batch)
+            check_loss(loss)
+            ms.update(loss, default_count(outputs, batch) if count is None else count, outputs, targets)
+        model.train()
+        return ms.compute(D.all_reduce_sum if state.world.distributed else None)
+
+    # -- what callbacks ask of the run (through TrainState) --------------------------------------
+    def running_logs(self) -> dict[str, float]:
+        return {f"train_{k}": v for k, v in self.train_metrics.compute().items()}
+
+    def _partial_figures(self) -> list[dict] | dict | None:
+        """The partial epoch's per-batch figures: this rank's, or under DDP every rank's."""
+        if self.epoch_done:
+            return None
+        if not self.state.world.distributed:
+            return self.train_metrics.state_dict()
+        if self.gathered is None or self.gathered[0] != self.state.step:
+            raise OptiloopError("a mid-epoch snapshot under DDP needs every rank's figures: declare the "
+                                "steps with Callback.snapshot_every_n_steps")
+        return self.gathered[1]
+
+    def healthy(self) -> bool:
+        partial = self._partial_figures()
+        if partial is None:
+            losses = [self.train_metrics.losses]
+        else:
+            losses = [r["losses"] for r in partial] if isinstance(partial, list) else [partial["losses"]]
+        return all(bool(torch.isfinite(torch.stack(x)).all()) for x in losses if x)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (the checkpoint format)."""
+        state = self.state
+        partial = self._partial_figures()
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "model": state.unwrapped_model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.schedule.state_dict(),
+            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
+            "epoch": state.epoch,
+            "epoch_done": self.epoch_done,
+            "batch": state.batch,
+            "step": state.step,
+            "data_seed": self.data_seed,
+            "epoch_lr": self.epoch_lr,
+            "partial_train": {"ranks": partial} if isinstance(partial, list) else partial,
+            "rng": rng_state(),
+            "callbacks": self.callbacks.state_dict(),
+            "history": state.history.state_dict(),
+            "settings": dict(self.settings),
+            "config": state.config,
+        }
+
+    # -- resume ------------------------------------------------------------------------------------
+    def resume(self, path: str, force: bool) -> None:
+        """Continue from a checkpoint file or run folder (the newest valid last.pt)."""
+        # On the CPU: RNG states must stay CPU tensors; model / optimizer load_state_dict move the
+        # rest to where the parameters live.
+        ckpt = load_checkpoint(find_resumable(path), map_location="cpu")
+        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+            raise CheckpointError("not an optiloop training checkpoint (no whole training state in it)")
+        saved = ckpt.get("settings", {})
+        changed = [f"{k} {saved[k]} -> {v}" for k, v in self.settings.items() if k in saved and saved[k] != v]
+        if changed and not force:
+            raise OptiloopError(f"cannot resume {path}: settings changed ({'; '.join(changed)}); "
+                                "pass force_resume=True to continue anyway")
+        self._load(ckpt)
+        if self.data_seed != ckpt["data_seed"]:  # resumed a run whose seed was drawn: replay its order
+            self.data_seed = ckpt["data_seed"]
+            self.train = self._make_train(self.data_seed)
+        if not self.epoch_done and not self.train.replayable:
+            warnings.warn("resuming mid-epoch with your own shuffling DataLoader: its order cannot be "
+                          "replayed, so the rest of this epoch may repeat or miss samples; pass the "
+                          "Dataset or (X, y) and optiloop makes the order reproducible", stacklevel=3)
+
+    def _load(self, ckpt: dict[str, Any]) -> None:
+        state = self.state
+        load_model_weights(state.unwrapped_model, ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.schedule.load_state_dict(ckpt["scheduler"])
+        if state.scaler is not None and ckpt["scaler"] is not None:
+            state.scaler.load_state_dict(ckpt["scaler"])
+        state.epoch, self.epoch_done = ckpt["epoch"], ckpt["epoch_done"]
+        state.batch, state.step = ckpt["batch"], ckpt["step"]
+        self.epoch_lr = ckpt["epoch_lr"]
+        partial = ckpt["partial_train"]
+        if partial is not None and "ranks" in partial:
+            if len(partial["ranks"]) != state.world.world_size:
+                raise CheckpointError(f"a mid-epoch checkpoint of {len(partial['ranks'])} processes cannot "
+                                      f"resume on {state.world.world_size}; resume from an epoch's end")
+            partial = partial["ranks"][state.world.rank]
+        if partial is not None:
+            self.train_metrics.load_state_dict(partial)
+        self.callbacks.load_state_dict(ckpt["callbacks"])
+        state.history.load_state_dict(ckpt["history"])
+        set_rng_state(ckpt["rng"])
 
 
-@torch.no_grad()
-def _evaluate(ctx: _Context) -> dict[str, float]:
-    state, ms = ctx.state, ctx.val_metrics
-    model = state.model
-    model.eval()
-    ms.reset()
-    autocast = (torch.autocast(state.device.type, dtype=ctx.amp_dtype) if ctx.amp_dtype
-                else contextlib.nullcontext())
-    for x, y in ctx.val:
-        with autocast:
-            out = model(x)
-            loss = ctx.loss_fn(out, y)
-        ms.update(out, y, loss)
-    model.train()
-    return ms.compute(D.all_reduce_sum if state.world.distributed else None)
+def _nhwc(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
-def evaluate(model: nn.Module, data: Any, *, loss: str | Callable = "cross_entropy",
+def _scale_grads(params: list[torch.Tensor], factor: float | torch.Tensor) -> None:
+    """Multiply every gradient by ``factor`` (a float or a 0-d device tensor: no host sync)."""
+    if isinstance(factor, float) and factor == 1.0:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, factor)
+
+
+def _accumulation_weights(sizes: Sequence[int], n_batches: int, accum: int) -> list[float]:
+    """Per-batch loss factor so a group's summed gradients equal one big batch's mean gradient.
+
+    A group of micro-batches with sizes n_i contributes sum_i n_i * mean_i / sum_i n_i: a short
+    last batch (or short last group) weighs exactly its share, as in one large batch.
+    """
+    weights = []
+    for start in range(0, n_batches, accum):
+        group = range(start, min(start + accum, n_batches))
+        total = sum(sizes[i] for i in group)
+        weights += [sizes[i] / total for i in group]
+    return weights
+
+
+def evaluate(model: nn.Module, data: Any, *, loss: str | Callable = "cross_entropy", step: Callable | None = None,
              metrics: Sequence[str | Callable] = (), batch_size: int = 256,
              device: str | torch.device = "auto") -> dict[str, float]:
     """Loss and metrics of ``model`` on ``data`` (no gradients), e.g. ``{"loss": .., "acc": ..}``.
+
+    ``data``, ``loss`` and ``step`` are as ``fit`` takes them.
 
     Example:
         >>> import torch, optiloop as ol
@@ -530,9 +595,10 @@ def evaluate(model: nn.Module, data: Any, *, loss: str | Callable = "cross_entro
     model.to(dev).eval()
     batches = make_batches(data, batch_size=batch_size, shuffle=False, seed=0, device=dev, role="evaluation")
     ms = MetricSet(list(metrics), dev)
-    loss_fn = get_loss(loss)
+    step_fn = resolve_step(step, loss)
     with torch.no_grad():
-        for x, y in batches:
-            out = model(x)
-            ms.update(out, y, loss_fn(out, y))
+        for batch in batches:
+            loss_value, outputs, targets, count = step_fn(model, batch)
+            check_loss(loss_value)
+            ms.update(loss_value, default_count(outputs, batch) if count is None else count, outputs, targets)
     return ms.compute()

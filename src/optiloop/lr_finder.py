@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .errors import OptiloopError, choices
+from .steps import check_loss, resolve_step
 
 RULES = ("valley", "steepest")
 
@@ -139,6 +140,7 @@ def lr_find(
     train_data: Any,
     *,
     loss: str | Callable = "cross_entropy",
+    step: Callable | None = None,
     optimizer: str | Mapping[str, Any] | torch.optim.Optimizer = "adamw",
     min_lr: float = 1e-7,
     max_lr: float = 10.0,
@@ -158,7 +160,8 @@ def lr_find(
         model: the model to probe. Its weights (and a given optimizer's state) are restored
             bit for bit afterwards.
         train_data: as ``fit`` takes it; cycled if ``steps`` exceeds one epoch of batches.
-        loss: a loss name or callable(output, target), as ``fit``.
+        loss, step: as ``fit`` takes them (a loss name or callable(output, target), ``"model"``,
+            or ``step(model, batch) -> loss | StepOutput``).
         optimizer: a name / dict (built here with ``optimizer_kwargs``) or a built optimizer,
             whose state and LRs are restored afterwards. Every param group gets the swept LR.
         min_lr, max_lr, steps: the exponential sweep (defaults 1e-7 .. 10 in 100 steps).
@@ -176,7 +179,6 @@ def lr_find(
     """
     from .data import make_batches
     from .loop import resolve_device
-    from .metrics import get_loss
     from .optim import build_optimizer
 
     if rule not in RULES:
@@ -196,7 +198,7 @@ def lr_find(
         raise OptiloopError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
     dev = resolve_device(device)
-    loss_fn = get_loss(loss)
+    step_fn = resolve_step(step, loss)
     first = next(model.parameters(), None)
     home = first.device if first is not None else torch.device("cpu")
     # Everything the sweep touches, copied now and put back in `finally`: weights, buffers
@@ -216,7 +218,7 @@ def lr_find(
             torch.manual_seed(seed)
         batches = make_batches(train_data, batch_size=batch_size, shuffle=True, seed=data_seed,
                                device=dev, role="training")
-        lrs, losses, smoothed, stop_reason = _sweep(model, opt, batches, loss_fn, min_lr, max_lr, steps,
+        lrs, losses, smoothed, stop_reason = _sweep(model, opt, batches, step_fn, min_lr, max_lr, steps,
                                        smoothing, diverge)
     finally:
         model.load_state_dict(saved_model)
@@ -236,7 +238,7 @@ def lr_find(
                         {rule: suggestions[rule], **suggestions}, stop_reason)
 
 
-def _sweep(model, opt, batches, loss_fn, min_lr, max_lr, steps, smoothing, diverge):
+def _sweep(model, opt, batches, step_fn, min_lr, max_lr, steps, smoothing, diverge):
     factor = (max_lr / min_lr) ** (1 / (steps - 1))
     lrs: list[float] = []
     losses: list[float] = []
@@ -247,17 +249,18 @@ def _sweep(model, opt, batches, loss_fn, min_lr, max_lr, steps, smoothing, diver
     it = iter(())
     for i in range(steps):
         try:
-            x, y = next(it)
+            batch = next(it)
         except StopIteration:
             epoch += 1
             batches.set_epoch(epoch)  # a fresh order each pass when steps > one epoch
             it = iter(batches)
-            x, y = next(it)
+            batch = next(it)
         lr = min_lr * factor**i
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        loss = step_fn(model, batch)[0]
+        check_loss(loss)
         loss.backward()
         opt.step()
         # A host sync per step: the stopping rule needs the value now (this is a probe, not a

@@ -119,8 +119,8 @@ class MetricSet:
     Example:
         >>> import torch
         >>> ms = MetricSet(["accuracy"], torch.device("cpu"))
-        >>> ms.update(torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]]), torch.tensor([0, 0, 0]),
-        ...           torch.tensor(0.5))
+        >>> ms.update(torch.tensor(0.5), 3, torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]]),
+        ...           torch.tensor([0, 0, 0]))
         >>> ms.compute()
         {'loss': 0.5, 'acc': 0.6666666666666666}
     """
@@ -138,32 +138,42 @@ class MetricSet:
 
     def reset(self) -> None:
         self.losses: list[torch.Tensor] = []  # per-batch mean loss
-        self.sizes: list[int] = []  # per-batch sample count: python ints, known from shapes
+        self.sizes: list[int | torch.Tensor] = []  # per-batch count: ints known from shapes, or 0-d tensors
         self.sums: list[list[torch.Tensor]] = [[] for _ in self.items]  # per-batch metric sums
 
     @property
-    def count(self) -> int:
-        return sum(self.sizes)
+    def batches(self) -> int:
+        return len(self.losses)
 
-    def update(self, output: torch.Tensor, target: torch.Tensor, loss: torch.Tensor) -> None:
-        """Add one batch. ``loss`` is the batch mean; nothing here syncs with the device."""
+    def update(self, loss: torch.Tensor, count: int | torch.Tensor, outputs=None, targets=None) -> None:
+        """Add one batch: its mean ``loss`` weighs ``count``. Nothing here syncs with the device."""
         self.losses.append(loss.detach())
-        self.sizes.append(output.shape[0])
-        for acc, (_, fn) in zip(self.sums, self.items, strict=True):
-            acc.append(fn(output, target))
+        self.sizes.append(count)
+        if self.items:
+            if outputs is None:
+                raise OptiloopError(f"metrics {', '.join(self.keys[1:])} need the step's outputs and targets; "
+                                    "return ol.StepOutput(loss, outputs=..., targets=...) from step=")
+            outputs = outputs.detach() if isinstance(outputs, torch.Tensor) else outputs
+            for acc, (_, fn) in zip(self.sums, self.items, strict=True):
+                acc.append(fn(outputs, targets))
+
+    def _sizes(self) -> torch.Tensor:
+        if all(type(s) is int for s in self.sizes):  # one small upload, no per-batch op
+            return torch.tensor(self.sizes, dtype=self.dtype).to(self.device, non_blocking=True)
+        return torch.stack([torch.as_tensor(s, device=self.device).to(self.dtype).reshape(()) for s in self.sizes])
 
     def totals(self) -> torch.Tensor:
         """[loss sum, metric sums..., count] in one device tensor: what one all-reduce needs."""
         if not self.sizes:
             return torch.zeros(len(self.keys) + 1, dtype=self.dtype, device=self.device)
-        sizes = torch.tensor(self.sizes, dtype=self.dtype).to(self.device, non_blocking=True)
+        sizes = self._sizes()
         parts = [(torch.stack(self.losses).to(self.dtype) * sizes).sum()]
         parts += [torch.stack(acc).to(self.dtype).sum() for acc in self.sums]
         parts.append(sizes.sum())
         return torch.stack(parts)
 
     def compute(self, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
-        """The phase's sample-weighted means: one host transfer, after one optional all-reduce."""
+        """The phase's count-weighted means: one host transfer, after one optional all-reduce."""
         t = self.totals()
         if reduce is not None:
             t = reduce(t)
@@ -180,10 +190,11 @@ class MetricSet:
         return int(bad[0, 0]) if len(bad) else None
 
     def state_dict(self) -> dict:
-        return {"losses": [t.cpu() for t in self.losses], "sizes": list(self.sizes),
+        sizes = [s.cpu() if isinstance(s, torch.Tensor) else s for s in self.sizes]
+        return {"losses": [t.cpu() for t in self.losses], "sizes": sizes,
                 "sums": [[t.cpu() for t in acc] for acc in self.sums]}
 
     def load_state_dict(self, state: dict) -> None:
         self.losses = [t.to(self.device) for t in state["losses"]]
-        self.sizes = list(state["sizes"])
+        self.sizes = [s.to(self.device) if isinstance(s, torch.Tensor) else s for s in state["sizes"]]
         self.sums = [[t.to(self.device) for t in acc] for acc in state["sums"]]
