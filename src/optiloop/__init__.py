@@ -14,6 +14,7 @@ from .callbacks import Callback, CallbackList, EarlyStopping, LRMonitor, Monitor
 from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
 from .comparison import compare, summarize, to_frame
 from .data import Batches
+from .distributed import FSDP
 from .errors import CheckpointError, NonFiniteLossError, OptiloopError
 from .history import History
 from .loop import evaluate, fit, resolve_device, seed_everything
@@ -24,10 +25,20 @@ from .steps import StepOutput
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # export needs torch.distributed.checkpoint (most of a second to import): loaded on first use.
+    if name == "export":
+        from .sharded import export
+
+        return export
+    raise AttributeError(f"module 'optiloop' has no attribute {name!r}")
+
+
 __all__ = [
-    "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError", "CheckpointFolder", "EarlyStopping",
+    "Batches", "Callback", "FSDP", "CallbackList", "Checkpoint", "CheckpointError", "CheckpointFolder", "EarlyStopping",
     "History", "LRFindResult", "LRMonitor", "Monitor", "NonFiniteLossError", "OPTIMIZERS", "OptiloopError",
     "ProgressBar", "SCHEDULERS", "Schedule", "StepOutput", "TrainState", "build_optimizer", "build_scheduler",
-    "compare", "evaluate", "fit", "load_checkpoint", "lr_find", "optimizer_defaults", "preview_schedule",
+    "compare", "evaluate", "export", "fit", "load_checkpoint", "lr_find", "optimizer_defaults", "preview_schedule",
     "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame",
 ]

@@ -173,20 +173,27 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
 
 
 def find_resumable(run_dir: str | os.PathLike) -> Path:
-    """The newest valid whole-state checkpoint of a run folder (or the file itself).
+    """The newest valid whole-state checkpoint of a run folder (or the checkpoint itself).
 
-    Tries ``last.pt``, then ``last.prev.pt``; a corrupt one is reported as a warning and skipped.
+    Tries ``last.pt``, then ``last.prev.pt`` (a plain run), or ``last/``, then ``last.prev/`` (a
+    sharded run's DCP folders); a corrupt or uncommitted one is reported as a warning and skipped.
     """
     run_dir = Path(run_dir)
-    if run_dir.is_file():
+    if run_dir.is_file() or (run_dir / ".metadata").is_file():
         return run_dir
-    candidates = [run_dir / "last.pt", previous_path(run_dir / "last.pt")]
+    last = run_dir / "last.pt"
+    candidates = [last, previous_path(last), run_dir / "last", run_dir / "last.prev"]
     errors = []
     for c in candidates:
         if not c.exists():
             continue
         try:
-            verify(c)
+            if c.is_dir():
+                from .sharded import verify as verify_sharded  # torch.distributed.checkpoint: on demand
+
+                verify_sharded(c)
+            else:
+                verify(c)
             if errors:
                 warnings.warn(f"{errors[-1]}; resuming from {c.name} instead", stacklevel=2)
             return c
@@ -194,7 +201,7 @@ def find_resumable(run_dir: str | os.PathLike) -> Path:
             errors.append(str(e))
     if errors:
         raise CheckpointError("; ".join(errors) + "; no valid checkpoint to resume from")
-    raise CheckpointError(f"nothing to resume in {run_dir}: no last.pt")
+    raise CheckpointError(f"nothing to resume in {run_dir}: no last.pt (or last/ of a sharded run)")
 
 
 # --- RNG ----------------------------------------------------------------------------------------------
@@ -254,6 +261,15 @@ class CheckpointFolder:
         """Remove what a killed writer left behind."""
         remove_stale_temporaries(self.dir)
 
+    # One process writes these files: nothing to agree on or wait for (see sharded.ShardedFolder).
+    collective = False
+
+    def agree(self, flag: bool) -> bool:
+        return flag
+
+    def wait(self, timeout: float | None = None) -> None:
+        pass
+
 
 # --- when: the callback ---------------------------------------------------------------------------
 class Checkpoint(Callback):
@@ -277,6 +293,11 @@ class Checkpoint(Callback):
     Runs after every other epoch-end callback (order 100), so their state (early-stopping
     counters) is saved as of this epoch.
 
+    Under ``strategy="fsdp"`` the files are sharded DCP folders (``best/``, ``last/``,
+    ``last.prev/``; see optiloop.sharded): every rank writes its own shards, so this callback then
+    runs on every rank, and must be created on every rank. Saves are asynchronous there unless
+    ``async_save=False``, and a best epoch is written when it happens rather than kept in memory.
+
     Example:
         >>> import optiloop as ol
         >>> ck = ol.Checkpoint("runs/demo", monitor="val_loss", every_seconds=60)
@@ -284,11 +305,12 @@ class Checkpoint(Callback):
 
     order = 100
     main_process_only = True
+    collective_when_sharded = True  # under FSDP every rank writes its shards
     SNAPSHOT_LIMIT = 512 * 2**20  # bytes of tensors: above it a best state is written, not kept
 
     def __init__(self, dirpath: str | os.PathLike, monitor: str | None = "val_loss", mode: str = "auto",
                  save_best: bool = True, save_last: bool = True, every_n_steps: int | None = None,
-                 every_seconds: float = 60.0):
+                 every_seconds: float = 60.0, async_save: bool = True):
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
             raise OptiloopError(f"every_n_steps must be an integer >= 1 or None, got {every_n_steps!r}")
         if not isinstance(every_seconds, (int, float)) or not every_seconds >= 0:
@@ -297,6 +319,7 @@ class Checkpoint(Callback):
         self.monitor = Monitor(monitor, mode) if monitor and save_best else None
         self.save_last, self.every_n_steps = save_last, every_n_steps
         self.every_seconds = float(every_seconds)
+        self.async_save = bool(async_save)
         self.best_epoch: int | None = None
         self._last_save = 0.0  # time.monotonic() of the last save (or of the fit's start)
         self._unsaved = False  # an epoch ended after the last save
@@ -321,6 +344,12 @@ class Checkpoint(Callback):
     def on_fit_start(self, state, logs):
         if self.monitor is not None:
             self.monitor.check_available(state.log_keys)
+        if state.strategy == "fsdp":  # where: sharded DCP folders; what: the same snapshot, sharded
+            from .sharded import ShardedFolder
+
+            self.folder = ShardedFolder(self.dir, state.device, async_save=self.async_save)
+        elif self.folder.collective:  # this instance served an FSDP run before
+            self.folder = CheckpointFolder(self.dir)
         self.folder.clean()
         self._last_save, self._unsaved, self._pending_best = time.monotonic(), False, None
 
@@ -343,14 +372,18 @@ class Checkpoint(Callback):
                 self.best_epoch = state.epoch
         final = state.stop or state.epoch >= state.epochs
         step_due = bool(self.every_n_steps) and state.step % self.every_n_steps == 0
-        if final or step_due or time.monotonic() - self._last_save >= self.every_seconds:
+        # Clocks differ between ranks; a collective save needs every rank's "yes" (rank 0's).
+        if final or step_due or self.folder.agree(time.monotonic() - self._last_save >= self.every_seconds):
             self._save(state, improved)
             return
         self._unsaved = True
         if improved:
             snapshot = state.snapshot()
-            # The weights and optimizer state are what can be big; the rest is a few KiB.
-            if tensor_bytes([snapshot["model"], snapshot["optimizer"]]) > self.SNAPSHOT_LIMIT:
+            # The weights and optimizer state are what can be big; the rest is a few KiB. A kept
+            # copy of shards could only be written by a collective save, which on_exception cannot
+            # count on (a peer may be gone): sharded runs write it now.
+            if self.folder.collective or \
+                    tensor_bytes([snapshot["model"], snapshot["optimizer"]]) > self.SNAPSHOT_LIMIT:
                 self._pending_best = None
                 self.folder.save("best", snapshot, keep_previous=False)
             else:
@@ -360,11 +393,16 @@ class Checkpoint(Callback):
         # Only when a stop came from a callback that ran after this one: save what is unsaved.
         if self._unsaved:
             self._save(state, improved=False)
+        self.folder.wait()  # an asynchronous save commits before fit returns
 
     def on_exception(self, state, error):
         # The state at a failure may be broken (NaN, a half-done step): it is never written. A
         # kept best is a finished epoch newer than last.pt, so it becomes both files: resuming
         # then starts from it, with the best score that best.pt really holds.
+        try:  # a sharded save in flight holds an earlier, good state: let it commit (bounded)
+            self.folder.wait(timeout=60)
+        except Exception as e:  # noqa: BLE001 - the user's own error is what must surface
+            warnings.warn(f"the checkpoint being written when training failed is not used: {e}", stacklevel=2)
         if self._pending_best is None:
             return
         try:
