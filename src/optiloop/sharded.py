@@ -39,6 +39,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -140,6 +141,27 @@ class _SafeLoadPlanner(DefaultLoadPlanner):
         super().load_bytes(read_item, value)
 
 
+def _first_line(e: BaseException) -> str:
+    """One line for the user: the first failing rank's own error, not DCP's wrapper of them all."""
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+@contextmanager
+def _dcp_errors(message: str) -> Iterator[None]:
+    """DCP's failures as one CheckpointError line (ours inside them pass through as they are).
+    DCP's CheckpointException is a BaseException: ``except Exception`` would miss it."""
+    try:
+        yield
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - one line for the user
+        inner = next(iter(e.failures.values()))[0] if isinstance(e, CheckpointException) and e.failures else e
+        if isinstance(inner, CheckpointError):
+            raise inner from None
+        raise CheckpointError(f"{message}: {_first_line(e)}") from None
+
+
 def _blob(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -179,7 +201,7 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
     if _SHARED not in md.state_dict_metadata:
         raise CheckpointError(f"{path} is a DCP checkpoint but not an optiloop training checkpoint")
     target: dict[str, Any] = {_SHARED: None}
-    with _one_process():  # every rank reads the small blob on its own
+    with _dcp_errors(f"checkpoint {path} cannot be read"), _one_process():  # every rank reads it on its own
         dcp.load(target, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner(), no_dist=True)
     state = _unblob(target[_SHARED], "training state")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -201,15 +223,9 @@ def load_into(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.
     mine = rank_key(rank)
     if mine in md.state_dict_metadata:
         target[mine] = None
-    try:
-        with _one_process():
-            dcp.load(target, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner(),
-                     no_dist=not D.current_world().distributed)
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001 - DCP wraps every rank's failure; one line for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} does not fit this model and optimizer ({first[:200]})") from None
+    with _dcp_errors(f"checkpoint {path} does not fit this model and optimizer"), _one_process():
+        dcp.load(target, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner(),
+                 no_dist=not D.current_world().distributed)
     set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
     return _unblob(target[mine], "per-rank state") if mine in target else None
 
@@ -276,7 +292,7 @@ class ShardedFolder:
         payload = self._payload(state)
         group, alone = D.background_group(), not D.current_world().distributed
         if not self.async_save:
-            with _one_process():
+            with _dcp_errors(f"writing checkpoint {name} failed, the previous one is kept"), _one_process():
                 dcp.save(payload, checkpoint_id=tmp, process_group=group, no_dist=alone)
             if self.rank == 0:
                 self._commit(tmp, name, keep_previous)
@@ -319,16 +335,13 @@ class ShardedFolder:
         if pending is None:
             return
         try:
-            pending.future.result(timeout=timeout)
+            with _dcp_errors(f"writing checkpoint {pending.name} failed, the previous one is kept"):
+                pending.future.result(timeout=timeout)
             if not pending.committed.wait(timeout):
                 raise TimeoutError
         except TimeoutError:
             raise CheckpointError(f"checkpoint {pending.name} still unwritten after {timeout} s; "
                                   "it is not used") from None
-        except Exception as e:  # noqa: BLE001 - one line; the folder keeps the previous checkpoint
-            raise CheckpointError(f"writing checkpoint {pending.name} failed, the previous one is kept: "
-                                  f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
-                                  ) from None
         if pending.error is not None:
             raise CheckpointError(f"committing checkpoint {pending.name} failed: {pending.error}")
 
@@ -469,6 +482,6 @@ def _read_model(path: Path) -> dict[str, torch.Tensor]:
         model[key] = torch.empty(tuple(meta.size), dtype=meta.properties.dtype) \
             if isinstance(meta, TensorStorageMetadata) else None
     target = {"model": model}
-    with _one_process():
+    with _dcp_errors(f"checkpoint {path} cannot be read"), _one_process():
         dcp.load(target, storage_reader=_SafeReader(path), planner=_SafeLoadPlanner(), no_dist=True)
     return target["model"]
