@@ -92,23 +92,32 @@ def unigram_baseline(train: torch.Tensor, val: torch.Tensor, vocab: int) -> floa
     return float(-logp[val].mean())
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def arguments(description: str, dim: int) -> argparse.ArgumentParser:
+    """The options this example and hf_model.py share."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--stride", type=int, default=8, help="window stride: smaller = more windows per epoch")
     p.add_argument("--block", type=int, default=32, help="context length in characters")
-    p.add_argument("--dim", type=int, default=96, help="embedding width (2 layers, 4 heads)")
+    p.add_argument("--dim", type=int, default=dim, help="embedding width (2 layers, 4 heads)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    a = p.parse_args(argv)
+    return p
 
+
+def character_ids() -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(vocabulary, training ids, validation ids): the text's first 90% and last 10%."""
     text = load_text()
     chars = sorted(set(text))
     ids = torch.tensor([chars.index(c) for c in text])
     cut = int(0.9 * len(ids))
-    train_ids, val_ids = ids[:cut], ids[cut:]
+    return chars, ids[:cut], ids[cut:]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = arguments(__doc__.splitlines()[0], dim=96).parse_args(argv)
+    chars, train_ids, val_ids = character_ids()
     torch.manual_seed(a.seed)
     model = CharGPT(len(chars), block=a.block, dim=a.dim)
     steps_per_epoch = math.ceil(len(windows(train_ids, a.block, a.stride)[0]) / a.batch_size)

@@ -11,10 +11,8 @@ own loss (``output.loss``), as with transformers' own Trainer.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from char_gpt import load_text, unigram_baseline  # the example beside this one
+from char_gpt import arguments, character_ids, unigram_baseline  # the example beside this one
 
 import optiloop as ol
 
@@ -22,20 +20,8 @@ import optiloop as ol
 def main(argv: list[str] | None = None) -> dict:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--block", type=int, default=32, help="context length in characters")
-    p.add_argument("--stride", type=int, default=8, help="window stride: smaller = more windows per epoch")
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    a = p.parse_args(argv)
-
-    text = load_text()
-    chars = sorted(set(text))
-    ids = torch.tensor([chars.index(c) for c in text])
-    cut = int(0.9 * len(ids))
+    a = arguments(__doc__.splitlines()[0], dim=64).parse_args(argv)
+    chars, train_ids, val_ids = character_ids()
 
     def batches(part: torch.Tensor, stride: int) -> dict[str, torch.Tensor]:
         starts = torch.arange(0, len(part) - a.block, stride)
@@ -47,12 +33,12 @@ def main(argv: list[str] | None = None) -> dict:
                         bos_token_id=0, eos_token_id=0)  # GPT-2's own ids lie outside this vocabulary
     model = GPT2LMHeadModel(config)
     history = ol.fit(
-        model, batches(ids[:cut], a.stride), val_data=batches(ids[cut:], a.block), loss="model",
+        model, batches(train_ids, a.stride), val_data=batches(val_ids, a.block), loss="model",
         optimizer="adamw", lr=a.lr, weight_decay=0.1,
         scheduler={"name": "cosine", "interval": "step", "warmup_steps": 50},
-        clip_grad_norm=1.0, epochs=a.epochs, batch_size=16, seed=a.seed, progress=a.progress,
+        clip_grad_norm=1.0, epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, progress=a.progress,
     )
-    baseline = unigram_baseline(ids[:cut], ids[cut:], len(chars))
+    baseline = unigram_baseline(train_ids, val_ids, len(chars))
     params = sum(p.numel() for p in model.parameters())
     print(f"GPT-2 with {params:,} parameters: val loss {history['val_loss'][-1]:.3f} nats/char "
           f"(unigram baseline {baseline:.3f})")

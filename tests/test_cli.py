@@ -226,8 +226,12 @@ def test_list_shows_every_name_with_defaults(cli):
     for name in ("sgd", "adamw", "muon", "cosine", "onecycle", "plateau", "digits", "diabetes",
                  "mlp", "cnn"):
         assert f"  {name} " in proc.stdout
-    assert "nesterov=False" in proc.stdout  # torch's default for sgd
+    sgd = next(line for line in proc.stdout.splitlines() if line.startswith("  sgd "))
+    assert "lr=0.1, momentum=0.9" in sgd and "torch.optim.SGD" in sgd  # the CLI's one table
     assert "metric" in proc.stdout  # plateau's interval
+    proc = cli("list", "--torch-defaults")
+    assert proc.returncode == 0, proc.stderr
+    assert "nesterov=False" in proc.stdout  # torch's default for sgd
 
 
 def test_eval_bad_input(cli, tmp_path):
@@ -250,3 +254,40 @@ def test_eval_on_other_data(run_main, tmp_path):
     assert code == 2 and "64 features" in err and "13" in err
     code, _, err = run_main("eval", "nothere.pt")
     assert code == 2 and "nothere.pt" in err
+
+
+def test_the_header_says_lr_schedule_and_when_early_stopping_can_end_the_run(run_main, tmp_path):
+    # the default length comes with early stopping, and the header says so up front
+    code, out, err = run_main("train", "--data", "wine", "--set", "train.monitor=val_acc",
+                              "--early-stopping", "1", "--out", "es")
+    assert code == 0, err
+    assert "optimizer adamw: lr=0.001, weight_decay=0.01; scheduler cosine, stepped per epoch: T_max=30" in out
+    assert "up to 30 epochs: early stopping ends the run once val_acc has not improved for 1 epoch" in out
+    stopped = json.loads((tmp_path / "es" / "summary.json").read_text())
+    assert stopped["epochs_run"] < 30 and "early stopping" in stopped["stop_reason"]
+
+    # --epochs without --early-stopping: every epoch asked for runs
+    code, out, err = run_main("train", "--data", "wine", "--set", "train.monitor=val_acc",
+                              "--epochs", str(stopped["epochs_run"] + 3), "--out", "all")
+    assert code == 0, err
+    assert f"{stopped['epochs_run'] + 3} epochs, no early stopping" in out
+    summary = json.loads((tmp_path / "all" / "summary.json").read_text())
+    assert summary["epochs_run"] == stopped["epochs_run"] + 3 and summary["stop_reason"] is None
+    config = tomllib.loads((tmp_path / "all" / "config.toml").read_text())
+    assert config["train"]["early_stopping"] == 0  # recorded: the re-run does the same
+
+
+def test_train_compare_and_lr_find_share_one_table_of_optimizer_defaults(run_main, tmp_path):
+    code, out, err = run_main("train", "--data", "wine", "--optimizer", "sgd", "--epochs", "1", "--out", "t")
+    assert code == 0, err
+    assert "optimizer sgd: lr=0.1, momentum=0.9" in out
+    code, out, err = run_main("compare", "--data", "wine", "--optimizers", "sgd", "--epochs", "1",
+                              "--out", "c")
+    assert code == 0, err
+    compared = tomllib.loads((tmp_path / "c" / "runs" / "sgd-cosine-seed0" / "config.toml").read_text())
+    trained = tomllib.loads((tmp_path / "t" / "config.toml").read_text())
+    assert compared["optimizer"] == trained["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9}
+    code, out, err = run_main("lr-find", "--data", "wine", "--optimizer", "sgd", "--steps", "10",
+                              "--out", "f")
+    assert code == 0, err
+    assert "sgd (momentum=0.9)" in out

@@ -17,7 +17,8 @@ import torch
 from matplotlib.image import imread
 
 import optiloop as ol
-from optiloop.comparison import format_table, parse_lrs, parse_names, parse_target, summarize
+from optiloop.comparison import parse_lrs, parse_names, parse_target, summarize
+from optiloop.report import format_table
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PNG = b"\x89PNG\r\n\x1a\n"

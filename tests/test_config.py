@@ -6,11 +6,12 @@ import pytest
 
 from optiloop.config import DEFAULTS, parse_set, parse_value, resolve
 from optiloop.errors import OptiloopError
+from optiloop.optim import OPTIMIZERS
 
 
 def test_defaults_resolve_to_the_documented_run():
     cfg = resolve()
-    assert cfg["optimizer"] == {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01}
+    assert cfg["optimizer"] == {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}
     assert cfg["train"]["epochs"] == DEFAULTS["train"]["epochs"] == 30
     assert cfg["data"]["name"] == "digits" and cfg["model"]["hidden"] == [128]
 
@@ -26,7 +27,30 @@ def test_renaming_drops_only_the_defaults_of_that_section():
     cfg = resolve(sets=["scheduler.T_0=3"], flags={"scheduler": {"name": "cosine_restarts"},
                                                      "optimizer": {"name": "sgd"}})
     assert cfg["scheduler"] == {"name": "cosine_restarts", "T_0": 3}
-    assert "lr" not in cfg["optimizer"]  # AdamW's tuned 3e-3 does not leak into SGD
+    # nothing set for AdamW leaks into SGD, which starts from its own defaults in the one table
+    assert cfg["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_starts_from_its_one_record(name):
+    cfg = resolve(flags={"optimizer": {"name": name}})
+    assert cfg["optimizer"] == {"name": name, **OPTIMIZERS[name].defaults}
+    assert cfg["optimizer"]["lr"] > 0
+    # a value the user gives wins over the table
+    assert resolve(flags={"optimizer": {"name": name, "lr": 0.5}})["optimizer"]["lr"] == 0.5
+
+
+def test_chosen_epochs_run_in_full_unless_early_stopping_is_asked_for(tmp_path):
+    assert resolve()["train"]["early_stopping"] == 5  # the default run: 30 epochs, patience 5
+    assert resolve(flags={"train": {"epochs": 40}})["train"]["early_stopping"] == 0
+    assert resolve(sets=["train.epochs=40"])["train"]["early_stopping"] == 0
+    assert resolve(flags={"train": {"epochs": 40, "early_stopping": 3}})["train"]["early_stopping"] == 3
+    f = tmp_path / "run.toml"
+    f.write_text("[train]\nepochs = 12\n")
+    assert resolve(f)["train"]["early_stopping"] == 0
+    f.write_text("[train]\nepochs = 12\nearly_stopping = 4\n")
+    assert resolve(f, flags={"train": {"epochs": 20}})["train"] == {**resolve(f)["train"], "epochs": 20}
+    assert resolve(f)["train"]["early_stopping"] == 4
 
 
 @pytest.mark.parametrize(("item", "message"), [

@@ -1,11 +1,12 @@
-"""Data sets: built-ins, CSV, npz, user functions; split and standardization."""
+"""Data sets: built-ins, CSV, npz, user functions; feature names, labels and the split.
+(Standardization is the run's preprocessing: tests/test_runs.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from optiloop.datasets import BUILTIN, apply_split_stats, load_dataset, split
+from optiloop.datasets import BUILTIN, load_dataset, split
 from optiloop.errors import OptiloopError
 
 
@@ -15,23 +16,18 @@ def test_builtins_load_with_their_task(name):
     assert ds.X.dtype == np.float32 and ds.X.ndim == 2 and len(ds.X) == len(ds.y)
     assert ds.task == ("regression" if name == "diabetes" else "classification")
     assert ds.out_features == (1 if name == "diabetes" else ds.num_classes)
+    assert len(ds.features) == ds.X.shape[1] and len(set(ds.features)) == len(ds.features)
+    assert ds.target == "target"
 
 
-def test_split_is_seeded_and_standardized_on_train_only():
+def test_split_is_seeded_and_keeps_the_raw_values():
     ds = load_dataset("wine")
     a, b = split(ds, seed=3), split(ds, seed=3)
     assert np.array_equal(a.X_val, b.X_val) and len(a.X_val) == round(0.2 * len(ds.X))
-    assert np.allclose(a.X_train.mean(axis=0), 0, atol=1e-5)
-    assert not np.allclose(a.X_val.mean(axis=0), 0, atol=1e-3)  # val keeps its own offset
     assert not np.array_equal(split(ds, seed=4).X_val, a.X_val)
-
-
-def test_regression_target_standardized_and_other_data_rescaled():
-    ds = load_dataset("diabetes")
-    s = split(ds)
-    assert abs(s.y_train.mean()) < 1e-5 and s.y_std > 1
-    X, y = apply_split_stats(s, ds)
-    assert X.shape == ds.X.shape and y.dtype == np.float32
+    # every row lands in exactly one side, unscaled
+    rows = {tuple(r) for r in np.concatenate([a.X_train, a.X_val])}
+    assert rows == {tuple(r) for r in ds.X} and len(a.X_train) + len(a.X_val) == len(ds.X)
 
 
 def test_csv_with_named_target_and_text_labels(tmp_path):
@@ -40,6 +36,7 @@ def test_csv_with_named_target_and_text_labels(tmp_path):
     ds = load_dataset(str(p), target="label")
     assert ds.classes == ["cat", "dog"] and ds.y.tolist() == [0, 1, 0, 1]
     assert ds.X.tolist() == [[1, 2], [3, 4], [5, 6], [7, 8]]
+    assert ds.features == ["a", "b"] and ds.target == "label"
     with pytest.raises(OptiloopError, match="no column 'y'; columns: label, a, b"):
         load_dataset(str(p), target="y")
 
@@ -61,3 +58,16 @@ def test_npz_and_user_function(tmp_path, monkeypatch):
 def test_unknown_name_lists_choices():
     with pytest.raises(OptiloopError, match="choose one of: breast_cancer, diabetes, digits, wine"):
         load_dataset("mnist")
+
+
+def test_csv_integer_labels_stay_integers_and_bad_columns_are_named(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("a,b,y\n1,2,3\n3,4,5\n5,6,3\n7,8,5\n")
+    ds = load_dataset(str(p))
+    assert ds.classes == [3, 5] and all(type(c) is int for c in ds.classes)
+    p.write_text("a,b,y\n1,x,3\n3,4,5\n")
+    with pytest.raises(OptiloopError, match="column 'b' is not numeric"):
+        load_dataset(str(p))
+    p.write_text("a,a,y\n1,2,3\n3,4,5\n")
+    with pytest.raises(OptiloopError, match="column 'a' appears more than once"):
+        load_dataset(str(p))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import optiloop as ol
-from optiloop.optim import MuonWithAdamW, muon_split
+from optiloop.muon import MuonWithAdamW, muon_split
 
 
 def mlp():

@@ -1,5 +1,8 @@
 """optiloop: torch.optim, torch.optim.lr_scheduler and the training loop, coupled correctly.
 
+Every public name is imported on first use (PEP 562): ``import optiloop`` costs next to nothing,
+and the command line's ``--help`` and ``list`` never import torch.
+
 Example:
     >>> import torch, optiloop as ol
     >>> X, y = torch.randn(128, 8), torch.randint(0, 3, (128,))
@@ -10,35 +13,75 @@ Example:
     3
 """
 
-from .callbacks import Callback, CallbackList, EarlyStopping, LRMonitor, Monitor, ProgressBar, TrainState
-from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
-from .comparison import compare, summarize, to_frame
-from .data import Batches
-from .distributed import FSDP
-from .errors import CheckpointError, NonFiniteLossError, OptiloopError
-from .history import History
-from .loop import evaluate, fit, resolve_device, seed_everything
-from .lr_finder import LRFindResult, lr_find
-from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
-from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
-from .steps import StepOutput
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# public name -> the module (under optiloop) that defines it
+_WHERE: dict[str, str] = {
+    "Callback": "callbacks", "CallbackList": "callbacks", "EarlyStopping": "callbacks", "LRMonitor": "callbacks",
+    "Monitor": "callbacks", "ProgressBar": "callbacks", "TrainState": "callbacks",
+    "Checkpoint": "checkpoint", "CheckpointFolder": "checkpoint", "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "Batches": "data",
+    "FSDP": "distributed",
+    "compare": "comparison", "summarize": "comparison", "to_frame": "comparison",
+    "CheckpointError": "errors", "NonFiniteLossError": "errors", "OptiloopError": "errors",
+    "History": "history",
+    "evaluate": "loop", "fit": "loop", "resolve_device": "loop",
+    "seed_everything": "loop",
+    "LRFindResult": "lr_finder", "lr_find": "lr_finder",
+    "OPTIMIZERS": "optim", "build_optimizer": "optim", "optimizer_defaults": "optim",
+    "SCHEDULERS": "schedules", "Schedule": "schedules", "build_scheduler": "schedules",
+    "preview_schedule": "schedules",
+    "StepOutput": "steps",
+    "predict": "inference",
+    "Run": "runs", "load": "runs",
+    "export": "sharded",
+}
 
-def __getattr__(name: str):
-    # export needs torch.distributed.checkpoint (most of a second to import): loaded on first use.
-    if name == "export":
-        from .sharded import export
+__all__ = [
+    "FSDP", "OPTIMIZERS", "SCHEDULERS", "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError",
+    "CheckpointFolder", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Monitor", "NonFiniteLossError",
+    "OptiloopError", "ProgressBar", "Run", "Schedule", "StepOutput", "TrainState", "build_optimizer",
+    "build_scheduler", "compare", "evaluate", "export", "fit", "load", "load_checkpoint", "lr_find",
+    "optimizer_defaults", "predict", "preview_schedule", "resolve_device", "save_checkpoint",
+    "seed_everything", "summarize", "to_frame",
+]  # static, for tools; tests check it names exactly the keys of _WHERE
 
-        return export
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)  # ol.checkpoint.find_resumable
     raise AttributeError(f"module 'optiloop' has no attribute {name!r}")
 
 
-__all__ = [
-    "Batches", "Callback", "FSDP", "CallbackList", "Checkpoint", "CheckpointError", "CheckpointFolder", "EarlyStopping",
-    "History", "LRFindResult", "LRMonitor", "Monitor", "NonFiniteLossError", "OPTIMIZERS", "OptiloopError",
-    "ProgressBar", "SCHEDULERS", "Schedule", "StepOutput", "TrainState", "build_optimizer", "build_scheduler",
-    "compare", "evaluate", "export", "fit", "load_checkpoint", "lr_find", "optimizer_defaults", "preview_schedule",
-    "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame",
-]
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from .callbacks import Callback, CallbackList, EarlyStopping, LRMonitor, Monitor, ProgressBar, TrainState
+    from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
+    from .comparison import compare, summarize, to_frame
+    from .data import Batches
+    from .distributed import FSDP
+    from .errors import CheckpointError, NonFiniteLossError, OptiloopError
+    from .history import History
+    from .inference import predict
+    from .loop import evaluate, fit, resolve_device, seed_everything
+    from .lr_finder import LRFindResult, lr_find
+    from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
+    from .runs import Run, load
+    from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
+    from .sharded import export
+    from .steps import StepOutput

@@ -4,7 +4,9 @@
 ``results.csv``); ``summarize`` folds the seeds into mean and std per combination (the table the
 CLI prints). Fairness comes from three things: per seed the model is built once and every
 combination starts from a deep copy of it; ``fit(seed=...)`` gives every combination the same
-data order; and each optimizer gets a learning rate suited to it (``DEFAULT_LRS``) unless told.
+data order; and each optimizer starts from its command-line defaults unless told (the one table,
+``optiloop.optim.OPTIMIZERS``: sgd lr 0.1 with momentum 0.9, adam / adamw / rmsprop 1e-3, adagrad
+1e-2), so a comparison at one shared LR does not only show which optimizer likes that LR.
 
 Example:
     >>> import torch, optiloop as ol
@@ -18,14 +20,12 @@ Example:
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import math
 import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,30 +34,27 @@ from torch import nn
 
 from .callbacks import Monitor
 from .errors import OptiloopError, choices
-from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
+from .optim import OPTIMIZERS, build_optimizer, lookup
 from .schedules import SCHEDULERS, build_scheduler, default_arguments
 
-# Learning rates that work for each optimizer on small, standardized problems (digits, wine ...)
-# with batch size 64: a comparison at one shared LR would only show which optimizer likes that LR.
-DEFAULT_LRS: dict[str, float] = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3,
-                                 "adagrad": 1e-2}
-# Keys besides lr: plain SGD without momentum is not the SGD anyone tunes.
-DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"sgd": {"momentum": 0.9}}
 DEFAULT_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 DEFAULT_SCHEDULERS = ("cosine",)  # as `optiloop train`
 DEFAULT_EPOCHS = 10  # 5 optimizers on digits: ~10-20 s on 2 CPU cores
 
 
 def default_lr(name: str) -> float:
-    """The LR ``compare`` uses for ``name`` when none is given (torch's own default otherwise).
+    """The LR ``compare`` (and ``optiloop train``) uses for ``name`` when none is given.
 
     Example:
         >>> default_lr("sgd"), default_lr("adagrad"), default_lr("nadam")
         (0.1, 0.01, 0.002)
     """
-    if name in DEFAULT_LRS:
-        return DEFAULT_LRS[name]
-    return float(optimizer_defaults(name)["lr"])
+    return float(lookup(name).defaults["lr"])
+
+
+def default_options(name: str) -> dict[str, Any]:
+    """The keys besides ``lr`` each optimizer gets by default, e.g. sgd's ``momentum=0.9``."""
+    return {k: v for k, v in lookup(name).defaults.items() if k != "lr"}
 
 
 def scheduler_spec(name: str, epochs: int) -> dict[str, Any]:
@@ -86,11 +83,12 @@ def parse_names(text: str | Sequence[str], kind: str, known: Iterable[str]) -> l
     return names
 
 
-def parse_lrs(text: str | float | Mapping[str, float] | None, optimizers: Sequence[str]
-              ) -> dict[str, float]:
+def parse_lrs(text: str | float | Mapping[str, float] | None, optimizers: Sequence[str], *,
+              what: str = "lrs") -> dict[str, float]:
     """Per-optimizer learning rates from ``"0.01"``, ``"sgd=0.1,adam=1e-3"``, a number or a dict.
 
-    Optimizers not named get ``default_lr``. Every LR must be a finite number > 0.
+    Optimizers not named get ``default_lr``. Every LR must be a finite number > 0. ``what`` names
+    the argument in error messages (the command line passes ``--lr``).
 
     Example:
         >>> parse_lrs("sgd=0.05", ["sgd", "adam"])
@@ -102,37 +100,39 @@ def parse_lrs(text: str | float | Mapping[str, float] | None, optimizers: Sequen
     elif isinstance(text, (int, float)) and not isinstance(text, bool):
         given = dict.fromkeys(optimizers, text)
     elif isinstance(text, str) and "=" not in text:
-        given = dict.fromkeys(optimizers, _number(text, "--lr", text))
+        given = dict.fromkeys(optimizers, _number(text, what, text, what))
     elif isinstance(text, str):
         for item in text.split(","):
             key, eq, value = item.partition("=")
             key = key.strip().lower()
             if not eq or not key:
-                raise OptiloopError(f"--lr {text!r}: use one number (0.01) or NAME=LR pairs "
+                raise OptiloopError(f"{what} {text!r}: use one number (0.01) or NAME=LR pairs "
                                     "separated by commas (sgd=0.1,adam=1e-3)")
-            given[key] = _number(value, f"--lr {key}", text)
+            given[key] = _number(value, f"{what} {key}", text, what)
     elif text is not None:
         raise OptiloopError(f"lrs must be a number, a string or a dict, got {type(text).__name__}")
     for key, value in given.items():
         if key not in optimizers:
-            raise OptiloopError(f"--lr names {key!r}, which is not among the optimizers compared "
+            raise OptiloopError(f"{what} names {key!r}, which is not among the optimizers compared "
                                 f"({', '.join(optimizers)})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not (math.isfinite(value) and value > 0):
-            raise OptiloopError(f"--lr {key}: must be a number > 0 (got {value!r})")
+            raise OptiloopError(f"{what} {key}: must be a number > 0 (got {value!r})")
     return {name: float(given.get(name, default_lr(name))) for name in optimizers}
 
 
-def _number(text: str, what: str, whole: str) -> float:
+def _number(text: str, where: str, whole: str, what: str) -> float:
     try:
         return float(text.strip())
     except ValueError:
-        raise OptiloopError(f"{what}: {text.strip()!r} is not a number (in --lr {whole!r}; use "
+        raise OptiloopError(f"{where}: {text.strip()!r} is not a number (in {what} {whole!r}; use "
                             "0.01 or sgd=0.1,adam=1e-3)") from None
 
 
-def parse_target(text: str | tuple[str, float] | None) -> tuple[str, float] | None:
+def parse_target(text: str | tuple[str, float] | None, *, what: str = "target"
+                 ) -> tuple[str, float] | None:
     """``"val_acc=0.95"`` -> ``("val_acc", 0.95)``; the direction follows the key's name.
+    ``what`` names the argument in error messages.
 
     Example:
         >>> parse_target("val_acc=0.95")
@@ -147,7 +147,7 @@ def parse_target(text: str | tuple[str, float] | None) -> tuple[str, float] | No
     except ValueError:
         number = math.nan
     if not eq or not key or not math.isfinite(number):
-        raise OptiloopError(f"--target {text!r}: use KEY=VALUE, e.g. val_acc=0.95 or val_loss=0.1")
+        raise OptiloopError(f"{what} {text!r}: use KEY=VALUE, e.g. val_acc=0.95 or val_loss=0.1")
     return key, number
 
 
@@ -158,53 +158,6 @@ def state_hash(model: nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-# --- from a run config (what the CLI passes) ---------------------------------------------------
-@dataclass
-class Task:
-    """Data, model factory and training settings made from a resolved ``optiloop train`` config."""
-
-    model_factory: Callable[[], nn.Module]
-    train_data: tuple[Any, Any]
-    val_data: tuple[Any, Any]
-    loss: str
-    metrics: list[str]
-    batch_size: int
-    description: str  # e.g. "digits (1437 train / 360 val, classification), mlp"
-
-
-def task_from_config(cfg: Mapping[str, Any]) -> Task:
-    """Load the data and make the model factory a resolved config describes (config.resolve).
-
-    Example:
-        >>> from optiloop.config import resolve
-        >>> t = task_from_config(resolve())
-        >>> t.loss, t.metrics, len(t.train_data[0]) + len(t.val_data[0])
-        ('cross_entropy', ['accuracy'], 1797)
-    """
-    from .config import extras
-    from .datasets import load_dataset, split
-    from .models import build_model
-
-    d, m, t = cfg["data"], cfg["model"], cfg["train"]
-    ds = load_dataset(d["name"], target=d.get("target"), task=d.get("task", "auto"))
-    s = split(ds, val_fraction=d["val_fraction"], seed=d["seed"], standardize=d["standardize"])
-    regression = ds.task == "regression"
-    options = extras(m)
-
-    def factory() -> nn.Module:
-        return build_model(m["name"], ds.X.shape[1], ds.out_features, **options)
-
-    factory()  # a bad model key fails now, before any folder exists
-    return Task(
-        model_factory=factory, train_data=(s.X_train, s.y_train), val_data=(s.X_val, s.y_val),
-        loss=t.get("loss") or ("mse" if regression else "cross_entropy"),
-        metrics=list(t.get("metrics") or (["mae"] if regression else ["accuracy"])),
-        batch_size=t["batch_size"],
-        description=f"{ds.name} ({len(s.X_train)} train / {len(s.X_val)} val, {ds.task}), "
-                    f"{m['name']}",
-    )
 
 
 # --- the comparison ----------------------------------------------------------------------------
@@ -242,7 +195,7 @@ def compare(
         seeds: how many seeds (0, 1, ...), or the seeds themselves.
         lrs: one LR for all, ``{"sgd": 0.1}`` / ``"sgd=0.1,adam=1e-3"`` per optimizer; the rest
             get ``default_lr`` (sgd 0.1 with momentum 0.9, adam / adamw / rmsprop 1e-3, adagrad
-            1e-2, others torch's default).
+            1e-2; every name's in ``optiloop list``), and every optimizer its other defaults.
         loss, metrics, batch_size: as ``fit`` (defaults cross_entropy, accuracy, 64).
         target: ``"val_acc=0.95"``: also report the first epoch that reaches it.
         out: a new (or empty) folder for results.csv, report.md / report.html, the overlay
@@ -275,8 +228,10 @@ def compare(
     if config is not None:
         if model is not None or train_data is not None:
             raise OptiloopError("give a model factory with data, or config=, not both")
-        task = task_from_config(config)
-        model, train_data, val_data = task.model_factory, task.train_data, task.val_data
+        from .runs import build_task
+
+        task = build_task(config)
+        model, train_data, val_data = task.new_model, task.train_data, task.val_data
     if model is None or not callable(model) or isinstance(model, nn.Module):
         raise OptiloopError("model must be a callable returning a fresh nn.Module (e.g. a lambda), "
                             "so every seed starts from its own initial weights")
@@ -285,7 +240,11 @@ def compare(
     loss = loss or (task.loss if task else "cross_entropy")
     metrics = list(metrics if metrics is not None else (task.metrics if task else ["accuracy"]))
     batch_size = batch_size or (task.batch_size if task else 64)
-    out_dir = _check_out(out)
+    out_dir = None
+    if out is not None:
+        from .runs import ensure_empty
+
+        out_dir = ensure_empty(out, "out")
     combos = [(o, s) for o in opt_names for s in sched_names]
     probe = model()
     if not isinstance(probe, nn.Module):
@@ -293,13 +252,13 @@ def compare(
     n_train = _length(train_data)
     steps = math.ceil(n_train / batch_size) if n_train else 1
     for o, s in combos:  # dry build: a bad LR or option fails here, with nothing written
-        opt = build_optimizer(o, probe, lr=lr_of[o], **DEFAULT_OPTIONS.get(o, {}))  # leaves probe as is
+        opt = build_optimizer(o, probe, lr=lr_of[o], **default_options(o))  # leaves probe as is
         build_scheduler(scheduler_spec(s, epochs), opt, epochs=epochs, steps_per_epoch=steps)
     del probe
     if goal is not None:
         want = [k for k in logged_keys(metrics) if k.startswith(("train_", "val_"))]
         if goal[0] not in want:
-            raise OptiloopError(f"--target {goal[0]!r} is never logged; choose one of: "
+            raise OptiloopError(f"target {goal[0]!r} is never logged; choose one of: "
                                 f"{', '.join(want)}")
 
     total = len(combos) * len(seed_list)
@@ -329,7 +288,7 @@ def compare(
                 callbacks.append(Checkpoint(run_dir, monitor="val_loss"))
             t0 = time.perf_counter()
             history = fit(net, train_data, val_data=val_data, loss=loss,
-                          optimizer={"name": o, **DEFAULT_OPTIONS.get(o, {})}, lr=lr_of[o],
+                          optimizer={"name": o, **default_options(o)}, lr=lr_of[o],
                           scheduler=scheduler_spec(s, epochs), epochs=epochs, batch_size=batch_size,
                           metrics=metrics, callbacks=callbacks, device=device, seed=seed,
                           progress=False, nonfinite="ignore")
@@ -337,7 +296,8 @@ def compare(
             row = _row(history, o, s, seed, lr_of[o], goal, seconds, init_hash)
             if run_dir is not None:
                 row["run"] = str(run_dir.relative_to(out_dir))
-                _write_run(run_dir, history, row, o, s, lr_of[o], epochs, batch_size, seed, config)
+                _write_run(run_dir, history, row, o, s, lr_of[o], epochs, batch_size, seed,
+                           task.config if task else None)
             rows.append(row)
             histories[(o, s, seed)] = history
             if progress is not None:
@@ -348,11 +308,11 @@ def compare(
     if out_dir is not None:
         from .report import write_report
 
-        write_report(out_dir, rows, histories, settings={
+        write_report(out_dir, rows, summarize(rows), histories, settings={
             "epochs": epochs, "batch_size": batch_size, "seeds": seed_list, "loss": _name(loss),
             "metrics": [_name(m) for m in metrics], "target": goal, "lrs": lr_of,
             "data": task.description if task else "given in Python",
-            "options": {o: DEFAULT_OPTIONS.get(o, {}) for o in opt_names},
+            "options": {o: default_options(o) for o in opt_names},
             "schedulers": {s: scheduler_spec(s, epochs) for s in sched_names},
         })
     return to_frame(rows) if as_frame else rows
@@ -399,77 +359,6 @@ def to_frame(rows: Sequence[Mapping[str, Any]]) -> Any:
     return pd.DataFrame(list(rows))
 
 
-def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
-    """(key, header) of the figures a summary table shows, in order (keys without _mean/_std)."""
-    keys = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")] if rows else []
-    headers = {"best_val_loss": "best val_loss", "final_val_loss": "final val_loss",
-               "best_epoch": "best epoch", "sec_per_epoch": "s/epoch"}
-    wanted = [k for k in keys if k not in ("epochs_run", "seconds")]
-    return [(k, headers.get(k, f"epochs to {k[len('epochs_to_'):]}" if k.startswith("epochs_to_")
-                            else k.replace("_", " ", 1))) for k in wanted]
-
-
-def format_value(mean: float | None, std: float | None, key: str, seeds: int) -> str:
-    """``0.9722 ± 0.0031`` (± only with several seeds); epochs as whole numbers when they are."""
-    if mean is None:
-        return "-"
-    if not math.isfinite(mean):
-        return f"{mean} (diverged)"
-    if key in ("best_epoch",) or key.startswith("epochs_to_"):
-        text = f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
-        digits = 1
-    elif key == "sec_per_epoch":
-        text, digits = f"{mean:.3f}", 3
-    else:
-        text, digits = f"{mean:.4f}", 4
-    if seeds > 1 and std is not None:
-        text += f" ± {std:.{digits}f}"
-    return text
-
-
-def table_cells(rows: Sequence[Mapping[str, Any]], *, always_reached: bool = False
-                ) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells of the summary table: the one layout every report uses.
-
-    ``always_reached`` appends "(reached/seeds)" to the target column even for one seed.
-    """
-    cols = table_columns(rows)
-    header = ["optimizer", "scheduler", "lr", *(h for _, h in cols)]
-    body = []
-    for r in rows:
-        cells = [r["optimizer"], r["scheduler"], f"{r['lr']:g}"]
-        for key, _ in cols:
-            cell = format_value(r.get(f"{key}_mean"), r.get(f"{key}_std"), key, r["seeds"])
-            if f"{key}_reached" in r and (always_reached or r["seeds"] > 1):
-                cell += f" ({r[f'{key}_reached']})"
-            cells.append(cell)
-        body.append(cells)
-    return header, body
-
-
-def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The summary (``summarize``) as an aligned plain-text table."""
-    header, body = table_cells(rows)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
-                       for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-             for cells in [header, *body]]
-    return "\n".join(lines)
-
-
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Rows to CSV (atomic): the union of keys as columns, in first-seen order."""
-    from .files import atomic_open
-
-    keys: dict[str, None] = {}
-    for r in rows:
-        keys.update(dict.fromkeys(r))
-    with atomic_open(path, "w") as f:
-        w = csv.DictWriter(f, fieldnames=list(keys))
-        w.writeheader()
-        w.writerows(rows)
-
-
 # --- helpers -----------------------------------------------------------------------------------
 def _seeds(seeds: int | Sequence[int]) -> list[int]:
     if isinstance(seeds, bool):
@@ -484,16 +373,6 @@ def _seeds(seeds: int | Sequence[int]) -> list[int]:
     if len(set(out)) != len(out):
         raise OptiloopError(f"each seed once, please (got {out})")
     return out
-
-
-def _check_out(out: str | os.PathLike | None) -> Path | None:
-    if out is None:
-        return None
-    path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise OptiloopError(f"--out {path} already exists and is not an empty folder; choose a new "
-                            "folder (reports are never overwritten)")
-    return path
 
 
 def _length(data: Any) -> int:
@@ -557,19 +436,12 @@ def _clock(seconds: float) -> str:
 def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: str, lr: float,
                epochs: int, batch_size: int, seed: int, config: Mapping[str, Any] | None) -> None:
     """One combination's run folder, shaped like `optiloop train`'s."""
-    import json
+    from .runs import RunFolder
 
-    import tomli_w
-
-    from . import __version__
-    from .files import write_text
-    from .plots import plot_history
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    history.to_csv(run_dir / "history.csv")
-    plot_history(history, run_dir / "curves.png", best_epoch=row["best_epoch"],
-                 title=f"{o} lr {lr:g}, {s}, seed {seed}")
-    opt_section = {"name": o, "lr": lr, **DEFAULT_OPTIONS.get(o, {})}
+    folder = RunFolder.create(run_dir, unique=False)
+    folder.write_history(history)
+    folder.write_curves(history, best_epoch=row["best_epoch"], title=f"{o} lr {lr:g}, {s}, seed {seed}")
+    opt_section = {"name": o, "lr": lr, **default_options(o)}
     sched_section = scheduler_spec(s, epochs)
     if config is not None:  # a config that `optiloop train --config` re-runs as this combination
         cfg = copy.deepcopy(dict(config))
@@ -580,9 +452,7 @@ def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: s
         cfg = {"optimizer": opt_section, "scheduler": sched_section,
                "train": {"epochs": epochs, "batch_size": batch_size, "seed": seed}}
         head = "Model and data were given in Python; only these settings are recorded"
-    write_text(run_dir / "config.toml",
-               f"# optiloop {__version__} compare: {o} + {s}, seed {seed}. {head}\n\n" + tomli_w.dumps(cfg))
-    summary = {"optimizer": o, "scheduler": s, "seed": seed, "lr": lr, **row,
-               "best": dict(history.rows[row["best_epoch"] - 1]) if row["best_epoch"] else None,
-               "final": dict(history.rows[-1])}
-    write_text(run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    folder.write_config(cfg, f" compare: {o} + {s}, seed {seed}. {head}")
+    folder.write_summary({"optimizer": o, "scheduler": s, "seed": seed, "lr": lr, **row,
+                          "best": dict(history.rows[row["best_epoch"] - 1]) if row["best_epoch"] else None,
+                          "final": dict(history.rows[-1])})

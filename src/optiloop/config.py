@@ -7,8 +7,14 @@ a ``name`` plus the keys of what they name, passed through unchanged (``momentum
 keys they accept.
 
 When a layer changes a section's ``name`` (``--optimizer sgd``), that section starts from the
-name alone instead of the defaults written for the default name: ``lr = 3e-3`` tuned for AdamW
-does not silently carry over to SGD, which then gets torch's own default LR.
+name alone instead of the defaults written for the default name: nothing set for AdamW silently
+carries over to SGD. Every optimizer section then starts from that name's command-line defaults,
+the one table in ``optiloop.optim.OPTIMIZERS`` (sgd: ``lr = 0.1``, ``momentum = 0.9``), so
+``train``, ``compare`` and ``lr-find`` use the same values and config.toml records them.
+
+Run length: ``train.early_stopping`` (patience, default 5) comes with the default run length
+only. A user who sets ``train.epochs`` (``--epochs``, ``--set``, or a config file) and no
+``early_stopping`` gets every epoch asked for; setting both keeps both.
 
 Every failure is an :class:`OptiloopError` with one line that starts with the key path, e.g.
 ``optimizer.lr: must be > 0 (got -1)``.
@@ -43,7 +49,7 @@ SECTIONS = ("data", "model", "optimizer", "scheduler", "train")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "data": {"name": "digits", "val_fraction": 0.2, "seed": 0},
     "model": {"name": "mlp", "hidden": [128], "dropout": 0.0},
-    "optimizer": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
+    "optimizer": {"name": "adamw"},  # + OPTIMIZERS["adamw"].defaults (lr 1e-3, weight_decay 0.01)
     "scheduler": {"name": "cosine"},
     "train": {"epochs": 30, "batch_size": 64, "early_stopping": 5, "monitor": "val_loss",
               "seed": 0, "device": "auto"},
@@ -263,7 +269,24 @@ def resolve(config_file: str | Path | None = None, sets: Iterable[str] = (),
         user = merge(user, {s: {k: v for k, v in kv.items() if v is not None}
                             for s, kv in flags.items() if any(v is not None for v in kv.values())},
                      renames=False)
-    return validate(merge(DEFAULTS, user))
+    train = user.get("train", {})
+    if "epochs" in train and "early_stopping" not in train:  # a length asked for is run in full
+        user = merge(user, {"train": {"early_stopping": 0}}, renames=False)
+    cfg = validate(merge(DEFAULTS, user))
+    return with_optimizer_defaults(cfg)
+
+
+def with_optimizer_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer section over its name's command-line defaults (``OPTIMIZERS[name].defaults``).
+
+    Example:
+        >>> with_optimizer_defaults({"optimizer": {"name": "sgd", "lr": 0.05}})["optimizer"]
+        {'name': 'sgd', 'lr': 0.05, 'momentum': 0.9}
+    """
+    from .optim import OPTIMIZERS
+
+    o = cfg["optimizer"]
+    return {**cfg, "optimizer": {"name": o["name"], **OPTIMIZERS[o["name"]].defaults, **extras(o)}}
 
 
 def extras(section: Mapping[str, Any], *known: str) -> dict[str, Any]:

@@ -1,17 +1,17 @@
 """Data sets for the command line: scikit-learn's embedded ones, CSV / .npz files, user functions.
 
-Every source becomes a :class:`Dataset` of numpy arrays plus its task. :func:`split` makes the
-train / validation split with a fixed seed and standardizes with statistics of the train split
-only (so nothing about the validation samples leaks into training).
+Every source becomes a :class:`Dataset` of numpy arrays plus its task, its feature names and its
+class labels (the original values). :func:`split` makes the train / validation split with a fixed
+seed; preprocessing (standardization fitted on the train split) is ``optiloop.runs``'s.
 
 Example:
     >>> from optiloop.datasets import load_dataset, split
-    >>> ds = load_dataset("digits")
-    >>> ds.X.shape, ds.task, ds.num_classes
-    ((1797, 64), 'classification', 10)
+    >>> ds = load_dataset("wine")
+    >>> ds.X.shape, ds.task, ds.classes, ds.features[:2]
+    ((178, 13), 'classification', [0, 1, 2], ['alcohol', 'malic_acid'])
     >>> s = split(ds, val_fraction=0.2, seed=0)
     >>> len(s.X_train), len(s.X_val)
-    (1438, 359)
+    (142, 36)
 """
 
 from __future__ import annotations
@@ -30,18 +30,19 @@ from .errors import OptiloopError, choices
 TASKS = ("auto", "classification", "regression")
 
 
-def _sklearn(loader: str) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-    def load() -> tuple[np.ndarray, np.ndarray]:
+def _sklearn(loader: str) -> Callable[[], tuple[np.ndarray, np.ndarray, list[str]]]:
+    def load() -> tuple[np.ndarray, np.ndarray, list[str]]:
         import sklearn.datasets  # imported on use: it takes a moment and most commands skip it
 
-        X, y = getattr(sklearn.datasets, loader)(return_X_y=True)
-        return X, y
+        bunch = getattr(sklearn.datasets, loader)()
+        return bunch.data, bunch.target, [str(f) for f in bunch.feature_names]
 
     return load
 
 
-# name -> (loader, task, one-line description). All ship inside scikit-learn: no download.
-BUILTIN: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray]], str, str]] = {
+# name -> (loader of (X, y, feature names), task, one-line description). All ship inside
+# scikit-learn: no download.
+BUILTIN: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray, list[str]]], str, str]] = {
     "digits": (_sklearn("load_digits"), "classification",
                "handwritten digits, 8x8 images: 1797 samples, 64 features, 10 classes"),
     "breast_cancer": (_sklearn("load_breast_cancer"), "classification",
@@ -62,6 +63,8 @@ class Dataset:
     y: np.ndarray
     task: str  # "classification" | "regression"
     classes: list[Any] = field(default_factory=list)  # original labels, index = class id
+    features: list[str] = field(default_factory=list)  # column names, in X's order
+    target: str = "target"  # the label column's name (a CSV's own; "target" otherwise)
 
     @property
     def num_classes(self) -> int:
@@ -75,16 +78,12 @@ class Dataset:
 
 @dataclass
 class Split:
-    """A train / validation split, standardized with the train split's statistics."""
+    """A train / validation split of a Dataset (raw values; rows shuffled with the split's seed)."""
 
     X_train: np.ndarray
     y_train: np.ndarray
     X_val: np.ndarray
     y_val: np.ndarray
-    x_mean: np.ndarray
-    x_std: np.ndarray
-    y_mean: float = 0.0  # regression targets are standardized too (so one LR fits every data set)
-    y_std: float = 1.0
 
 
 def is_user_function(spec: str) -> bool:
@@ -121,9 +120,10 @@ def load_dataset(spec: str, *, target: str | None = None, task: str = "auto") ->
         raise OptiloopError(f"data.task: unknown {task!r}; choose one of: {choices(TASKS)}")
     if target is not None and not str(spec).lower().endswith(".csv"):
         raise OptiloopError("data.target names a CSV column; it applies to .csv files only")
+    features: list[str] | None = None
     if spec in BUILTIN:
         loader, builtin_task, _ = BUILTIN[spec]
-        X, y = loader()
+        X, y, features = loader()
         task = builtin_task if task == "auto" else task
     elif is_user_function(spec):
         out = import_function(spec, "data")()
@@ -131,8 +131,10 @@ def load_dataset(spec: str, *, target: str | None = None, task: str = "auto") ->
             raise OptiloopError(f"data {spec!r} must return (X, y) arrays, "
                                 f"got {type(out).__name__}")
         X, y = out
+        if hasattr(X, "columns"):  # a pandas DataFrame: keep its column names
+            features = [str(c) for c in X.columns]
     elif spec.lower().endswith(".csv"):
-        X, y = _read_csv(Path(spec), target)
+        X, y, features, target = read_csv(Path(spec), target)
     elif spec.lower().endswith(".npz"):
         X, y = _read_npz(Path(spec))
     else:
@@ -140,43 +142,69 @@ def load_dataset(spec: str, *, target: str | None = None, task: str = "auto") ->
             f"data.name: unknown data set {spec!r}; choose one of: {choices(BUILTIN)}, "
             "a .csv or .npz file, or package.module:function"
         )
-    return _finish(spec, X, y, task)
+    ds = _finish(spec, X, y, task)
+    ds.features = features or [f"x{i}" for i in range(ds.X.shape[1])]
+    ds.target = target or "target"
+    return ds
 
 
-def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
+def read_table(path: Path, what: str = "data.name") -> dict[str, list[str]]:
+    """A CSV file's columns by header name, as text (one line for a missing or ragged file)."""
     if not path.is_file():
-        raise OptiloopError(f"data.name: no CSV file at {path}")
+        raise OptiloopError(f"{what}: no CSV file at {path}")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2:
         raise OptiloopError(f"{path}: needs a header row and at least one data row")
     header, body = [h.strip() for h in rows[0]], rows[1:]
-    if target is None:
-        target = header[-1]
-    if target not in header:
-        raise OptiloopError(f"data.target: {path} has no column {target!r}; "
-                            f"columns: {', '.join(header)}")
-    t = header.index(target)
     bad = [i + 2 for i, r in enumerate(body) if len(r) != len(header)]
     if bad:
         raise OptiloopError(f"{path}: line {bad[0]} has a different number of fields "
                             "than the header")
-    y = np.array([r[t].strip() for r in body])
-    cols = [i for i in range(len(header)) if i != t]
-    if not cols:
-        raise OptiloopError(f"{path}: no feature columns besides the target {target!r}")
-    X = np.empty((len(body), len(cols)), dtype=np.float64)
-    for j, c in enumerate(cols):
-        try:
-            X[:, j] = [float(r[c]) for r in body]
-        except ValueError:
-            raise OptiloopError(f"{path}: column {header[c]!r} is not numeric; "
-                                "only numeric feature columns are supported") from None
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise OptiloopError(f"{path}: column {twice[0]!r} appears more than once in the header")
+    return {h: [r[i].strip() for r in body] for i, h in enumerate(header)}
+
+
+def numeric_column(values: Any, name: str, where: Any) -> np.ndarray:
+    """One feature column as float64; a non-numeric or missing value is one line naming it."""
     try:
-        y = y.astype(np.float64)
-    except ValueError:
-        pass  # text labels: classes
-    return X, y
+        col = np.asarray(values, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise OptiloopError(f"{where}: column {name!r} is not numeric; "
+                            "only numeric feature columns are supported") from None
+    if col.ndim != 1:
+        raise OptiloopError(f"{where}: column {name!r} must hold one number per row")
+    if not np.isfinite(col).all():
+        raise OptiloopError(f"{where}: column {name!r} has missing, NaN or infinite values")
+    return col
+
+
+def labels(values: list[str]) -> np.ndarray:
+    """Text labels as the user wrote them: integers if all are, else numbers, else text."""
+    for dtype in (np.int64, np.float64):
+        try:
+            return np.array([dtype(v) for v in values], dtype=dtype)
+        except ValueError:
+            continue
+    return np.array(values)
+
+
+def read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """(X, y, feature names, target name) of a CSV; ``target`` defaults to the last column."""
+    table = read_table(path)
+    header = list(table)
+    if target is None:
+        target = header[-1]
+    if target not in table:
+        raise OptiloopError(f"data.target: {path} has no column {target!r}; "
+                            f"columns: {', '.join(header)}")
+    features = [h for h in header if h != target]
+    if not features:
+        raise OptiloopError(f"{path}: no feature columns besides the target {target!r}")
+    X = np.column_stack([numeric_column(table[h], h, path) for h in features])
+    return X, labels(table[target]), features, target
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -225,12 +253,8 @@ def _finish(name: str, X: Any, y: Any, task: str) -> Dataset:
     return Dataset(name, X, codes.astype(np.int64), "classification", [c.item() for c in classes])
 
 
-def split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0,
-          standardize: bool = True) -> Split:
-    """Shuffle with ``seed``, hold out ``val_fraction``, standardize with train statistics.
-
-    Features with zero spread in the train split are only centred (no division by zero).
-    """
+def split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Shuffle with ``seed`` and hold out ``val_fraction`` of the rows for validation."""
     if ds.task == "classification" and ds.num_classes < 2:
         raise OptiloopError(f"data {ds.name!r}: training a classifier needs at least 2 classes, "
                             f"got {ds.num_classes}")
@@ -241,34 +265,7 @@ def split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0,
                             "train or validation split")
     order = np.random.default_rng(seed).permutation(n)
     tr, va = order[n_val:], order[:n_val]
-    X_tr, X_va, y_tr, y_va = ds.X[tr], ds.X[va], ds.y[tr], ds.y[va]
-    if standardize:
-        mean = X_tr.mean(axis=0)
-        std = X_tr.std(axis=0)
-    else:
-        mean, std = np.zeros(ds.X.shape[1], np.float32), np.ones(ds.X.shape[1], np.float32)
-    std = np.where(std > 0, std, 1.0).astype(np.float32)
-    out = Split(_scale(X_tr, mean, std), y_tr, _scale(X_va, mean, std), y_va, mean, std)
-    if ds.task == "regression" and standardize:
-        out.y_mean, out.y_std = float(y_tr.mean()), float(y_tr.std() or 1.0)
-        out.y_train = ((y_tr - out.y_mean) / out.y_std).astype(np.float32)
-        out.y_val = ((y_va - out.y_mean) / out.y_std).astype(np.float32)
-    return out
-
-
-def _scale(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    return ((X - mean) / std).astype(np.float32)
-
-
-def apply_split_stats(s: Split, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Standardize a whole other data set (e.g. for ``optiloop eval --data``) with ``s``'s stats."""
-    if ds.X.shape[1] != len(s.x_mean):
-        raise OptiloopError(f"data {ds.name!r} has {ds.X.shape[1]} features; the model was trained "
-                            f"on {len(s.x_mean)}")
-    y = ds.y
-    if ds.task == "regression":
-        y = ((y - s.y_mean) / s.y_std).astype(np.float32)
-    return _scale(ds.X, s.x_mean, s.x_std), y
+    return Split(ds.X[tr], ds.y[tr], ds.X[va], ds.y[va])
 
 
 def describe_builtin() -> dict[str, str]:

@@ -3,7 +3,8 @@
 Every model is built by a function ``(in_features, out_features, **options) -> nn.Module``; the
 options are the extra keys of the config's ``[model]`` section (for example ``hidden = [128, 64]``).
 A user function has the same form: it receives ``in_features`` and ``out_features`` as keywords
-plus every other key of ``[model]``.
+plus every other key of ``[model]``. The torch modules themselves live in ``optiloop.nets``, so
+listing the names does not import torch.
 
 Example:
     >>> from optiloop.models import build_model
@@ -16,25 +17,22 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from .datasets import import_function, is_user_function
 from .errors import OptiloopError, choices
 
-
-class MLP(nn.Sequential):
-    """Linear -> ReLU (-> Dropout) per hidden size, then a Linear head."""
-
-    def __repr__(self) -> str:  # keeps doctest output short and stable
-        return "MLP(...)"
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def mlp(in_features: int, out_features: int, hidden: Sequence[int] = (128,),
         dropout: float = 0.0) -> nn.Module:
     """A multilayer perceptron; ``hidden=[]`` is a linear model."""
+    from torch import nn
+
+    from .nets import MLP
+
     hidden = _positive_ints("model.hidden", hidden, allow_empty=True)
     _dropout(dropout)
     layers: list[nn.Module] = []
@@ -48,30 +46,6 @@ def mlp(in_features: int, out_features: int, hidden: Sequence[int] = (128,),
     return MLP(*layers)
 
 
-class CNN(nn.Module):
-    """Conv(3x3) -> BatchNorm -> ReLU per channel size, max-pooling between blocks, global
-    average pooling, Linear head. Rows of ``side * side`` pixels become (N, 1, side, side)."""
-
-    def __init__(self, in_features: int, out_features: int, channels: Sequence[int],
-                 dropout: float):
-        super().__init__()
-        self.side = math.isqrt(in_features)
-        blocks: list[nn.Module] = []
-        width, size = 1, self.side
-        for i, c in enumerate(channels):
-            blocks += [nn.Conv2d(width, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
-            if i < len(channels) - 1 and size >= 4:  # 8x8 -> 4x4 -> 2x2: stop before 1x1
-                blocks.append(nn.MaxPool2d(2))
-                size //= 2
-            width = c
-        self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout),
-                                  nn.Linear(width, out_features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.reshape(len(x), 1, self.side, self.side)))
-
-
 def cnn(in_features: int, out_features: int, channels: Sequence[int] = (32, 64),
         dropout: float = 0.0) -> nn.Module:
     """A small conv net for square single-channel images given as flat rows (digits: 64 = 8x8)."""
@@ -79,6 +53,8 @@ def cnn(in_features: int, out_features: int, channels: Sequence[int] = (32, 64),
     if side * side != in_features:
         raise OptiloopError(f"model 'cnn' needs square images as rows (e.g. 64 = 8x8 for digits); "
                             f"this data has {in_features} features: use model mlp")
+    from .nets import CNN  # torch is imported when a model is built, not when names are listed
+
     channels = _positive_ints("model.channels", channels, allow_empty=False)
     _dropout(dropout)
     return CNN(in_features, out_features, channels, dropout)
@@ -131,6 +107,8 @@ def build_model(name: str, in_features: int, out_features: int, **options: Any) 
             model = fn(in_features=in_features, out_features=out_features, **options)
         except TypeError as e:
             raise OptiloopError(f"model {name!r}: {str(e).splitlines()[0]}") from None
+        from torch import nn
+
         if not isinstance(model, nn.Module):
             raise OptiloopError(f"model {name!r} must return a torch.nn.Module, "
                                 f"got {type(model).__name__}")

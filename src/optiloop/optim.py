@@ -1,49 +1,115 @@
-"""Optimizers by name: name -> torch.optim class, weight-decay groups, fastest implementation.
+"""Optimizers by name: one record per name, weight-decay groups, the fastest implementation.
 
 We never reimplement an optimizer: every name maps to a torch.optim class and torch's own keyword
 names pass through unchanged. What optiloop adds is the choice of implementation (fused, else
-foreach), parameter groups that keep biases and norms out of decoupled weight decay, and the
-Muon + AdamW pair that Muon needs.
+foreach), parameter groups that keep biases and norms out of decoupled weight decay, the Muon +
+AdamW pair that Muon needs, and the defaults the command line starts from.
+
+:data:`OPTIMIZERS` holds one :class:`OptimizerInfo` per name: everything optiloop knows about it.
+Adding a name is adding a record here. torch is imported only when an optimizer is built, so
+listing the names (``optiloop list``, ``--help``) costs nothing.
+
+Two kinds of defaults, deliberately:
+    ``build_optimizer("sgd", model)`` is torch's ``SGD`` with torch's defaults (lr 0.001, no
+    momentum): the library never renames or re-tunes torch.
+    The command line (``train``, ``compare``, ``lr-find``) starts from ``OptimizerInfo.defaults``
+    (sgd: lr 0.1, momentum 0.9), written into each run's config.toml so it says what ran.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Iterable, Mapping
-from typing import Any
-
-import torch
-from torch import nn
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .errors import OptiloopError, choices
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-    "nadam": torch.optim.NAdam,
-    "radam": torch.optim.RAdam,
-    "adamax": torch.optim.Adamax,
-    "adafactor": torch.optim.Adafactor,
-    "muon": torch.optim.Muon,
-}
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
-# Optimizers whose weight decay is decoupled from the gradient (AdamW-style). Decaying a bias or a
-# norm's scale there only shrinks it toward zero for no regularisation benefit, so by default
-# those parameters go to a group with weight_decay=0. Adam/NAdam/RAdam join when asked to decouple.
-_DECOUPLED = {"adamw", "adafactor", "muon"}
-_MAY_DECOUPLE = {"adam", "nadam", "radam"}
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """One optimizer name.
+
+    Attributes:
+        torch_class: the class in ``torch.optim`` (its keywords are the ones a user passes).
+        description: one line for ``optiloop list``.
+        defaults: the command line's defaults (train, compare and lr-find alike); keys not here
+            keep torch's default. Every record names its ``lr``, so ``optiloop list`` shows it.
+        decoupled: weight decay is decoupled from the gradient (AdamW-style) ...
+        decoupled_switch: ... or becomes so when this keyword is True (Adam's
+            ``decoupled_weight_decay``). Decaying a bias or a norm's scale there only shrinks it
+            toward zero for no regularisation benefit, so those go to a group with weight_decay=0.
+        fused_on: device types where torch has a fused kernel (torch does not expose this).
+        builder: ``"module:Class"`` built as ``Class(model, fast=..., **kwargs)`` instead of
+            ``torch_class(params, **kwargs)`` (Muon's pair needs the model's structure).
+    """
+
+    torch_class: str
+    description: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    decoupled: bool = False
+    decoupled_switch: str | None = None
+    fused_on: tuple[str, ...] = ()
+    builder: str | None = None
+
+    @property
+    def cls(self) -> type[torch.optim.Optimizer]:
+        """The torch.optim class (imports torch)."""
+        import torch
+
+        return getattr(torch.optim, self.torch_class)
+
+
+OPTIMIZERS: dict[str, OptimizerInfo] = {
+    # Learning rates that work on small, standardized problems (digits, wine ...) with batch size
+    # 64: a comparison at one shared LR would only show which optimizer likes that LR. Plain SGD
+    # without momentum is not the SGD anyone tunes.
+    "sgd": OptimizerInfo("SGD", "stochastic gradient descent (momentum, nesterov)",
+                         {"lr": 0.1, "momentum": 0.9}, fused_on=("cpu", "cuda", "mps")),
+    "adam": OptimizerInfo("Adam", "Adam; decoupled_weight_decay=true makes it AdamW", {"lr": 1e-3},
+                          decoupled_switch="decoupled_weight_decay", fused_on=("cpu", "cuda", "mps")),
+    "adamw": OptimizerInfo("AdamW", "Adam with decoupled weight decay", {"lr": 1e-3, "weight_decay": 0.01},
+                           decoupled=True, fused_on=("cpu", "cuda", "mps")),
+    "rmsprop": OptimizerInfo("RMSprop", "running mean of squared gradients (momentum, centered)", {"lr": 1e-3}),
+    "adagrad": OptimizerInfo("Adagrad", "per-parameter LR from the sum of squared gradients",
+                             {"lr": 1e-2}, fused_on=("cpu",)),
+    # The rest: torch's own LR, named here so the command line shows what it uses.
+    "nadam": OptimizerInfo("NAdam", "Adam with Nesterov momentum", {"lr": 2e-3},
+                           decoupled_switch="decoupled_weight_decay"),
+    "radam": OptimizerInfo("RAdam", "rectified Adam (no warmup needed)", {"lr": 1e-3},
+                           decoupled_switch="decoupled_weight_decay"),
+    "adamax": OptimizerInfo("Adamax", "Adam with the infinity norm", {"lr": 2e-3}),
+    "adafactor": OptimizerInfo("Adafactor", "factored second moments: little optimizer memory",
+                               {"lr": 1e-2}, decoupled=True),
+    "muon": OptimizerInfo("Muon", "Muon on 2-D hidden weights, AdamW on the rest", {"lr": 1e-3},
+                          decoupled=True, builder="optiloop.muon:MuonWithAdamW"),
+}
 
 # Keys optiloop sets itself; a user may still pass them to override.
 _IMPL_KEYS = ("fused", "foreach")
 
 
+def lookup(name: str) -> OptimizerInfo:
+    """The record of ``name`` (any case); an unknown name is one line listing the valid ones."""
+    key = str(name).lower()
+    if key not in OPTIMIZERS:
+        raise OptiloopError(f"unknown optimizer {name!r}; choose one of: {choices(OPTIMIZERS)}")
+    return OPTIMIZERS[key]
+
+
 def optimizer_defaults(name: str) -> dict[str, Any]:
-    """torch's default hyperparameters for a registered optimizer, e.g. ``{"lr": 0.001, ...}``."""
-    cls = _lookup(name)
-    sig = inspect.signature(cls.__init__)
+    """torch's default hyperparameters for a registered optimizer, e.g. ``{"lr": 0.001, ...}``.
+
+    Example:
+        >>> optimizer_defaults("sgd")["momentum"], OPTIMIZERS["sgd"].defaults["momentum"]
+        (0, 0.9)
+    """
+    sig = inspect.signature(lookup(name).cls.__init__)
     skip = {"self", "params", "differentiable", "capturable", *_IMPL_KEYS}
     return {
         k: p.default
@@ -52,18 +118,12 @@ def optimizer_defaults(name: str) -> dict[str, Any]:
     }
 
 
-def _lookup(name: str) -> type[torch.optim.Optimizer]:
-    key = str(name).lower()
-    if key not in OPTIMIZERS:
-        raise OptiloopError(f"unknown optimizer {name!r}; choose one of: {choices(OPTIMIZERS)}")
-    return OPTIMIZERS[key]
-
-
 def _accepted_keys(cls: type) -> set[str]:
     return {k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "params")}
 
 
-def _check_kwargs(name: str, cls: type, kwargs: Mapping[str, Any]) -> None:
+def check_kwargs(name: str, cls: type, kwargs: Mapping[str, Any]) -> None:
+    """One line naming the keywords ``cls`` does not take, and the ones it does."""
     unknown = set(kwargs) - _accepted_keys(cls)
     if unknown:
         raise OptiloopError(
@@ -73,6 +133,8 @@ def _check_kwargs(name: str, cls: type, kwargs: Mapping[str, Any]) -> None:
 
 
 def _named_params(model_or_params) -> list[tuple[str, nn.Parameter]]:
+    from torch import nn
+
     if isinstance(model_or_params, nn.Module):
         return [(n, p) for n, p in model_or_params.named_parameters() if p.requires_grad]
     params = list(model_or_params)
@@ -92,25 +154,17 @@ def decay_groups(named: Iterable[tuple[str, nn.Parameter]], weight_decay: float)
     return [g for g in groups if g["params"]]
 
 
-def _fast_impl(cls: type, device: torch.device, kwargs: Mapping[str, Any]) -> dict[str, bool]:
-    """The fastest implementation torch has for this class on this device."""
+def fast_impl(name: str, device: torch.device, kwargs: Mapping[str, Any]) -> dict[str, bool]:
+    """The fastest implementation torch has for optimizer ``name`` on this device."""
     if any(k in kwargs for k in _IMPL_KEYS):
         return {}  # the user chose
-    keys = _accepted_keys(cls)
-    if "fused" in keys and device.type in _FUSED_DEVICES.get(cls, ()):
+    info = lookup(name)
+    keys = _accepted_keys(info.cls)
+    if "fused" in keys and device.type in info.fused_on:
         return {"fused": True}
     if "foreach" in keys:
         return {"foreach": True}
     return {}
-
-
-# Devices where torch has a fused kernel for the class (torch does not expose this itself).
-_FUSED_DEVICES = {
-    torch.optim.Adam: ("cpu", "cuda", "mps"),
-    torch.optim.AdamW: ("cpu", "cuda", "mps"),
-    torch.optim.SGD: ("cpu", "cuda", "mps"),
-    torch.optim.Adagrad: ("cpu",),
-}
 
 
 def build_optimizer(
@@ -132,8 +186,9 @@ def build_optimizer(
         decay_bias_and_norm: for decoupled-decay optimizers (AdamW, Adafactor, Muon, and Adam /
             NAdam / RAdam with ``decoupled_weight_decay=True``), biases and norm weights get no
             weight decay unless this is True.
-        **kwargs: torch's own keyword names (``lr``, ``momentum``, ``betas`` ...). For ``muon``,
-            ``adamw=dict(...)`` configures the AdamW half (default: same ``lr``, torch defaults).
+        **kwargs: torch's own keyword names (``lr``, ``momentum``, ``betas`` ...); those not given
+            keep torch's defaults. For ``muon``, ``adamw=dict(...)`` configures the AdamW half
+            (default: same ``lr``, torch defaults).
 
     Example:
         >>> import torch, optiloop as ol
@@ -141,6 +196,8 @@ def build_optimizer(
         >>> type(opt).__name__, opt.param_groups[0]["momentum"]
         ('SGD', 0.9)
     """
+    import torch
+
     if isinstance(spec, torch.optim.Optimizer):
         if kwargs:
             raise OptiloopError("a built optimizer takes no extra keywords; configure it directly")
@@ -155,17 +212,19 @@ def build_optimizer(
     else:
         name = spec
     name = str(name).lower()
-    cls = _lookup(name)
+    info = lookup(name)
     named = _named_params(model_or_params)
     if not named:
         raise OptiloopError("the model has no trainable parameters")
-    if name == "muon":
-        return MuonWithAdamW(model_or_params, fast=fast, **kwargs)
-    _check_kwargs(name, cls, kwargs)
+    if info.builder is not None:
+        module, _, cls_name = info.builder.partition(":")
+        return getattr(importlib.import_module(module), cls_name)(model_or_params, fast=fast, **kwargs)
+    cls = info.cls
+    check_kwargs(name, cls, kwargs)
     device = named[0][1].device
     if fast:
-        kwargs.update(_fast_impl(cls, device, kwargs))
-    decoupled = name in _DECOUPLED or (name in _MAY_DECOUPLE and kwargs.get("decoupled_weight_decay"))
+        kwargs.update(fast_impl(name, device, kwargs))
+    decoupled = info.decoupled or bool(info.decoupled_switch and kwargs.get(info.decoupled_switch))
     if decoupled and not decay_bias_and_norm:
         wd = kwargs.pop("weight_decay", optimizer_defaults(name).get("weight_decay", 0.0))
         params: Any = decay_groups(named, wd)
@@ -175,79 +234,3 @@ def build_optimizer(
         return cls(params, **kwargs)
     except (ValueError, TypeError, RuntimeError) as e:  # torch's own range checks, one line
         raise OptiloopError(f"optimizer {name!r}: {str(e).strip().splitlines()[0]}") from None
-
-
-def muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """Split a model's parameters for Muon: (2-D hidden weights, everything else).
-
-    Muon orthogonalises 2-D weight updates; it is meant for hidden layers only. Embedding tables,
-    the output head (the last Linear in module order), biases and norm weights go to AdamW.
-    """
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    head = linears[-1].weight if linears else None
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    hidden, rest = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        is_hidden = p.ndim == 2 and p is not head and id(p) not in embeddings
-        (hidden if is_hidden else rest).append(p)
-    return hidden, rest
-
-
-class MuonWithAdamW(torch.optim.Optimizer):
-    """Muon on the 2-D hidden weights, AdamW on the rest, behind one Optimizer.
-
-    ``param_groups`` is the Muon groups followed by the AdamW groups (the very same dicts), so an
-    LR scheduler scales both halves together. ``step()`` steps Muon then AdamW; ``state_dict()`` is
-    ``{"muon": ..., "adamw": ...}`` and ``load_state_dict`` restores both halves.
-    """
-
-    def __init__(self, model_or_params, *, fast: bool = True, adamw: Mapping | None = None, **kwargs):
-        if isinstance(model_or_params, nn.Module):
-            hidden, rest = muon_split(model_or_params)
-        else:
-            params = [p for p in model_or_params if p.requires_grad]
-            hidden = [p for p in params if p.ndim == 2]
-            rest = [p for p in params if p.ndim != 2]
-        if not hidden:
-            raise OptiloopError("muon found no 2-D hidden weights; use adamw for this model")
-        _check_kwargs("muon", torch.optim.Muon, kwargs)
-        adamw_kwargs = {"lr": kwargs.get("lr", optimizer_defaults("muon")["lr"]), **(adamw or {})}
-        _check_kwargs("adamw", torch.optim.AdamW, adamw_kwargs)
-        self.muon = torch.optim.Muon(hidden, **kwargs)
-        self.adamw = None
-        if rest and fast:
-            adamw_kwargs.update(_fast_impl(torch.optim.AdamW, rest[0].device, adamw_kwargs))
-        if rest:
-            wd = adamw_kwargs.pop("weight_decay", 0.01)
-            named = [("", p) for p in rest]
-            self.adamw = torch.optim.AdamW(decay_groups(named, wd), **adamw_kwargs)
-        # Muon's defaults (momentum ...) on the wrapper: schedulers such as OneCycleLR read them.
-        super().__init__([{"params": hidden + rest}], dict(self.muon.defaults))
-        self._link()
-
-    def _parts(self) -> list[torch.optim.Optimizer]:
-        return [o for o in (self.muon, self.adamw) if o is not None]
-
-    def _link(self) -> None:
-        self.param_groups = [g for o in self._parts() for g in o.param_groups]
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for o in self._parts():
-            o.step()
-        return loss
-
-    def state_dict(self) -> dict:
-        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict() if self.adamw else None}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.muon.load_state_dict(state_dict["muon"])
-        if self.adamw is not None:
-            self.adamw.load_state_dict(state_dict["adamw"])
-        self._link()  # load_state_dict replaces the group dicts; re-share them

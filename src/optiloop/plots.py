@@ -15,15 +15,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .errors import OptiloopError
 
-if TYPE_CHECKING:
-    from .history import History
+
+class Rows(Protocol):
+    """What a plot reads from a History: per-epoch rows, their keys, a column by key. (A protocol,
+    so this module never imports optiloop.history, which imports it to draw.)"""
+
+    rows: list[dict[str, Any]]
+
+    def keys(self) -> list[str]: ...
+
+    def __getitem__(self, key: str) -> list[Any]: ...
+
+    def __len__(self) -> int: ...
 
 _TRAIN, _VAL, _LR = "#1f77b4", "#d62728", "#2ca02c"
 _METRIC_NAMES = {"acc": "accuracy", "mae": "mean absolute error", "mse": "mean squared error"}
@@ -43,7 +53,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
         fig.savefig(f, format="png", dpi=110)
 
 
-def plot_history(history: History, path: str | os.PathLike, *, title: str | None = None,
+def plot_history(history: Rows, path: str | os.PathLike, *, title: str | None = None,
                  best_epoch: int | None = None) -> None:
     """Loss (train vs val), each metric (train vs val) and the LR per epoch, side by side.
 

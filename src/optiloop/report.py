@@ -1,21 +1,24 @@
-"""The files of ``optiloop compare``: results.csv, overlay PNGs, report.md and report.html.
+"""The files of ``optiloop compare``: results.csv, overlay PNGs, report.md and report.html, and
+the one summary-table layout they and the terminal share.
 
 report.html is self-contained (the PNGs are embedded as base64), so it can be mailed or attached
-to an issue as one file; report.md links the PNGs next to it.
+to an issue as one file; report.md links the PNGs next to it. This module reads the rows and the
+summary that ``optiloop.comparison`` computes and never imports it.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import math
+import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .comparison import summarize, table_cells, write_csv
-from .files import write_text
-from .plots import plot_overlay
+from .files import atomic_open, write_text
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
@@ -25,13 +28,14 @@ _LINESTYLES = ("-", "--", ":", "-.")
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*")
 
 
-def write_report(out: Path, rows: Sequence[Mapping[str, Any]], histories: Mapping[tuple, Any],
-                 settings: Mapping[str, Any]) -> list[Path]:
+def write_report(out: Path, rows: Sequence[Mapping[str, Any]], summary: Sequence[Mapping[str, Any]],
+                 histories: Mapping[tuple, Any], settings: Mapping[str, Any]) -> list[Path]:
     """Write results.csv, the overlay PNGs, report.md and report.html into ``out``.
 
     Args:
         out: the comparison's folder (exists).
         rows: one dict per run, as ``compare`` returns them.
+        summary: one dict per combination, as ``summarize(rows)`` returns them.
         histories: (optimizer, scheduler, seed) -> that run's History.
         settings: what the report states about the runs (epochs, lrs, data ...).
 
@@ -39,7 +43,6 @@ def write_report(out: Path, rows: Sequence[Mapping[str, Any]], histories: Mappin
         The files written.
     """
     write_csv(out / "results.csv", rows)
-    summary = summarize(rows)
     pictures = _plots(out, histories)
     md = _markdown(summary, pictures, settings)
     write_text(out / "report.md", md)
@@ -50,6 +53,8 @@ def write_report(out: Path, rows: Sequence[Mapping[str, Any]], histories: Mappin
 
 def _plots(out: Path, histories: Mapping[tuple, Any]) -> list[tuple[str, str]]:
     """One PNG per figure (val loss, val metric(s), LR), every combination overlaid."""
+    from .plots import plot_overlay  # matplotlib: imported when a report is drawn
+
     optimizers = list(dict.fromkeys(k[0] for k in histories))
     schedulers = list(dict.fromkeys(k[1] for k in histories))
     curves: dict[str, dict[str, list[list[float]]]] = {}
@@ -83,6 +88,78 @@ def _plots(out: Path, histories: Mapping[tuple, Any]) -> list[tuple[str, str]]:
     return pictures
 
 
+# --- the summary table: one layout for the terminal, report.md and report.html -----------------
+def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """(key, header) of the figures a summary table shows, in order (keys without _mean/_std)."""
+    keys = [k[: -len("_mean")] for k in rows[0] if k.endswith("_mean")] if rows else []
+    headers = {"best_val_loss": "best val_loss", "final_val_loss": "final val_loss",
+               "best_epoch": "best epoch", "sec_per_epoch": "s/epoch"}
+    wanted = [k for k in keys if k not in ("epochs_run", "seconds")]
+    return [(k, headers.get(k, f"epochs to {k[len('epochs_to_'):]}" if k.startswith("epochs_to_")
+                            else k.replace("_", " ", 1))) for k in wanted]
+
+
+def format_value(mean: float | None, std: float | None, key: str, seeds: int) -> str:
+    """``0.9722 ± 0.0031`` (± only with several seeds); epochs as whole numbers when they are."""
+    if mean is None:
+        return "-"
+    if not math.isfinite(mean):
+        return f"{mean} (diverged)"
+    if key in ("best_epoch",) or key.startswith("epochs_to_"):
+        text = f"{mean:.0f}" if float(mean).is_integer() else f"{mean:.1f}"
+        digits = 1
+    elif key == "sec_per_epoch":
+        text, digits = f"{mean:.3f}", 3
+    else:
+        text, digits = f"{mean:.4f}", 4
+    if seeds > 1 and std is not None:
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def table_cells(rows: Sequence[Mapping[str, Any]], *, always_reached: bool = False
+                ) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells of the summary table: the one layout every report uses.
+
+    ``always_reached`` appends "(reached/seeds)" to the target column even for one seed.
+    """
+    cols = table_columns(rows)
+    header = ["optimizer", "scheduler", "lr", *(h for _, h in cols)]
+    body = []
+    for r in rows:
+        cells = [r["optimizer"], r["scheduler"], f"{r['lr']:g}"]
+        for key, _ in cols:
+            cell = format_value(r.get(f"{key}_mean"), r.get(f"{key}_std"), key, r["seeds"])
+            if f"{key}_reached" in r and (always_reached or r["seeds"] > 1):
+                cell += f" ({r[f'{key}_reached']})"
+            cells.append(cell)
+        body.append(cells)
+    return header, body
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The summary (``summarize``) as an aligned plain-text table."""
+    header, body = table_cells(rows)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+             for cells in [header, *body]]
+    return "\n".join(lines)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Rows to CSV (atomic): the union of keys as columns, in first-seen order."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+    with atomic_open(path, "w") as f:
+        w = csv.DictWriter(f, fieldnames=list(keys))
+        w.writeheader()
+        w.writerows(rows)
+
+
+
+# --- report.md and report.html --------------------------------------------------------------------
 def _settings_lines(settings: Mapping[str, Any]) -> list[str]:
     lrs = ", ".join(f"{o} {lr:g}" + "".join(f", {k} {v}" for k, v in settings["options"][o].items())
                     for o, lr in settings["lrs"].items())

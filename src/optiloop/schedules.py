@@ -11,6 +11,11 @@ Intervals:
     "step"   stepped after every optimizer step (onecycle).
     "metric" stepped after each epoch's evaluation with the monitored value (plateau).
 
+One :class:`SchedulerInfo` per name in :data:`SCHEDULERS` holds everything optiloop knows about
+it: interval, builder, the arguments derived from the run's length, and what ``optiloop schedule``
+shows. Adding a name is adding a record. torch is imported only when a scheduler is built, so
+listing the names costs nothing.
+
 Warmup (``warmup_steps=`` or ``warmup_epochs=``) multiplies the LR the main schedule sets by
 ``k / W`` at optimizer step ``k`` for the first ``W`` steps, then by 1; the main schedule runs
 unchanged underneath, so it works in front of every scheduler, plateau included.
@@ -18,30 +23,115 @@ unchanged underneath, so it works in front of every scheduler, plateau included.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch.optim import lr_scheduler as tls
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .errors import OptiloopError, choices
 
+if TYPE_CHECKING:
+    import torch
+    from torch.optim import lr_scheduler as tls
+
 INTERVALS = ("epoch", "step", "metric")
 
-# name -> (default interval, one-line description). Built by _make below.
-SCHEDULERS: dict[str, tuple[str, str]] = {
-    "constant": ("epoch", "the optimizer's LR throughout"),
-    "step": ("epoch", "StepLR: x gamma every step_size epochs"),
-    "multistep": ("epoch", "MultiStepLR: x gamma at each milestone"),
-    "exponential": ("epoch", "ExponentialLR: x gamma every epoch"),
-    "cosine": ("epoch", "CosineAnnealingLR: half cosine to eta_min over T_max"),
-    "cosine_restarts": ("epoch", "CosineAnnealingWarmRestarts: cosine restarted every T_0 (x T_mult)"),
-    "plateau": ("metric", "ReduceLROnPlateau: x factor when the monitored metric stalls"),
-    "onecycle": ("step", "OneCycleLR: up to max_lr then down, per optimizer step"),
-    "linear": ("epoch", "LinearLR: linear from start_factor to end_factor over total_iters"),
-    "polynomial": ("epoch", "PolynomialLR: polynomial decay to 0 over total_iters"),
+
+def _nothing(length: int) -> dict[str, Any]:
+    return {}
+
+
+def _torch(class_name: str, **fixed: Any) -> Callable[..., Any]:
+    """A builder for ``torch.optim.lr_scheduler.<class_name>``; ``fixed`` are optiloop's defaults
+    where torch's differ."""
+
+    def make(optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+        from torch.optim import lr_scheduler
+
+        return getattr(lr_scheduler, class_name)(optimizer, **{**fixed, **kwargs})
+
+    return make
+
+
+def _onecycle(optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
+    from torch.optim import lr_scheduler
+
+    kwargs.setdefault("max_lr", [g["lr"] for g in optimizer.param_groups])  # peak at the set LR
+    return lr_scheduler.OneCycleLR(optimizer, **kwargs)
+
+
+@dataclass(frozen=True)
+class SchedulerInfo:
+    """One scheduler name. ``length`` below is the run's length in the scheduler's own unit:
+    epochs, or optimizer steps when it is stepped per step.
+
+    Attributes:
+        interval: when the loop steps it by default: "epoch", "step" or "metric".
+        description: one line for ``optiloop list``.
+        make: ``(optimizer, **kwargs) -> torch scheduler``; None: constant LR, nothing to step.
+        needs: keywords the torch class requires; each is filled from the length when not given.
+        recorded: ``length -> arguments`` with no torch default (step_size ...): a run's
+            config.toml records them, so it says what ran.
+        lengths: ``length -> arguments`` derived when it is built (T_max ...): not recorded, so
+            they follow the run when its epochs change.
+        shown: ``(lr, length, epochs) -> arguments`` that ``optiloop schedule`` shows and uses
+            besides the recorded ones: torch's defaults worth seeing, a plateau that visibly reacts.
+    """
+
+    interval: str
+    description: str
+    make: Callable[..., Any] | None
+    needs: tuple[str, ...] = ()
+    recorded: Callable[[int], dict[str, Any]] = _nothing
+    lengths: Callable[[int], dict[str, Any]] = _nothing
+    shown: Callable[[float, int, int], dict[str, Any]] = field(default=lambda lr, length, epochs: {})
+
+
+SCHEDULERS: dict[str, SchedulerInfo] = {
+    "constant": SchedulerInfo("epoch", "the optimizer's LR throughout", None),
+    "step": SchedulerInfo(
+        "epoch", "StepLR: x gamma every step_size epochs", _torch("StepLR"), ("step_size",),
+        recorded=lambda n: {"step_size": max(1, n // 3)},  # a drop every third of the run
+        shown=lambda lr, n, epochs: {"gamma": 0.1}),
+    "multistep": SchedulerInfo(
+        "epoch", "MultiStepLR: x gamma at each milestone", _torch("MultiStepLR"), ("milestones",),
+        recorded=lambda n: {"milestones": sorted({max(1, n // 2), max(1, n * 3 // 4)})},
+        shown=lambda lr, n, epochs: {"gamma": 0.1}),
+    "exponential": SchedulerInfo(
+        "epoch", "ExponentialLR: x gamma every epoch", _torch("ExponentialLR"), ("gamma",),
+        recorded=lambda n: {"gamma": 0.9}),
+    "cosine": SchedulerInfo(
+        "epoch", "CosineAnnealingLR: half cosine to eta_min over T_max", _torch("CosineAnnealingLR"),
+        ("T_max",), lengths=lambda n: {"T_max": n},
+        shown=lambda lr, n, epochs: {"T_max": n, "eta_min": 0.0}),
+    "cosine_restarts": SchedulerInfo(
+        "epoch", "CosineAnnealingWarmRestarts: cosine restarted every T_0 (x T_mult)",
+        _torch("CosineAnnealingWarmRestarts"), ("T_0",), lengths=lambda n: {"T_0": max(1, n // 4)},
+        shown=lambda lr, n, epochs: {"T_0": max(1, n // 4)}),
+    "plateau": SchedulerInfo(
+        "metric", "ReduceLROnPlateau: x factor when the monitored metric stalls",
+        _torch("ReduceLROnPlateau"),
+        shown=lambda lr, n, epochs: {"factor": 0.5, "patience": max(1, epochs // 10)}),
+    "onecycle": SchedulerInfo(
+        "step", "OneCycleLR: up to max_lr then down, per optimizer step", _onecycle, ("total_steps",),
+        lengths=lambda n: {"total_steps": n}, shown=lambda lr, n, epochs: {"max_lr": lr}),
+    "linear": SchedulerInfo(
+        "epoch", "LinearLR: linear from start_factor to end_factor over total_iters",
+        _torch("LinearLR", start_factor=1.0, end_factor=0.0), ("total_iters",),
+        lengths=lambda n: {"total_iters": n},
+        shown=lambda lr, n, epochs: {"start_factor": 1.0, "end_factor": 0.0}),
+    "polynomial": SchedulerInfo(
+        "epoch", "PolynomialLR: polynomial decay to 0 over total_iters", _torch("PolynomialLR"),
+        ("total_iters",), lengths=lambda n: {"total_iters": n},
+        shown=lambda lr, n, epochs: {"power": 1.0}),
 }
+
+
+def lookup(name: str) -> SchedulerInfo:
+    """The record of ``name``; an unknown name is one line listing the valid ones."""
+    key = str(name).lower()
+    if key not in SCHEDULERS:
+        raise OptiloopError(f"unknown scheduler {name!r}; choose one of: {choices(SCHEDULERS)}")
+    return SCHEDULERS[key]
 
 
 @dataclass(frozen=True)
@@ -164,61 +254,58 @@ class Schedule:
         return f"Schedule({self.name!r}, interval={self.interval!r}{w})"
 
 
+def run_length(name: str, epochs: int | None, steps_per_epoch: int | None,
+               interval: str | None = None) -> int | None:
+    """The run's length in the scheduler's own unit: optimizer steps when it is stepped per step
+    (``interval``, default the name's own), else epochs. None when it cannot be known.
+
+    Example:
+        >>> run_length("cosine", 10, 5), run_length("onecycle", 10, 5), run_length("cosine", 10, 5, "step")
+        (10, 50, 50)
+    """
+    if (interval or lookup(name).interval) == "step":
+        return epochs * steps_per_epoch if epochs and steps_per_epoch else None
+    return epochs
+
+
 def default_arguments(name: str, length: int | None) -> dict[str, Any]:
     """Arguments a scheduler needs but a user may not give, derived from the run's ``length``
-    (epochs, or steps for per-step schedules): step every third of the run, milestones at 50% and
-    75%, gamma 0.9 for exponential. Empty when ``length`` is unknown or the name needs nothing.
+    (see :func:`run_length`): step every third of the run, milestones at 50% and 75%, gamma 0.9
+    for exponential. Empty when ``length`` is unknown or the name needs nothing.
 
     Example:
         >>> default_arguments("multistep", 40)
         {'milestones': [20, 30]}
     """
-    if not length:
-        return {}
-    if name == "step":
-        return {"step_size": max(1, length // 3)}
-    if name == "multistep":
-        return {"milestones": sorted({max(1, length // 2), max(1, length * 3 // 4)})}
-    if name == "exponential":
-        return {"gamma": 0.9}
-    return {}
+    return lookup(name).recorded(length) if length else {}
 
 
-def _need(name: str, key: str, value):
-    if value is None:
-        raise OptiloopError(f"scheduler {name!r} needs {key}=")
-    return value
+def shown_arguments(name: str, lr: float, epochs: int, steps_per_epoch: int = 1,
+                    interval: str | None = None) -> dict[str, Any]:
+    """The arguments ``optiloop schedule`` shows (and uses) for ``name`` when the user gives none,
+    so every name plots. Lengths are in the schedule's own unit.
+
+    Example:
+        >>> shown_arguments("step", 0.1, 12)
+        {'step_size': 4, 'gamma': 0.1}
+    """
+    length = run_length(name, epochs, steps_per_epoch, interval) or epochs
+    return {**default_arguments(name, length), **lookup(name).shown(lr, length, epochs)}
 
 
-def _make(name: str, opt, length: int | None, kw: dict[str, Any]):
+def _make(name: str, opt: torch.optim.Optimizer, length: int | None, interval: str,
+          kw: dict[str, Any]) -> Any:
     """Build the torch scheduler. ``length`` is the run's length in the scheduler's own unit."""
-    if name == "constant":
+    info = lookup(name)
+    if info.make is None:
         return None
-    kw = {**default_arguments(name, length), **kw}
-    if name == "step":
-        return tls.StepLR(opt, step_size=_need(name, "step_size", kw.pop("step_size", None)), **kw)
-    if name == "multistep":
-        return tls.MultiStepLR(opt, milestones=_need(name, "milestones", kw.pop("milestones", None)), **kw)
-    if name == "exponential":
-        return tls.ExponentialLR(opt, gamma=_need(name, "gamma", kw.pop("gamma", None)), **kw)
-    if name == "cosine":
-        return tls.CosineAnnealingLR(opt, T_max=_need(name, "T_max", kw.pop("T_max", length)), **kw)
-    if name == "cosine_restarts":
-        t0 = kw.pop("T_0", None) or (max(1, length // 4) if length else None)
-        return tls.CosineAnnealingWarmRestarts(opt, T_0=_need(name, "T_0", t0), **kw)
-    if name == "plateau":
-        return tls.ReduceLROnPlateau(opt, **kw)
-    if name == "onecycle":
-        kw.setdefault("max_lr", [g["lr"] for g in opt.param_groups])
-        total = _need(name, "total_steps (or epochs and steps_per_epoch)", kw.pop("total_steps", length))
-        return tls.OneCycleLR(opt, total_steps=total, **kw)
-    if name == "linear":
-        kw.setdefault("start_factor", 1.0)
-        kw.setdefault("end_factor", 0.0)
-        return tls.LinearLR(opt, total_iters=_need(name, "total_iters", kw.pop("total_iters", length)), **kw)
-    if name == "polynomial":
-        return tls.PolynomialLR(opt, total_iters=_need(name, "total_iters", kw.pop("total_iters", length)), **kw)
-    raise AssertionError(name)
+    if length:
+        kw = {**info.recorded(length), **info.lengths(length), **kw}
+    for key in info.needs:
+        if kw.get(key) is None:
+            run = "epochs and steps_per_epoch" if interval == "step" else "epochs"
+            raise OptiloopError(f"scheduler {name!r} needs {key}= (or the run's length: {run})")
+    return info.make(opt, **kw)
 
 
 def build_scheduler(
@@ -255,6 +342,8 @@ def build_scheduler(
         >>> ol.build_scheduler("onecycle", opt, epochs=3, steps_per_epoch=10).interval
         'step'
     """
+    from torch.optim import lr_scheduler as tls
+
     if isinstance(spec, (Schedule, tls.LRScheduler, tls.ReduceLROnPlateau)) and spec.optimizer is not optimizer:
         raise OptiloopError("the built scheduler drives another optimizer than the one being trained; "
                             "build the scheduler on that optimizer and pass both, or pass the scheduler's name")
@@ -285,9 +374,7 @@ def build_scheduler(
     else:
         name = spec
     name = str(name).lower()
-    if name not in SCHEDULERS:
-        raise OptiloopError(f"unknown scheduler {name!r}; choose one of: {choices(SCHEDULERS)}")
-    default_interval = SCHEDULERS[name][0]
+    default_interval = lookup(name).interval
     if interval is None:
         interval = default_interval
     elif interval != default_interval and (name in ("plateau", "onecycle") or interval == "metric"):
@@ -297,12 +384,9 @@ def build_scheduler(
         raise OptiloopError(f"unknown interval {interval!r}; choose one of: epoch, step")
     if epochs is not None and epochs < 1:
         raise OptiloopError(f"epochs must be >= 1, got {epochs}")
-    if interval == "step":
-        length = epochs * steps_per_epoch if epochs and steps_per_epoch else None
-    else:
-        length = epochs
+    length = run_length(name, epochs, steps_per_epoch, interval)
     try:
-        sched = _make(name, optimizer, length, dict(kwargs))
+        sched = _make(name, optimizer, length, interval, dict(kwargs))
     except (TypeError, ValueError) as e:  # a keyword torch's class does not take, or a bad value
         raise OptiloopError(f"scheduler {name!r}: {_first_line(e)}") from None
     warm = _warmup(warmup_epochs, warmup_steps, steps_per_epoch)
@@ -347,6 +431,8 @@ def preview_schedule(
     """
     if epochs < 1 or steps_per_epoch < 1:
         raise OptiloopError("epochs and steps_per_epoch must be >= 1")
+    import torch
+
     param = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=lr)
     sched = build_scheduler(spec, opt, epochs=epochs, steps_per_epoch=steps_per_epoch, **kwargs)
@@ -368,6 +454,6 @@ def preview_schedule(
 
 def describe(name: str) -> str:
     """One line: the scheduler's interval and what it does."""
-    interval, text = SCHEDULERS[name]
-    return f"{interval:<6}  {text}"
+    info = lookup(name)
+    return f"{info.interval:<6}  {info.description}"
 

@@ -1,0 +1,140 @@
+"""``optiloop train``: a run from a config (file, --set, flags) into a run folder.
+
+Every failure the user can fix ends as one line and exit code 2, with nothing written:
+``optiloop.runs.TrainingRun`` loads the data and builds the model, optimizer and scheduler before
+it creates the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..errors import OptiloopError
+from . import Command, command
+from .common import keywords
+
+# flag -> (section, key, type, help): named flags are shorthands for config keys.
+TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
+    "--data": ("data", "name", str,
+               "built-in data set, .csv / .npz file, or package.module:function"),
+    "--target": ("data", "target", str, "CSV column holding the target"),
+    "--model": ("model", "name", str, "mlp, cnn, or package.module:function"),
+    "--optimizer": ("optimizer", "name", str, "optimizer name; it starts from its defaults in "
+                    "optiloop list"),
+    "--lr": ("optimizer", "lr", float, "learning rate"),
+    "--weight-decay": ("optimizer", "weight_decay", float, "weight decay"),
+    "--momentum": ("optimizer", "momentum", float, "momentum (sgd, rmsprop)"),
+    "--scheduler": ("scheduler", "name", str, "LR scheduler name (see: optiloop list)"),
+    "--step-size": ("scheduler", "step_size", int, "epochs between LR drops (step scheduler)"),
+    "--epochs": ("train", "epochs", int, "number of epochs (default 30); given without "
+                 "--early-stopping, every one of them runs"),
+    "--batch-size": ("train", "batch_size", int, "samples per batch"),
+    "--early-stopping": ("train", "early_stopping", int,
+                         "patience in epochs on train.monitor (default 5 with the default epochs, "
+                         "off when you set --epochs); 0 turns early stopping off"),
+    "--seed": ("train", "seed", int, "seed for initialisation and data order"),
+    "--checkpoint-every": ("train", "checkpoint_every", int,
+                           "also write last.pt every N optimizer steps (resumable mid-epoch)"),
+    "--checkpoint-seconds": ("train", "checkpoint_seconds", float,
+                             "write last.pt at an epoch's end once this many seconds passed since "
+                             "the last save (default 60; 0 = every epoch)"),
+    "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
+}
+
+
+@command("train")
+class TrainCommand(Command):
+    help = "train a model (default: an MLP on scikit-learn's handwritten digits, seconds on a CPU)"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="TOML config with sections data, model, "
+                       "optimizer, scheduler, train (a run's config.toml re-runs it)")
+        p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<model>-"
+                       "<optimizer>-<time>); must not exist or be empty")
+        p.add_argument("--resume", metavar="RUN_DIR", help="continue a run where it stopped (its "
+                       "config.toml and newest valid checkpoint); other flags may change settings only "
+                       "with --force-resume")
+        p.add_argument("--force-resume", action="store_true",
+                       help="resume even though batch size, accumulation or data changed")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="any config key; VALUE is TOML (0.1, true, [128, 64], \"text\"); "
+                       "repeatable, e.g. --set model.hidden=[256,128] --set scheduler.eta_min=1e-5")
+        for flag, (section, key, typ, text) in TRAIN_FLAGS.items():
+            p.add_argument(flag, type=typ, dest=f"{section}__{key}",
+                           help=f"{text} ({section}.{key})")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from ..config import resolve
+        from ..runs import TrainingRun, ensure_empty, torchrun_rank
+
+        flags: dict[str, dict[str, Any]] = {}
+        for section, key, _, _ in TRAIN_FLAGS.values():
+            flags.setdefault(section, {})[key] = getattr(args, f"{section}__{key}")
+        resume = self._resume_dir(args)
+        if args.out is not None and torchrun_rank() is None:  # (under torchrun every rank names it)
+            ensure_empty(args.out, "--out", f", or continue it with --resume {args.out}")
+        config = args.config or (resume / "config.toml" if resume is not None else None)
+        # Everything is built and checked here; only then is anything written.
+        run = TrainingRun(resolve(config, args.set, flags), out=args.out, resume=resume)
+        folder = run.open_folder()
+        if run.is_main_process:
+            print(header(run, folder.path), flush=True)
+        result = run.train(force_resume=args.force_resume)
+        if not result.is_main:
+            return 0
+        best = result.best
+        vals = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
+        stop = f" ({result.stop_reason})" if result.stop_reason else ""
+        print(f"done: {len(result.history)} epochs in {result.seconds:.1f} s{stop}")
+        print(f"best epoch {best['epoch']}: {vals}")
+        y_scaler = run.task.preprocessing.y_scaler
+        if y_scaler is not None and "val_mae" in best:
+            print(f"  (the target was standardized: val_mae {best['val_mae']:.4f} is "
+                  f"{best['val_mae'] * float(y_scaler.scale_[0]):.4g} in the target's own units)")
+        print(f"files in {folder.path}/: {', '.join(folder.files())}")
+        print(f"predict with: optiloop predict {folder.path} --data NEW.csv")
+        return 0
+
+    @staticmethod
+    def _resume_dir(args: argparse.Namespace) -> Path | None:
+        if args.resume is None:
+            if args.force_resume:
+                raise OptiloopError("--force-resume goes with --resume RUN_DIR")
+            return None
+        if args.out is not None:
+            raise OptiloopError("--resume continues RUN_DIR in place; drop --out")
+        path = Path(args.resume)
+        if not path.is_dir():
+            raise OptiloopError(f"--resume {path}: no such run folder")
+        if not (path / "config.toml").is_file() and args.config is None:
+            raise OptiloopError(f"--resume {path}: no config.toml in it; is it an optiloop run folder?")
+        return path
+
+
+def header(run: Any, folder: Path) -> str:
+    """What the run will do, before it starts: data, model, device, folder; optimizer and
+    schedule with the values they use; how long it can run and what can end it early."""
+    task, cfg = run.task, run.cfg
+    s = run.schedule
+    when = {"epoch": "stepped per epoch", "step": "stepped per optimizer step",
+            "metric": f"stepped on {cfg['scheduler'].get('monitor', 'val_loss')}"}[s["interval"]]
+    args = keywords(s, "interval")
+    lines = [
+        f"optiloop train: {task.description} ({run.parameters:,} parameters) on {run.device} -> {folder}/",
+        f"  optimizer {cfg['optimizer']['name']}: {keywords(cfg['optimizer']) or 'torch defaults'}; "
+        f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
+        "  " + length_line(run.epochs, run.patience, run.monitor),
+    ]
+    return "\n".join(lines)
+
+
+def length_line(epochs: int, patience: int, monitor: str) -> str:
+    """When the run ends, said up front (early stopping is no surprise)."""
+    if not patience:
+        return f"{epochs} epoch{'s' if epochs > 1 else ''}, no early stopping"
+    if patience >= epochs:
+        return (f"{epochs} epochs: early stopping (patience {patience}) cannot end a run this short")
+    return (f"up to {epochs} epochs: early stopping ends the run once {monitor} has not improved for "
+            f"{patience} epoch{'s' if patience > 1 else ''} (--early-stopping 0 runs all {epochs})")

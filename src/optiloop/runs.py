@@ -1,0 +1,652 @@
+"""A run: built from a config, trained into a folder of files, loaded back to make predictions.
+
+- :func:`build_task` is the one way from a resolved config (``config.resolve``) to what training
+  needs: the data set, the train / validation split, the preprocessing fitted on the train split
+  (``optiloop.preprocessing``: scikit-learn's ``StandardScaler``), the model, the default loss and
+  metrics. ``optiloop train``, ``eval``, ``predict``, ``compare`` and ``lr-find`` all start there.
+- :class:`TrainingRun` is ``optiloop train`` as a library: everything built and checked first,
+  then the folder, ``fit``, and the run's files.
+- :class:`RunFolder` is the one writer of a run's files (config.toml, history.csv, curves.png,
+  summary.json) into a folder that was new or empty: runs are never overwritten.
+- :func:`load` brings a run back as a :class:`Run` that predicts on new rows. Everything it needs
+  (preprocessing statistics, feature names and order, the original labels, the task, the model's
+  constructor and arguments) travels in the checkpoint, under ``config["inference"]``, as plain
+  data: checkpoints stay loadable with ``torch.load(weights_only=True)``.
+
+Example:
+    >>> from optiloop.config import resolve
+    >>> task = build_task(resolve(sets=["data.name=wine"]))
+    >>> task.description, task.loss, task.metrics
+    ('wine (142 train / 36 val, classification), mlp', 'cross_entropy', ['accuracy'])
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .callbacks import Callback
+from .datasets import Dataset, Split, is_user_function, labels, load_dataset, read_table, split
+from .errors import OptiloopError
+from .files import write_text
+from .preprocessing import Preprocessing
+
+INFERENCE = "inference"  # the key of the checkpoint config that holds what applying the model needs
+
+
+def with_key(key: str, fn: Callable[[Any], Any], value: Any) -> Any:
+    """Call a library check and put the config key in front of its message."""
+    try:
+        return fn(value)
+    except OptiloopError as e:
+        raise OptiloopError(f"{key}: {e}") from None
+
+
+# --- the task: config -> data -> split -> preprocessing -> model, loss, metrics ----------------
+@dataclass
+class Task:
+    """What a run trains on, built from a resolved config by :func:`build_task`.
+
+    Attributes:
+        config: the config it was built from, completed: ``data.name`` absolute for files,
+            ``data.task``, ``train.loss`` and ``train.metrics`` filled in.
+        dataset, raw: the data set and its raw train / validation split.
+        preprocessing: fitted on the train split.
+        train_data, val_data: ``(inputs, targets)`` ready for ``fit``.
+        loss, metrics, batch_size: the training settings.
+    """
+
+    config: dict[str, Any]
+    dataset: Dataset
+    raw: Split
+    preprocessing: Preprocessing
+    train_data: tuple[np.ndarray, np.ndarray]
+    val_data: tuple[np.ndarray, np.ndarray]
+    loss: str
+    metrics: list[str]
+    batch_size: int
+
+    def new_model(self) -> nn.Module:
+        """A freshly initialised model (seed the RNG first for reproducible weights)."""
+        from .config import extras
+        from .models import build_model
+
+        m = self.config["model"]
+        return build_model(m["name"], len(self.preprocessing.features), self.preprocessing.out_features,
+                           **extras(m))
+
+    @property
+    def description(self) -> str:
+        """e.g. ``digits (1438 train / 359 val, classification), mlp``."""
+        return (f"{self.dataset.name} ({len(self.train_data[0])} train / {len(self.val_data[0])} val, "
+                f"{self.dataset.task}), {self.config['model']['name']}")
+
+    def inference(self) -> dict[str, Any]:
+        """What applying the model needs, as plain data: it goes into every checkpoint."""
+        from .config import extras
+
+        m = self.config["model"]
+        return {"preprocessing": self.preprocessing.state_dict(),
+                "model": {"name": m["name"], "in_features": len(self.preprocessing.features),
+                          "out_features": self.preprocessing.out_features, "options": extras(m)}}
+
+
+def build_task(cfg: Mapping[str, Any]) -> Task:
+    """Load the data and make the split, preprocessing, model, loss and metrics a resolved config
+    (``config.resolve``) describes. Every problem is one line that names its config key.
+
+    Example:
+        >>> from optiloop.config import resolve
+        >>> t = build_task(resolve(sets=["data.name=diabetes"]))
+        >>> t.loss, t.metrics, t.preprocessing.task, len(t.train_data[0]) + len(t.val_data[0])
+        ('mse', ['mae'], 'regression', 442)
+    """
+    from .metrics import get_loss, resolve_metric
+
+    cfg = copy.deepcopy(dict(cfg))
+    d, t = cfg["data"], cfg["train"]
+    if not is_user_function(d["name"]) and Path(d["name"]).suffix.lower() in (".csv", ".npz"):
+        d["name"] = str(Path(d["name"]).resolve())  # re-runnable from any folder
+    ds = load_dataset(d["name"], target=d.get("target"), task=d.get("task", "auto"))
+    d["task"] = ds.task
+    raw = split(ds, val_fraction=d["val_fraction"], seed=d["seed"])
+    prep = Preprocessing.fit(ds, raw.X_train, raw.y_train, standardize=d.get("standardize", True))
+    regression = ds.task == "regression"
+    t.setdefault("loss", "mse" if regression else "cross_entropy")
+    t.setdefault("metrics", ["mae"] if regression else ["accuracy"])
+    with_key("train.loss", get_loss, t["loss"])
+    for m in t["metrics"]:
+        with_key("train.metrics", resolve_metric, m)
+    task = Task(config=cfg, dataset=ds, raw=raw, preprocessing=prep,
+                train_data=(prep.inputs(raw.X_train, ds.name), _targets(prep, raw.y_train)),
+                val_data=(prep.inputs(raw.X_val, ds.name), _targets(prep, raw.y_val)),
+                loss=t["loss"], metrics=list(t["metrics"]), batch_size=t["batch_size"])
+    task.new_model()  # a bad model key fails now, before any folder exists
+    return task
+
+
+def _targets(prep: Preprocessing, y: np.ndarray) -> np.ndarray:
+    """A split's targets for training: class ids as they are, regression values standardized."""
+    return y if prep.task == "classification" else prep.targets(y)
+
+
+# --- run folders -------------------------------------------------------------------------------
+def _candidates(path: Path):
+    """``path``, then ``path-2``, ``path-3`` ... (default names never collide)."""
+    yield path
+    for i in range(2, 1000):
+        yield path.with_name(f"{path.name}-{i}")
+
+
+def free_name(path: str | os.PathLike) -> Path:
+    """``path``, or the first of ``path-2``, ``path-3`` ... that does not exist."""
+    for candidate in _candidates(Path(path)):
+        if not candidate.exists():
+            return candidate
+    raise OptiloopError(f"cannot find a free folder name next to {path}")
+
+
+def ensure_empty(path: str | os.PathLike, what: str = "out", hint: str = "") -> Path:
+    """Refuse a ``path`` that exists and is not an empty folder (results are never overwritten).
+    ``what`` names the argument in the message; ``hint`` is appended to it."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise OptiloopError(f"{what} {path} already exists and is not an empty folder; choose a new "
+                            f"folder (results are never overwritten){hint}")
+    return path
+
+
+def stamp() -> str:
+    """The time part of default folder names: ``20250131-142502``."""
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def short(spec: str) -> str:
+    """A readable piece of a folder name: 'digits', 'mydata' for mydata.csv, 'fn' for pkg.mod:fn."""
+    s = spec.rpartition(":")[2] if ":" in spec and not Path(spec).exists() else Path(spec).stem
+    return "".join(c if c.isalnum() or c in "_" else "-" for c in s)[:24] or "data"
+
+
+class RunFolder:
+    """A run's folder and the files in it, written atomically.
+
+    Example:
+        >>> import tempfile
+        >>> folder = RunFolder.create(Path(tempfile.mkdtemp()) / "demo", unique=True)
+        >>> folder.write_summary({"best": {"val_loss": 0.1}}); folder.files()
+        ['summary.json']
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, *, unique: bool) -> RunFolder:
+        """Make the folder. ``unique``: ``path`` or the first free ``path-N``, created atomically
+        (two runs started in the same second get different folders); otherwise ``path`` itself,
+        which the caller checked with ``ensure_empty`` (or is resuming)."""
+        path = Path(path)
+        if not unique:
+            path.mkdir(parents=True, exist_ok=True)
+            return cls(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for candidate in _candidates(path):
+            try:
+                candidate.mkdir()
+                return cls(candidate)
+            except FileExistsError:
+                continue
+        raise OptiloopError(f"cannot find a free run folder name next to {path}")
+
+    def write_config(self, cfg: Mapping[str, Any], note: str) -> None:
+        """config.toml: ``cfg`` as TOML under a comment line (``note``) saying how to re-run it."""
+        import tomli_w
+
+        from . import __version__
+
+        write_text(self.path / "config.toml", f"# optiloop {__version__}{note}\n\n" + tomli_w.dumps(dict(cfg)))
+
+    def write_history(self, history: Any) -> None:
+        history.to_csv(self.path / "history.csv")
+
+    def write_curves(self, history: Any, *, best_epoch: int | None, title: str) -> None:
+        from .plots import plot_history  # matplotlib: imported when a picture is drawn
+
+        plot_history(history, self.path / "curves.png", best_epoch=best_epoch, title=title)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        write_text(self.path / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+
+    def files(self) -> list[str]:
+        return sorted(p.name for p in self.path.iterdir() if not p.name.startswith("."))
+
+
+def versions() -> dict[str, str]:
+    from . import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "optiloop": __version__}
+
+
+# --- optiloop train as a library --------------------------------------------------------------
+def torchrun_rank() -> int | None:
+    """This process's rank when torchrun launched several; None for a plain process."""
+    from .distributed import launched_by_torchrun
+
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        return int(os.environ["RANK"])
+    return None
+
+
+def _restarted_by_torchrun() -> bool:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+class RunInfo(Callback):
+    """Notes what only the loop knows: device, world size, why it stopped."""
+
+    order = 200  # after Checkpoint; it only reads
+
+    def __init__(self):
+        self.device, self.world_size, self.is_main = "cpu", 1, True
+        self.stop_reason: str | None = None
+
+    def on_fit_start(self, state, logs):
+        self.device, self.world_size = str(state.device), state.world.world_size
+        self.is_main = state.world.is_main
+
+    def on_fit_end(self, state, logs):
+        self.stop_reason = logs.get("stop_reason")
+
+
+@dataclass
+class TrainingResult:
+    """What a finished ``TrainingRun`` reports (rank 0 of a multi-process run has the files)."""
+
+    folder: RunFolder
+    history: Any
+    best: dict[str, Any]
+    stop_reason: str | None
+    seconds: float
+    is_main: bool
+
+
+class TrainingRun:
+    """``optiloop train`` as a library: build and check everything, then train into a run folder.
+
+    Construction loads the data, fits the preprocessing, builds the model and dry-builds the
+    optimizer and scheduler exactly as ``fit`` will, so every mistake is one line before anything
+    is written. ``train()`` then creates the folder, writes config.toml, runs ``fit`` with early
+    stopping and checkpoints, and writes history.csv, curves.png and summary.json.
+
+    Args:
+        cfg: a resolved config (``config.resolve``).
+        out: the run folder (must be new or empty); None: ``runs/<data>-<model>-<optimizer>-<time>``.
+        resume: a run folder to continue in place (its config is ``cfg``).
+
+    Example:
+        >>> from optiloop.config import resolve
+        >>> run = TrainingRun(resolve(sets=["data.name=wine", "train.epochs=2"]), out="/tmp/optiloop-doc-run")
+        >>> run.epochs, run.patience, run.schedule["name"]
+        (2, 0, 'cosine')
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], *, out: str | os.PathLike | None = None,
+                 resume: str | os.PathLike | None = None):
+        from .callbacks import Monitor
+        from .config import extras
+        from .loop import logged_keys, resolve_device, seed_everything
+        from .optim import build_optimizer
+        from .schedules import build_scheduler, default_arguments, lookup, run_length
+
+        cfg = copy.deepcopy(dict(cfg))
+        self.resume = Path(resume) if resume is not None else None
+        if self.resume is not None:
+            self.path, self.unique = self.resume, False
+        else:
+            self.path, self.unique = self._folder(out, cfg)
+            if _restarted_by_torchrun() and (self.path / "last.pt").exists():
+                self.resume = self.path  # torchrun --max-restarts restarted us: continue, never start over
+        self.task = task = build_task(cfg)
+        cfg = task.config
+        t, o, s = cfg["train"], cfg["optimizer"], cfg["scheduler"]
+        log_keys = logged_keys(task.metrics)
+        with_key("train.monitor", lambda m: Monitor(m).check_available(log_keys), t["monitor"])
+        self.device = with_key("train.device", resolve_device, t["device"])
+        # step / multistep / exponential have no torch default for their one required argument:
+        # record the one build_scheduler derives from the run, so config.toml says what ran.
+        if "interval" not in s:
+            for key, value in default_arguments(s["name"], t["epochs"]).items():
+                s.setdefault(key, value)
+        seed_everything(t["seed"])  # the model's initial weights follow the run's seed
+        self.model = task.new_model()
+        self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
+        self.scheduler = {"name": s["name"], **extras(s)}
+        # Dry build on the real model, exactly as fit() will: unknown keys and impossible values
+        # fail here, before the run folder exists.
+        opt = build_optimizer(self.optimizer, self.model, lr=o.get("lr"), weight_decay=o.get("weight_decay"))
+        batches = math.ceil(len(task.train_data[0]) / t["batch_size"])
+        steps = math.ceil(batches / t["grad_accum"])
+        built = build_scheduler(self.scheduler, opt, epochs=t["epochs"], steps_per_epoch=steps)
+        del opt
+        length = run_length(s["name"], t["epochs"], steps, built.interval)
+        derived = lookup(s["name"]).lengths(length) if length else {}
+        self.schedule = {"name": s["name"], "interval": built.interval, **derived, **extras(s, "interval")}
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self.cfg = cfg
+        self.epochs, self.patience, self.monitor = t["epochs"], t["early_stopping"], t["monitor"]
+
+    @staticmethod
+    def _folder(out: str | os.PathLike | None, cfg: Mapping[str, Any]) -> tuple[Path, bool]:
+        """The run folder and whether it must be created with a unique suffix."""
+        multi = torchrun_rank() is not None
+        if out is not None:
+            # Under torchrun every rank names the same folder, and a restarted attempt finds its own.
+            if not multi:
+                ensure_empty(out, "out", ", or continue it (resume=)")
+            return Path(out), False
+        # Every rank must derive the same name: torchrun's run id is shared, a clock is not.
+        when = os.environ["TORCHELASTIC_RUN_ID"][:12] if multi else stamp()
+        name = f"{short(cfg['data']['name'])}-{short(cfg['model']['name'])}-{cfg['optimizer']['name']}-{when}"
+        return Path("runs") / name, not multi
+
+    @property
+    def is_main_process(self) -> bool:
+        """Rank 0 (or the only process): the one that writes files and prints."""
+        return torchrun_rank() in (None, 0)
+
+    def open_folder(self) -> RunFolder:
+        """Create the run folder and write config.toml (once; ``train`` calls it if you did not)."""
+        if getattr(self, "folder", None) is None:
+            self.folder = RunFolder.create(self.path, unique=self.unique)
+            if self.is_main_process:
+                self.folder.write_config(self.cfg, ": the resolved config of this run. "
+                                         "Re-run it with: optiloop train --config config.toml")
+        return self.folder
+
+    def train(self, *, force_resume: bool = False, progress: bool = True) -> TrainingResult:
+        """Train; the files so far are named in any error. Returns the run's figures."""
+        from .callbacks import EarlyStopping
+        from .checkpoint import Checkpoint
+        from .loop import fit
+
+        folder = self.open_folder()
+        t, o = self.cfg["train"], self.cfg["optimizer"]
+        ckpt = Checkpoint(folder.path, monitor=t["monitor"], every_n_steps=t.get("checkpoint_every"),
+                          every_seconds=t["checkpoint_seconds"])
+        info = RunInfo()
+        callbacks: list[Any] = [ckpt, info]
+        if self.patience:
+            callbacks.insert(0, EarlyStopping(monitor=t["monitor"], patience=self.patience))
+        t0 = time.perf_counter()
+        try:
+            history = fit(
+                self.model, self.task.train_data, val_data=self.task.val_data, loss=t["loss"],
+                optimizer=self.optimizer, lr=o.get("lr"), weight_decay=o.get("weight_decay"),
+                scheduler=self.scheduler, epochs=t["epochs"], batch_size=t["batch_size"],
+                metrics=t["metrics"], callbacks=callbacks, device=self.device, seed=t["seed"],
+                grad_accum=t["grad_accum"], clip_grad_norm=t.get("clip_grad_norm"), amp=t.get("amp"),
+                nonfinite=t["nonfinite"], config={**self.cfg, INFERENCE: self.task.inference()},
+                resume=None if self.resume is None else str(self.resume), force_resume=force_resume,
+                progress=progress,
+            )
+        except OptiloopError as e:
+            raise OptiloopError(f"{e} (files so far are in {folder.path}/)") from None
+        seconds = time.perf_counter() - t0
+        best = history.rows[ckpt.best_epoch - 1] if ckpt.best_epoch else history.rows[-1]
+        if info.is_main:
+            folder.write_history(history)
+            lr = f"{o['lr']:g}" if "lr" in o else "default"
+            folder.write_curves(history, best_epoch=ckpt.best_epoch,
+                                title=f"{folder.path.name}: {o['name']} lr {lr}, {self.cfg['scheduler']['name']}")
+            folder.write_summary(self._summary(history, best, info, seconds))
+        return TrainingResult(folder, history, dict(best), info.stop_reason, seconds, info.is_main)
+
+    def _summary(self, history, best, info, seconds) -> dict[str, Any]:
+        cfg, task, prep = self.cfg, self.task, self.task.preprocessing
+        out: dict[str, Any] = {
+            "run": self.folder.path.name,
+            "data": {"name": cfg["data"]["name"], "task": prep.task, "train_samples": len(task.train_data[0]),
+                     "val_samples": len(task.val_data[0]), "features": len(prep.features),
+                     "classes": len(prep.classes) or None, "target": prep.target,
+                     "labels": prep.classes or None, "feature_names": prep.features},
+            "model": {"name": cfg["model"]["name"], "parameters": self.parameters},
+            "optimizer": cfg["optimizer"]["name"], "scheduler": cfg["scheduler"]["name"],
+            "epochs_run": len(history), "epochs_max": cfg["train"]["epochs"],
+            "early_stopping": self.patience or None,
+            "stop_reason": info.stop_reason,
+            "monitor": cfg["train"]["monitor"],
+            "best": dict(best), "final": dict(history.rows[-1]),
+            "seconds": round(seconds, 3), "device": info.device, "world_size": info.world_size,
+            "versions": versions(),
+        }
+        if prep.y_scaler is not None:
+            out["target_standardized"] = {"mean": float(prep.y_scaler.mean_[0]),
+                                          "std": float(prep.y_scaler.scale_[0])}
+        return out
+
+
+# --- a run loaded back -------------------------------------------------------------------------
+class _OriginalUnits(nn.Module):
+    """The model with its regression output put back into the target's units."""
+
+    def __init__(self, model: nn.Module, mean: float, scale: float):
+        super().__init__()
+        self.model, self.mean, self.scale = model, mean, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.scale + self.mean
+
+
+class Run:
+    """A trained run, ready to apply to new rows (``optiloop.load`` makes one).
+
+    Attributes:
+        model: the trained module, in eval mode, on the CPU.
+        preprocessing: the run's :class:`Preprocessing` (features, labels, scalers).
+        config: the run's resolved config.
+        checkpoint: the file the weights came from; ``epoch``: the epoch they are from.
+    """
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing, config: dict[str, Any],
+                 checkpoint: Path, epoch: int | None):
+        self.model, self.preprocessing, self.config = model.eval(), preprocessing, config
+        self.checkpoint, self.epoch = checkpoint, epoch
+
+    @property
+    def task(self) -> str:
+        return self.preprocessing.task
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.preprocessing.features)
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.preprocessing.classes)
+
+    def __repr__(self) -> str:
+        return (f"Run({str(self.checkpoint)!r}, {self.task}, {len(self.features)} features"
+                + (f", classes {self.classes}" if self.classes else "") + ")")
+
+    def _outputs(self, X: Any, batch_size: int, where: str = "X") -> torch.Tensor:
+        from .inference import predict
+
+        return predict(self.model, self.preprocessing.inputs(X, where), batch_size=batch_size)
+
+    def predict(self, X: Any, *, batch_size: int = 1024) -> np.ndarray:
+        """Predicted labels (the original values) for classification, the value in the target's
+        original units for regression; one per row.
+
+        Args:
+            X: a DataFrame or a mapping of columns (matched by name: order free, extra columns such
+                as the label ignored), or an array / tensor with the features in training order.
+        """
+        return np.asarray(self.preprocessing.labels_of(self._outputs(X, batch_size)))
+
+    def predict_proba(self, X: Any, *, batch_size: int = 1024) -> np.ndarray:
+        """Class probabilities, one row per input, columns in the order of ``classes``."""
+        if self.task != "classification":
+            raise OptiloopError("predict_proba is for classification runs; this run is a regression "
+                                "(predict gives values in the target's units)")
+        return self.preprocessing.probabilities(self._outputs(X, batch_size))
+
+    def evaluate(self, X: Any, y: Any, *, batch_size: int = 256, device: str = "cpu",
+                 where: str = "data") -> dict[str, float]:
+        """The run's loss and metrics on rows ``X`` with labels ``y`` (original values).
+        Regression figures are in the target's original units."""
+        from .loop import evaluate
+
+        prep = self.preprocessing
+        inputs, targets = prep.inputs(X, where), prep.targets(y, where)
+        model: nn.Module = self.model
+        if prep.y_scaler is not None:  # compare in the user's units, not the standardized ones
+            targets = np.asarray(y, dtype=np.float32).reshape(-1)
+            model = _OriginalUnits(self.model, float(prep.y_scaler.mean_[0]), float(prep.y_scaler.scale_[0]))
+        t = self.config["train"]
+        loss = t.get("loss", "mse" if prep.task == "regression" else "cross_entropy")
+        metrics = t.get("metrics", ["mae"] if prep.task == "regression" else ["accuracy"])
+        try:
+            return evaluate(model, (inputs, targets), loss=loss, metrics=metrics, batch_size=batch_size,
+                            device=device)
+        finally:
+            self.model.cpu().eval()
+
+    def validation_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The run's own validation split, rebuilt from its data (which must still be there):
+        raw features and original labels."""
+        d = self.config["data"]
+        ds = load_dataset(d["name"], target=d.get("target"), task=d["task"])
+        raw = split(ds, val_fraction=d["val_fraction"], seed=d["seed"])
+        y = np.asarray(ds.classes, dtype=object)[raw.y_val] if ds.task == "classification" else raw.y_val
+        return raw.X_val, y
+
+
+def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
+    """Load a run folder (or one of its checkpoints) as a :class:`Run` that predicts on new rows.
+
+    Only the checkpoint is read: the training data may be gone. Loading runs no code from the file
+    (``weights_only=True``); a run whose model is ``package.module:function`` imports that module.
+
+    Args:
+        run: a run folder (``runs/NAME``) or a ``.pt`` file in one.
+        checkpoint: in a folder, ``"best"`` (best.pt, else last.pt) or ``"last"``.
+
+    Example:
+        >>> model = ol.load("runs/NAME")                               # doctest: +SKIP
+        >>> model.predict(df), model.predict_proba(df), model.classes  # doctest: +SKIP
+    """
+    from .checkpoint import load_checkpoint, load_model_weights
+    from .models import build_model
+
+    path = Path(run)
+    if path.is_dir():
+        if checkpoint not in ("best", "last"):
+            raise OptiloopError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+        names = ["best.pt", "last.pt"] if checkpoint == "best" else ["last.pt"]
+        found = [path / n for n in names if (path / n).is_file()]
+        if not found:
+            raise OptiloopError(f"{path} holds no {' or '.join(names)}: is it a run folder of optiloop "
+                                "train? (a compare run keeps checkpoints only when asked: checkpoints=True)")
+        path = found[0]
+    elif not path.exists():
+        raise OptiloopError(f"no run folder or checkpoint at {path}")
+    ckpt = load_checkpoint(path)
+    raw = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not raw or "model" not in ckpt:
+        raise OptiloopError(f"{path} holds no run config: load checkpoints written by optiloop train")
+    cfg = {k: v for k, v in raw.items() if k != INFERENCE}
+    info = raw.get(INFERENCE)
+    if info is None:  # a run from before checkpoints carried their preprocessing: rebuild it
+        from .config import validate
+
+        task = build_task(validate(cfg))
+        info, cfg = task.inference(), task.config
+    m = info["model"]
+    model = build_model(m["name"], m["in_features"], m["out_features"], **m["options"])
+    load_model_weights(model, ckpt["model"])
+    return Run(model, Preprocessing.from_state_dict(info["preprocessing"]), cfg, path, ckpt.get("epoch"))
+
+
+# --- new rows from files (the command line's --data) ------------------------------------------
+def read_rows(spec: str, run: Run, *, target: str | None = None, need_labels: bool = False,
+              what: str = "data", target_arg: str = "target") -> tuple[Any, np.ndarray | None]:
+    """Rows to apply ``run`` to, from a CSV (columns by name; the label column optional), an
+    ``.npz`` (``X`` by position, ``y`` optional), a built-in data set or ``package.module:function``.
+    ``what`` and ``target_arg`` name the arguments in error messages (the CLI: --data, --target).
+
+    Returns:
+        (the features: a mapping of columns or an array, the labels in original values or None).
+    """
+    target = target or run.preprocessing.target
+    where = f"{what} {spec}"
+    if spec.lower().endswith(".csv"):
+        table = read_table(Path(spec), what)
+        y = labels(table.pop(target)) if target in table else None
+        if need_labels and y is None:
+            raise OptiloopError(f"{where}: no label column {target!r} to evaluate against; columns: "
+                                f"{', '.join(table)} (name it with {target_arg})")
+        return table, y
+    if spec.lower().endswith(".npz"):
+        path = Path(spec)
+        if not path.is_file():
+            raise OptiloopError(f"{what}: no .npz file at {path}")
+        with np.load(path, allow_pickle=False) as z:  # no pickles: loading data runs no code
+            if "X" not in z.files or (need_labels and "y" not in z.files):
+                raise OptiloopError(f"{where}: needs array X{' and y' if need_labels else ''}; it has: "
+                                    f"{', '.join(z.files) or 'none'}")
+            X = z["X"].reshape(len(z["X"]), -1) if z["X"].ndim > 2 else z["X"]
+            return X, (z["y"].reshape(-1) if "y" in z.files else None)
+    ds = load_dataset(spec, task=run.task)
+    if len(ds.features) != len(run.features) or set(ds.features) != set(run.features):
+        missing = [f for f in run.features if f not in ds.features]
+        raise OptiloopError(f"{where} has {len(ds.features)} features but not the run's {len(run.features)}"
+                            f" (missing: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})")
+    table = {f: ds.X[:, i] for i, f in enumerate(ds.features)}
+    y = np.asarray(ds.classes, dtype=object)[ds.y] if ds.task == "classification" else ds.y
+    return table, y
+
+
+def prediction_table(run: Run, X: Any, *, batch_size: int = 1024, where: str = "X"
+                     ) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of a predictions file: the predicted label (or value), then one
+    probability column per class (``proba_<label>``) for classification."""
+    prep = run.preprocessing
+    outputs = run._outputs(X, batch_size, where)
+    predicted = prep.labels_of(outputs)
+    if prep.task != "classification":
+        return [prep.target], [[_cell(v)] for v in predicted]
+    proba = prep.probabilities(outputs)
+    header = [prep.target, *(f"proba_{c}" for c in prep.classes)]
+    return header, [[_cell(label), *(_cell(p) for p in row)] for label, row in zip(predicted, proba, strict=True)]
+
+
+def _cell(v: Any) -> Any:
+    """Numbers with every digit a float32 has (so a file round-trips); labels as they are."""
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.9g}"
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def write_csv_rows(path: str | os.PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A CSV file, atomically."""
+    import csv
+
+    from .files import atomic_open
+
+    with atomic_open(path, "w") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
