@@ -2,6 +2,7 @@
 guarantees as DDP (tests/test_distributed.py), plus sharded DCP checkpoints, exact restart after a
 killed rank, resharding onto one process and export to one plain file."""
 
+import json
 import os
 import subprocess
 import sys
@@ -69,10 +70,11 @@ def test_two_sharded_processes_batch_b_equal_one_process_batch_2b_with_one_sched
     assert ranks[0]["lrs"] == ranks[1]["lrs"] == pytest.approx(lrs)
 
 
-def test_plateau_steps_on_the_all_reduced_metric_with_a_custom_step_and_accumulation(tmp_path):
+def test_plateau_steps_on_the_all_reduced_metric_with_a_custom_step_accumulation_and_chosen_blocks(tmp_path):
     # dict batches through step=, two micro-batches per optimizer step weighed by their counts:
-    # FSDP reduce-scatters each micro-batch, and the rescaling works on sharded gradients
-    ranks = torchrun(tmp_path / "fsdp", "--scheduler", "plateau", "--custom-step")
+    # FSDP reduce-scatters each micro-batch, and the rescaling works on sharded gradients;
+    # strategy=ol.FSDP(blocks=(Block,)) names the block type instead of the ModuleList default
+    ranks = torchrun(tmp_path / "fsdp", "--scheduler", "plateau", "--custom-step", "--blocks")
     weights, history, _ = single_process("plateau", custom=True)
     assert_same_run(ranks, weights, history)
     got = [r["lr"] for r in ranks[0]["history"]]
@@ -176,15 +178,47 @@ torch.save(net(torch.load({str(tmp_path / "x.pt")!r})).detach(), {str(tmp_path /
     assert {v.dtype for v in torch.load(tmp_path / "best.pt", weights_only=True).values()} == {torch.bfloat16}
 
 
-def test_bf16_is_fsdps_mixed_precision_with_float32_shards_and_a_chosen_block_type(tmp_path):
-    ranks = torchrun(tmp_path / "fsdp", "--amp", "bf16", "--blocks", "--run-dir", str(tmp_path / "run"))
-    assert ranks[0]["param_dtypes"] == ["torch.float32"]  # sharded parameters and optimizer state stay fp32
-    losses = [r["train_loss"] for r in ranks[0]["history"]]
-    assert losses[-1] < losses[0]
-    assert ranks[0]["history"] == ranks[1]["history"]
-    exported = tmp_path / "model.pt"
-    ol.export(tmp_path / "run", exported, which="last")
-    assert {v.dtype for v in torch.load(exported, weights_only=True).values()} == {torch.float32}
+def cli(cwd, *args, nproc=0):
+    """``python -m optiloop ARGS`` as a user runs it; under torchrun with ``nproc`` processes."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
+    return subprocess.run([sys.executable, *launcher, "-m", "optiloop", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trains_with_fsdp_and_bf16_then_exports_and_evaluates_the_sharded_run(tmp_path):
+    p = cli(tmp_path, "train", "--strategy", "fsdp", "--set", 'train.amp="bf16"', "--epochs", "3",
+            "--early-stopping", "0", "--checkpoint-seconds", "0", "--out", "run", nproc=2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run = tmp_path / "run"
+    files = {q.name for q in run.iterdir()}
+    assert {"best", "last", "last.prev", "config.toml", "history.csv", "summary.json"} <= files
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    losses = [float(line.split(",")[1]) for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert losses[-1] < losses[0]  # bf16 compute through FSDP's policy trains
+    p = cli(tmp_path, "export", "run", "--out", "model.pt")
+    assert p.returncode == 0, p.stderr
+    assert "from run/best" in p.stdout
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert {v.dtype for v in weights.values()} == {torch.float32}  # sharded masters stay float32
+    # the consolidated model scores what the run reported for its best epoch (eval computes in
+    # float32, the run in bfloat16: equal to bf16's precision)
+    p = cli(tmp_path, "eval", "run", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["loss"] == pytest.approx(summary["best"]["val_loss"], rel=2e-3)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--strategy", "fsdp"), "train.strategy: strategy='fsdp' spreads training over several processes, but this "
+                             "is one process; launch it with torchrun --nproc_per_node=N (N >= 2)"),
+    (("--strategy", "zero3"), "train.strategy: must be one of: 'auto', 'none', 'ddp' or 'fsdp' (got 'zero3')"),
+])
+def test_cli_bad_strategy_is_one_line_and_writes_nothing(tmp_path, args, needle):
+    p = cli(tmp_path, "train", "--epochs", "1", "--out", "run", *args)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"error: {needle}"]
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_checkpoint_made_on_rank_zero_only_is_refused_with_one_line(tmp_path):

@@ -13,7 +13,7 @@ from torch.distributed.checkpoint import FileSystemWriter
 
 import optiloop as ol
 from optiloop import sharded as S
-from optiloop.checkpoint import FORMAT, find_resumable, rng_state
+from optiloop.checkpoint import FORMAT, rng_state
 from optiloop.files import TEMP_SUFFIX
 
 # A ShardedFolder in one process: DCP notes from its writer thread that it saves in one process
@@ -128,12 +128,12 @@ def test_resume_skips_an_uncommitted_or_incomplete_folder_with_a_warning(tmp_pat
     folder.save("last", snapshot(model, opt, step=2))
     (tmp_path / "last" / S.METADATA).unlink()  # as if its writer had died before the commit
     with pytest.warns(UserWarning, match="not committed.*resuming from last.prev instead"):
-        assert find_resumable(tmp_path) == tmp_path / "last.prev"
+        assert S.find_resumable(tmp_path) == tmp_path / "last.prev"
     shard = next((tmp_path / "last.prev").glob("*.distcp"))
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size // 2)
     with pytest.raises(ol.CheckpointError, match="incomplete: shard file .* missing or short"):
-        find_resumable(tmp_path)
+        S.find_resumable(tmp_path)
 
 
 class Payload:
@@ -221,7 +221,7 @@ def test_fsdp_under_torchrun_with_one_process_says_so(monkeypatch):
 
 
 def test_what_fsdp_cannot_take_is_refused_before_anything_is_sharded():
-    from optiloop.loop import _check_fsdp, _Options
+    from optiloop.loop import check_fsdp
 
     model = torch.nn.Linear(4, 2)
     cases = [
@@ -231,10 +231,9 @@ def test_what_fsdp_cannot_take_is_refused_before_anything_is_sharded():
         (dict(compile=True), "compile= is not supported under strategy='fsdp'"),
     ]
     for kwargs, message in cases:
-        opts = _Options(amp_dtype=kwargs.pop("amp", None))
         with pytest.raises(ol.OptiloopError, match=message):
-            _check_fsdp(kwargs.get("optimizer", "adamw"), None, opts, kwargs.get("compile", False))
-    _check_fsdp("adamw", "onecycle", _Options(amp_dtype=torch.bfloat16), False)  # what it takes
+            check_fsdp(kwargs.get("optimizer", "adamw"), None, kwargs.get("amp"), kwargs.get("compile", False))
+    check_fsdp("adamw", "onecycle", torch.bfloat16, False)  # what it takes
     with pytest.raises(ol.OptiloopError, match="FSDP\\(blocks=...\\) takes a tuple of nn.Module classes"):
         ol.FSDP(blocks="Block")
 

@@ -77,6 +77,11 @@ class TrainState:
         callback declared in ``snapshot_every_n_steps`` (every rank's figures are gathered then)."""
         return self._loop.snapshot()
 
+    def checkpoint_folder(self, dirpath: Any, *, async_save: bool = True) -> Any:
+        """Where this run's snapshots can be saved in ``dirpath``: a ``CheckpointFolder`` of .pt
+        files, or under FSDP a ``sharded.ShardedFolder`` of DCP folders (every rank writes)."""
+        return self._loop.checkpoint_folder(dirpath, async_save)
+
     def healthy(self) -> bool:
         """False if a training loss of the epoch so far was NaN/inf (one host sync)."""
         return self._loop.healthy()

@@ -173,27 +173,21 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
 
 
 def find_resumable(run_dir: str | os.PathLike) -> Path:
-    """The newest valid whole-state checkpoint of a run folder (or the checkpoint itself).
+    """The newest valid whole-state checkpoint of a run folder (or the file itself).
 
-    Tries ``last.pt``, then ``last.prev.pt`` (a plain run), or ``last/``, then ``last.prev/`` (a
-    sharded run's DCP folders); a corrupt or uncommitted one is reported as a warning and skipped.
+    Tries ``last.pt``, then ``last.prev.pt``; a corrupt one is reported as a warning and skipped.
+    (A sharded run's folders: ``optiloop.sharded.find_resumable``.)
     """
     run_dir = Path(run_dir)
-    if run_dir.is_file() or (run_dir / ".metadata").is_file():
+    if run_dir.is_file():
         return run_dir
-    last = run_dir / "last.pt"
-    candidates = [last, previous_path(last), run_dir / "last", run_dir / "last.prev"]
+    candidates = [run_dir / "last.pt", previous_path(run_dir / "last.pt")]
     errors = []
     for c in candidates:
         if not c.exists():
             continue
         try:
-            if c.is_dir():
-                from .sharded import verify as verify_sharded  # torch.distributed.checkpoint: on demand
-
-                verify_sharded(c)
-            else:
-                verify(c)
+            verify(c)
             if errors:
                 warnings.warn(f"{errors[-1]}; resuming from {c.name} instead", stacklevel=2)
             return c
@@ -201,7 +195,7 @@ def find_resumable(run_dir: str | os.PathLike) -> Path:
             errors.append(str(e))
     if errors:
         raise CheckpointError("; ".join(errors) + "; no valid checkpoint to resume from")
-    raise CheckpointError(f"nothing to resume in {run_dir}: no last.pt (or last/ of a sharded run)")
+    raise CheckpointError(f"nothing to resume in {run_dir}: no last.pt")
 
 
 # --- RNG ----------------------------------------------------------------------------------------------
@@ -344,12 +338,8 @@ class Checkpoint(Callback):
     def on_fit_start(self, state, logs):
         if self.monitor is not None:
             self.monitor.check_available(state.log_keys)
-        if state.strategy == "fsdp":  # where: sharded DCP folders; what: the same snapshot, sharded
-            from .sharded import ShardedFolder
-
-            self.folder = ShardedFolder(self.dir, state.device, async_save=self.async_save)
-        elif self.folder.collective:  # this instance served an FSDP run before
-            self.folder = CheckpointFolder(self.dir)
+        # Where the run's state can go: .pt files, or under FSDP sharded DCP folders.
+        self.folder = state.checkpoint_folder(self.dir, async_save=self.async_save)
         self.folder.clean()
         self._last_save, self._unsaved, self._pending_best = time.monotonic(), False, None
 

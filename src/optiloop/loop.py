@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,16 @@ from torch import nn
 
 from . import distributed as D
 from .callbacks import Callback, CallbackList, Monitor, TrainState
-from .checkpoint import FORMAT, VERSION, find_resumable, load_checkpoint, load_model_weights, rng_state, set_rng_state
+from .checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointFolder,
+    find_resumable,
+    load_checkpoint,
+    load_model_weights,
+    rng_state,
+    set_rng_state,
+)
 from .data import make_batches, map_batch
 from .errors import CheckpointError, NonFiniteLossError, OptiloopError, choices
 from .history import History
@@ -216,7 +226,7 @@ class _Loop:
             raise OptiloopError(f"nonfinite='skip' is not supported under {self.strategy.upper()} (ranks would "
                                 "step apart); use 'stop'")
         if fsdp is not None:
-            _check_fsdp(optimizer, scheduler, opts, compile)
+            check_fsdp(optimizer, scheduler, opts.amp_dtype, compile)
         if seed is not None:
             seed_everything(seed)
         data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
@@ -495,6 +505,13 @@ class _Loop:
                                 "steps with Callback.snapshot_every_n_steps")
         return self.gathered[1]
 
+    def checkpoint_folder(self, dirpath: Any, async_save: bool) -> Any:
+        if self.strategy == "fsdp":
+            from .sharded import ShardedFolder
+
+            return ShardedFolder(dirpath, self.state.device, async_save=async_save)
+        return CheckpointFolder(dirpath)
+
     def healthy(self) -> bool:
         partial = self._partial_figures()
         if partial is None:
@@ -539,16 +556,17 @@ class _Loop:
         """Continue from a checkpoint file or run folder (the newest valid last.pt)."""
         # On the CPU: RNG states must stay CPU tensors; model / optimizer load_state_dict move the
         # rest to where the parameters live.
-        source = find_resumable(path)
-        sharded = source.is_dir()
-        if sharded:  # a DCP folder: first the run's own state, weights only once settings agree
+        sharded = _sharded_run(path)
+        if sharded:  # DCP folders: first the run's own state, weights only once settings agree
             from . import sharded as S
 
+            source = S.find_resumable(path)
             ckpt = S.read_train_state(source)
         elif self.strategy == "fsdp":
-            raise CheckpointError(f"{source} is a whole-state .pt checkpoint; strategy='fsdp' resumes sharded "
+            raise CheckpointError(f"{path} holds whole-state .pt checkpoints; strategy='fsdp' resumes sharded "
                                   "checkpoints only: resume it with 'ddp' or on one process")
         else:
+            source = find_resumable(path)
             ckpt = load_checkpoint(source, map_location="cpu")
         if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
             raise CheckpointError("not an optiloop training checkpoint (no whole training state in it)")
@@ -595,8 +613,17 @@ class _Loop:
             set_rng_state(ckpt["rng"])
 
 
-def _check_fsdp(optimizer: Any, scheduler: Any, opts: _Options, compile: Any) -> None:
-    """What strategy='fsdp' cannot take, refused before anything is sharded."""
+def _sharded_run(path: str) -> bool:
+    """A sharded (DCP) checkpoint folder, or a run folder holding them (a run holds one kind)."""
+    p = Path(path)
+    return p.is_dir() and ((p / "last").is_dir() or (p / "last.prev").is_dir() or (p / ".metadata").exists()
+                           or any(p.glob("*.distcp")))
+
+
+def check_fsdp(optimizer: Any, scheduler: Any = None, amp_dtype: torch.dtype | None = None,
+               compile: Any = False) -> None:
+    """Refuse, in one line, what strategy='fsdp' cannot take (fit calls it before sharding; a
+    command line calls it before writing anything)."""
     if isinstance(optimizer, torch.optim.Optimizer):
         raise OptiloopError("under strategy='fsdp' pass the optimizer by name or dict: it must be built on "
                             "the sharded parameters, which do not exist before fit shards the model")
@@ -607,7 +634,7 @@ def _check_fsdp(optimizer: Any, scheduler: Any, opts: _Options, compile: Any) ->
     if scheduler is not None and not isinstance(scheduler, (str, Mapping)):
         raise OptiloopError("under strategy='fsdp' pass the scheduler by name or dict: a built one drives an "
                             "optimizer of the unsharded parameters")
-    if opts.amp_dtype == torch.float16:
+    if amp_dtype == torch.float16:
         raise OptiloopError("amp='fp16' is not supported under strategy='fsdp' (its loss scaler would see "
                             "only this rank's shards); use amp='bf16'")
     if compile:

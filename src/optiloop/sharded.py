@@ -194,6 +194,29 @@ def verify(path: str | os.PathLike) -> Metadata:
     return md
 
 
+def find_resumable(run_dir: str | os.PathLike) -> Path:
+    """The newest committed, complete checkpoint folder of a sharded run (or the folder itself):
+    ``last/``, else ``last.prev/``; one that fails ``verify`` is reported as a warning and skipped."""
+    run_dir = Path(run_dir)
+    if (run_dir / METADATA).exists() or any(run_dir.glob("*.distcp")):
+        verify(run_dir)
+        return run_dir
+    errors = []
+    for c in (run_dir / "last", previous_dir(run_dir / "last")):
+        if not c.exists():
+            continue
+        try:
+            verify(c)
+            if errors:
+                warnings.warn(f"{errors[-1]}; resuming from {c.name} instead", stacklevel=2)
+            return c
+        except CheckpointError as e:
+            errors.append(str(e))
+    if errors:
+        raise CheckpointError("; ".join(errors) + "; no valid checkpoint to resume from")
+    raise CheckpointError(f"nothing to resume in {run_dir}: no last/ checkpoint folder")
+
+
 def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
     """The run's own state of a sharded checkpoint (no model or optimizer): what resume checks
     before loading the weights."""
@@ -206,6 +229,15 @@ def read_train_state(path: str | os.PathLike) -> dict[str, Any]:
     state = _unblob(target[_SHARED], "training state")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an optiloop training checkpoint")
+    return state
+
+
+def read_consolidated(path: str | os.PathLike) -> dict[str, Any]:
+    """A sharded checkpoint as one process needs it to evaluate or predict: the run's own state
+    with the model's weights whole under ``"model"`` (no optimizer state), however many processes
+    wrote it."""
+    state = read_train_state(path)
+    state["model"] = _read_model(Path(path))
     return state
 
 
@@ -439,8 +471,7 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, which: str = "b
         raise OptiloopError(f"unknown which={which!r}; choose one of: best, last")
     src = _export_source(Path(source), which)
     if src.is_dir():
-        read_train_state(src)  # an optiloop checkpoint, committed and complete
-        weights = _read_model(src)
+        weights = read_consolidated(src)["model"]
     else:
         ckpt = load_checkpoint(src)
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
