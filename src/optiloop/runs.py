@@ -564,8 +564,8 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
         if checkpoint not in ("best", "last"):
             raise OptiloopError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
         names = ["best.pt", "last.pt"] if checkpoint == "best" else ["last.pt"]
-        names = [n for name in names for n in (name, name.removesuffix(".pt"))]  # X.pt, or X/ of an FSDP run
-        found = [path / n for n in names if (path / n).exists()]
+        found = [path / n for name in names for n in (name, name.removesuffix(".pt"))  # X.pt, or X/ (FSDP)
+                 if (path / n).exists()]
         if not found:
             raise OptiloopError(f"{path} holds no {' or '.join(names)}: is it a run folder of optiloop "
                                 "train? (a compare run keeps checkpoints only when asked: checkpoints=True)")
