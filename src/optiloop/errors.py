@@ -10,9 +10,31 @@ class CheckpointError(OptiloopError):
 
 
 class NonFiniteLossError(OptiloopError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss, weights or validation loss."""
+
+
+class DiskError(OptiloopError):
+    """A file could not be written (disk full, read-only, permission, I/O error): not bad input,
+    so the CLI exits with code 1. The previous files are intact and no temporary is left."""
 
 
 def choices(names) -> str:
     """Format valid choices for an error line: 'a, b, c'."""
     return ", ".join(sorted(names))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal (SIGTERM from a scheduler or preemption, Ctrl-C's SIGINT,
+    SIGUSR1) after finishing its current step; a Checkpoint has saved that state to ``last.pt``.
+
+    A KeyboardInterrupt, so code that handles Ctrl-C handles it. ``exit_code`` is the shell's
+    convention for the signal: 143 for SIGTERM, 130 for SIGINT.
+    """
+
+    def __init__(self, signum: int, epoch: int, step: int):
+        import signal
+
+        self.signum, self.epoch, self.step = signum, epoch, step
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {self.signal_name} at epoch {epoch}, step {step}")

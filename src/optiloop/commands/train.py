@@ -8,10 +8,11 @@ it creates the run folder.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import OptiloopError
+from ..errors import OptiloopError, TrainingInterrupted
 from . import Command, command
 from .common import keywords
 
@@ -41,6 +42,9 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
                              "write last.pt at an epoch's end once this many seconds passed since "
                              "the last save (default 60; 0 = every epoch)"),
     "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
+    "--strategy": ("train", "strategy", str, "under torchrun: ddp (the default: a model copy per "
+                   "process) or fsdp (model, gradients and optimizer state sharded across the "
+                   "processes; checkpoints become sharded folders); none for one process"),
 }
 
 
@@ -67,6 +71,7 @@ class TrainCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from ..config import resolve
+        from ..files import check_writable
         from ..runs import TrainingRun, ensure_empty, torchrun_rank
 
         flags: dict[str, dict[str, Any]] = {}
@@ -74,14 +79,25 @@ class TrainCommand(Command):
             flags.setdefault(section, {})[key] = getattr(args, f"{section}__{key}")
         resume = self._resume_dir(args)
         if args.out is not None and torchrun_rank() is None:  # (under torchrun every rank names it)
+            check_writable(args.out, "--out")
             ensure_empty(args.out, "--out", f", or continue it with --resume {args.out}")
         config = args.config or (resume / "config.toml" if resume is not None else None)
         # Everything is built and checked here; only then is anything written.
-        run = TrainingRun(resolve(config, args.set, flags), out=args.out, resume=resume)
-        folder = run.open_folder()
-        if run.is_main_process:
-            print(header(run, folder.path), flush=True)
-        result = run.train(force_resume=args.force_resume)
+        try:
+            run = TrainingRun(resolve(config, args.set, flags), out=args.out, resume=resume,
+                              force_resume=args.force_resume)
+            folder = run.open_folder()
+            if run.is_main_process:
+                print(header(run, folder.path), flush=True)
+            result = run.train()
+        except TrainingInterrupted as e:  # a scheduler, preemption or Ctrl-C: saved, say how to go on
+            if run.is_main_process:
+                saved = (run.folder.path / "last.pt").exists()
+                print(f"{e}; " + (f"saved {run.folder.path}/last.pt; continue with: optiloop train --resume "
+                                  f"{run.folder.path}" if saved else "nothing was saved yet"), file=sys.stderr)
+            return e.exit_code
+        except OptiloopError as e:  # the library names its argument; a user here typed the flag
+            raise type(e)(str(e).replace("force_resume=True", "--force-resume")) from None
         if not result.is_main:
             return 0
         best = result.best
@@ -127,6 +143,12 @@ def header(run: Any, folder: Path) -> str:
         f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
         "  " + length_line(run.epochs, run.patience, run.monitor),
     ]
+    if run.resume is not None and run.from_start:
+        lines.append(f"  {run.resume}/ saved nothing before it stopped: starting it from its beginning")
+    elif run.resume is not None:
+        lines.append(f"  resuming {run.resume}/" + (f": changed {'; '.join(run.changed)}" if run.changed else ""))
+        if any(c.startswith(("train.epochs ", "train.batch_size ", "train.grad_accum ")) for c in run.changed):
+            lines.append("  (the schedule continues with the lengths it was built with)")
     return "\n".join(lines)
 
 
