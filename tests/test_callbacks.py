@@ -182,3 +182,10 @@ def test_restore_best_loads_the_best_weights_after_every_callback_saw_the_run_as
     ol.fit(net, (X, y), optimizer="sgd", lr=0.5, epochs=5, callbacks=[es, AtEnd()], progress=False, seed=0)
     assert torch.equal(net.weight, es.best_weights["weight"])  # fit returned the best epoch's weights
     assert not torch.equal(seen["at_end"], net.weight)  # the last epoch's, as it ended, at fit end
+
+
+def test_a_rank_zero_callback_runs_on_every_rank_under_fsdp_only_if_it_saves_sharded_state(tmp_path):
+    ck, bar = ol.Checkpoint(tmp_path), ol.ProgressBar()
+    assert ol.CallbackList([ck, bar], is_main=False).active == []  # DDP rank 1: rank 0 writes, shows
+    assert ol.CallbackList([ck, bar], is_main=False, sharded=True).active == [ck]  # FSDP: its shards too
+    assert ol.CallbackList([ck, bar], is_main=True, sharded=True).active == [bar, ck]

@@ -63,11 +63,17 @@ def grad_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     import torch
 
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if not grads:
+    if not grads or any(_sharded(g) for g in grads):  # FSDP: the norm of shards is a collective
         return None
     if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: foreach / fused per device
         return torch.nn.utils.get_total_norm(grads)
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _sharded(t: Any) -> bool:
+    """A DTensor (FSDP's sharded parameters and gradients): reading it needs every rank, and a
+    logger runs on rank 0 only, so its norm is not recorded."""
+    return type(t).__name__ == "DTensor"
 
 
 class _StepBuffer:
@@ -88,7 +94,8 @@ class _StepBuffer:
         self.losses.append(logs["loss"])
         # A tensor LR (torch allows them) is updated in place by the scheduler: keep a copy.
         self.lrs.append([lr.detach().clone() if hasattr(lr, "detach") else lr for lr in logs["lr"]])
-        self.norms.append(logs.get("grad_norm"))
+        norm = logs.get("grad_norm")
+        self.norms.append(None if _sharded(norm) else norm)
         self.times.append(time.time())
 
     def take(self, steps_per_epoch: int) -> tuple[list[dict[str, Any]], list[float]]:

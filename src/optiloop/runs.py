@@ -339,7 +339,7 @@ _FREE = {"train.device", "train.checkpoint_every", "train.checkpoint_seconds", "
          "train.tensorboard", "train.grad_norm"}
 _FORCED_SECTIONS = ("data",)
 _FORCED = {"train.epochs", "train.early_stopping", "train.batch_size", "train.grad_accum",
-           "train.clip_grad_norm", "train.amp"}
+           "train.clip_grad_norm", "train.amp", "train.strategy"}
 
 
 def _flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -409,7 +409,8 @@ class TrainingRun:
                  resume: str | os.PathLike | None = None, force_resume: bool = False):
         from .callbacks import Monitor
         from .config import extras
-        from .loop import logged_keys, resolve_device, seed_everything
+        from .distributed import launched_world, resolve_strategy
+        from .loop import AMP_DTYPES, check_fsdp, logged_keys, resolve_device, seed_everything
         from .optim import build_optimizer
         from .schedules import build_scheduler, default_arguments, lookup, run_length
 
@@ -426,7 +427,8 @@ class TrainingRun:
             self.from_start = not any((self.resume / n).exists() for n in ("last.pt", "last.prev.pt", "last"))
         else:
             self.path, self.unique = self._folder(out, cfg)
-            if _restarted_by_torchrun() and (self.path / "last.pt").exists():
+            # (last/ : a sharded run's checkpoint folder)
+            if _restarted_by_torchrun() and ((self.path / "last.pt").exists() or (self.path / "last").is_dir()):
                 self.resume = self.path  # torchrun --max-restarts restarted us: continue, never start over
         self.task = task = build_task(cfg)
         cfg = task.config
@@ -434,6 +436,8 @@ class TrainingRun:
         log_keys = logged_keys(task.metrics)
         with_key("train.monitor", lambda m: Monitor(m).check_available(log_keys), t["monitor"])
         self.device = with_key("train.device", resolve_device, t["device"])
+        self.strategy = t.get("strategy") or "auto"
+        with_key("train.strategy", lambda s: resolve_strategy(s, launched_world()), self.strategy)
         if t.get("tensorboard"):  # a missing package fails now, before the run folder exists
             from .loggers import require_tensorboard
 
@@ -457,6 +461,9 @@ class TrainingRun:
         length = run_length(s["name"], t["epochs"], steps, built.interval)
         derived = lookup(s["name"]).lengths(length) if length else {}
         self.schedule = {"name": s["name"], "interval": built.interval, **derived, **extras(s, "interval")}
+        if self.strategy == "fsdp":  # what fit would refuse under fsdp, refused before any file exists
+            amp = AMP_DTYPES.get(t.get("amp"))
+            with_key("train.strategy", lambda _: check_fsdp(self.optimizer, self.scheduler, amp), "fsdp")
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.cfg = cfg
         self.epochs, self.patience, self.monitor = t["epochs"], t["early_stopping"], t["monitor"]
@@ -532,8 +539,7 @@ class TrainingRun:
                 grad_accum=t["grad_accum"], clip_grad_norm=t.get("clip_grad_norm"), amp=t.get("amp"),
                 nonfinite=t["nonfinite"], config={**self.cfg, INFERENCE: self.task.inference()},
                 resume=None if self.resume is None or self.from_start else str(self.resume),
-                force_resume=self.force_resume,
-                progress=progress,
+                force_resume=self.force_resume, progress=progress, strategy=self.strategy,
             )
         except OptiloopError as e:  # the same kind of error (a DiskError stays one), with where to look
             raise type(e)(f"{e} (files so far are in {folder.path}/)") from None
@@ -699,18 +705,26 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
     from .models import build_model
 
     path = Path(run)
-    if path.is_dir():
+    sharded = (path / ".metadata").is_file()  # a sharded (FSDP) checkpoint folder itself
+    if path.is_dir() and not sharded:
         if checkpoint not in ("best", "last"):
             raise OptiloopError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
         names = ["best.pt", "last.pt"] if checkpoint == "best" else ["last.pt"]
-        found = [path / n for n in names if (path / n).is_file()]
+        found = [path / n for name in names for n in (name, name.removesuffix(".pt"))  # X.pt, or X/ (FSDP)
+                 if (path / n).exists()]
         if not found:
             raise OptiloopError(f"{path} holds no {' or '.join(names)}: is it a run folder of optiloop "
                                 "train? (a compare run keeps checkpoints only when asked: checkpoints=True)")
         path = found[0]
+        sharded = path.is_dir()
     elif not path.exists():
         raise OptiloopError(f"no run folder or checkpoint at {path}")
-    ckpt = load_checkpoint(path)
+    if sharded:  # consolidated on this process: the model whole, no optimizer
+        from .sharded import read_consolidated
+
+        ckpt = read_consolidated(path)
+    else:
+        ckpt = load_checkpoint(path)
     raw = ckpt.get("config") if isinstance(ckpt, dict) else None
     if not raw or "model" not in ckpt:
         raise OptiloopError(f"{path} holds no run config: load checkpoints written by optiloop train")

@@ -42,6 +42,9 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
                              "write last.pt at an epoch's end once this many seconds passed since "
                              "the last save (default 60; 0 = every epoch)"),
     "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
+    "--strategy": ("train", "strategy", str, "under torchrun: ddp (the default: a model copy per "
+                   "process) or fsdp (model, gradients and optimizer state sharded across the "
+                   "processes; checkpoints become sharded folders); none for one process"),
 }
 
 # flag -> (train key, help): on/off switches (given: true; absent: the config's value).
