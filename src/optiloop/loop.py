@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from . import distributed as D
-from .callbacks import Callback, CallbackList, Monitor, TrainState
+from .callbacks import Callback, CallbackList, TrainState, check_logged
 from .checkpoint import FORMAT, VERSION, find_resumable, load_checkpoint, load_model_weights, rng_state, set_rng_state
 from .data import make_batches, map_batch
 from .errors import CheckpointError, NonFiniteLossError, OptiloopError, choices
@@ -234,8 +234,9 @@ class _Loop:
         self.val_metrics = MetricSet(metrics, dev) if self.val is not None else None
         log_keys = logged_keys(metrics, validation=self.val is not None)
         if schedule.interval == "metric":
-            Monitor(schedule.monitor or "val_loss").check_available(log_keys)
+            check_logged(schedule.monitor or "val_loss", log_keys)
         self.callbacks = CallbackList(callbacks, progress=progress, is_main=world.is_main)
+        self.callbacks.reset()  # each fit starts every callback afresh; a resume then restores them
         # Mid-epoch snapshots under DDP hold every rank's partial-epoch figures. Gathering them is
         # a collective, so every rank does it at each step where some rank's callback may snapshot,
         # wherever the user created that callback (rank 0's declaration is broadcast).
