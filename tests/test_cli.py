@@ -190,7 +190,7 @@ def test_schedule_per_step_with_warmup_and_scoped_set(run_main, tmp_path):
                               "--steps-per-epoch", "5", "--set", "warmup_epochs=1",
                               "--set", "cosine.eta_min=0.01", "--plot", "w.png")
     assert code == 0, err
-    assert "cosine (T_max=4, eta_min=0.01, warmup_epochs=1)" in out
+    assert "cosine (T_max=3, eta_min=0.01, warmup_epochs=1)" in out  # the epochs after the warmup
     first = next(line.split() for line in out.splitlines() if line.startswith("    1"))
     assert float(first[1]) == pytest.approx(0.1 / 5)  # warmup: first step at lr / warmup steps
     assert_png(tmp_path / "w.png")
