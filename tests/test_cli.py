@@ -291,3 +291,16 @@ def test_train_compare_and_lr_find_share_one_table_of_optimizer_defaults(run_mai
                               "--out", "f")
     assert code == 0, err
     assert "sgd (momentum=0.9)" in out
+
+
+def test_train_takes_layer_decay_and_decay_on_biases_from_the_config(run_main, tmp_path):
+    code, out, err = run_main("train", "--epochs", "1", "--out", "ld", "--set", "optimizer.layer_decay=0.8",
+                              "--set", "optimizer.decay_bias_and_norm=true")
+    assert code == 0, err
+    assert "layer_decay=0.8, decay_bias_and_norm=True" in out  # the header says what runs
+    saved = tomllib.loads((tmp_path / "ld" / "config.toml").read_text())["optimizer"]
+    assert saved["layer_decay"] == 0.8 and saved["decay_bias_and_norm"] is True
+    code, _, err = run_main("train", "--epochs", "1", "--out", "bad", "--set", "optimizer.layer_decay=2")
+    assert code == 2 and err.strip() == "error: optimizer 'adamw': layer_decay must be a finite number in (0, 1] " \
+                                        "(got 2)"
+    assert not (tmp_path / "bad").exists()
