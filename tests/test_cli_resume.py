@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import optiloop as ol
@@ -52,7 +53,11 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
             break
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGKILL
-    assert not (tmp_path / "b" / "history.csv").exists()  # it really died before the end
+    assert not (tmp_path / "b" / "summary.json").exists()  # it really died before the end
+    # the epochs it finished are on disk already, not only in the checkpoint
+    assert 1 <= len(history_without_time(tmp_path / "b")) <= 2
+    assert history_without_time(tmp_path / "b") == history_without_time(tmp_path / "a")[:len(
+        history_without_time(tmp_path / "b"))]
     resumed = optiloop(tmp_path, "train", "--resume", "b")
     assert resumed.returncode == 0, resumed.stderr
     assert history_without_time(tmp_path / "b") == history_without_time(tmp_path / "a")
@@ -64,7 +69,7 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
 def test_resume_refuses_changed_settings_and_unsafe_checkpoints(tmp_path):
     assert optiloop(tmp_path, *TRAIN[:2], "2", "--out", "run").returncode == 0
     one_line_error(optiloop(tmp_path, "train", "--resume", "run", "--batch-size", "32"),
-                   "settings changed (batch_size 64 -> 32)")
+                   "settings changed (train.batch_size 64 -> 32); pass --force-resume")
     one_line_error(optiloop(tmp_path, "train", "--resume", "nowhere"), "--resume nowhere: no such run folder")
 
     marker = tmp_path / "pwned"
@@ -109,3 +114,93 @@ def test_trust_settings_are_validated_before_anything_is_written(tmp_path):
     one_line_error(optiloop(tmp_path, "train", "--checkpoint-every", "0"), "train.checkpoint_every")
     one_line_error(optiloop(tmp_path, "train", "--checkpoint-seconds", "-1"), "train.checkpoint_seconds")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """``optiloop ARGS`` in-process (no interpreter start-up), in tmp_path: a CompletedProcess."""
+    from optiloop.cli import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        code = main(list(args))
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+    return run
+
+
+def test_resume_decides_per_setting_and_writes_config_only_once_accepted(cli, tmp_path):
+    assert cli("train", "--data", "wine", "--epochs", "2", "--out", "run").returncode == 0
+    config = (tmp_path / "run" / "config.toml").read_bytes()
+    # what defines the saved state is refused, even when forced; the config is left as it was
+    for flags, needle in ((["--optimizer", "sgd"], "optimizer.name 'adamw' -> 'sgd'"),
+                          (["--lr", "0.5"], "optimizer.lr 0.001 -> 0.5"),
+                          (["--scheduler", "step"], "scheduler.name 'cosine' -> 'step'"),
+                          (["--seed", "3", "--force-resume"], "train.seed 0 -> 3"),
+                          (["--set", "model.hidden=[8]"], "model.hidden [128] -> [8]")):
+        proc = cli("train", "--resume", "run", *flags)
+        one_line_error(proc, needle)
+        assert "these define the saved state" in proc.stderr
+        assert (tmp_path / "run" / "config.toml").read_bytes() == config
+    # what changes each step needs --force-resume (the CLI's own flag is named)
+    one_line_error(cli("train", "--resume", "run", "--epochs", "3"),
+                   "train.epochs 2 -> 3); pass --force-resume to continue anyway")
+    assert (tmp_path / "run" / "config.toml").read_bytes() == config
+    assert cli("train", "--resume", "run").returncode == 0  # a plain resume still works
+    # how the run is carried out is applied and recorded; forced changes too
+    proc = cli("train", "--resume", "run", "--device", "cpu", "--epochs", "3", "--force-resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "changed train.device 'auto' -> 'cpu'; train.epochs 2 -> 3" in proc.stdout
+    saved = (tmp_path / "run" / "config.toml").read_text()
+    assert 'device = "cpu"' in saved and "epochs = 3" in saved
+    assert len(history_without_time(tmp_path / "run")) == 3
+    assert cli("train", "--resume", "run").returncode == 0  # the recorded config resumes
+
+
+def test_a_run_folder_in_use_is_refused_and_a_dead_holder_frees_it(cli, tmp_path):
+    from optiloop.files import FolderLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = FolderLock(run).acquire()  # another process "is training" in run/ (flock is per open file)
+    try:
+        one_line_error(cli("train", "--data", "wine", "--epochs", "1", "--out", "run"),
+                       f"is in use by another optiloop process (pid {os.getpid()})")
+        assert [p.name for p in run.iterdir()] == [".optiloop.lock"]  # nothing written
+    finally:
+        lock.release()
+    assert cli("train", "--data", "wine", "--epochs", "1", "--out", "run").returncode == 0
+    assert not (run / ".optiloop.lock").exists()  # released at the end
+    lock = FolderLock(run).acquire()  # a resume of a running run is refused too
+    try:
+        one_line_error(cli("train", "--resume", "run"), "is in use by another optiloop process")
+    finally:
+        lock.release()
+    # a holder killed with kill -9 leaves its lock file behind, but not its lock
+    (tmp_path / "fresh").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]); "
+                               "from optiloop.files import FolderLock; FolderLock(sys.argv[1]).acquire(); "
+                               "print('held', flush=True); time.sleep(60)", str(tmp_path / "fresh"), str(SRC)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait(timeout=30)
+    assert (tmp_path / "fresh" / ".optiloop.lock").exists()
+    assert cli("train", "--data", "wine", "--epochs", "1", "--out", "fresh").returncode == 0
+
+
+def test_training_goes_on_when_the_reader_of_its_output_leaves(tmp_path):
+    """`optiloop train | head -2`: printing stops, training finishes, the folder is whole."""
+    p = subprocess.Popen([sys.executable, "-m", "optiloop", "train", "--data", "wine", "--epochs", "25",
+                          "--checkpoint-seconds", "0", "--out", "run"], cwd=tmp_path, env=env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("optiloop train:")
+    p.stdout.close()  # the reader leaves
+    err = p.stderr.read()
+    assert p.wait(timeout=240) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert len(history_without_time(tmp_path / "run")) == 25
+    assert {"config.toml", "history.csv", "last.pt", "curves.png", "summary.json"} <= \
+        {f.name for f in (tmp_path / "run").iterdir()}

@@ -29,7 +29,7 @@ _WHERE: dict[str, str] = {
     "save_checkpoint": "checkpoint",
     "Batches": "data",
     "compare": "comparison", "summarize": "comparison", "to_frame": "comparison",
-    "CheckpointError": "errors", "NonFiniteLossError": "errors", "OptiloopError": "errors",
+    "CheckpointError": "errors", "DiskError": "errors", "NonFiniteLossError": "errors", "OptiloopError": "errors",
     "History": "history",
     "evaluate": "loop", "fit": "loop", "resolve_device": "loop",
     "seed_everything": "loop",
@@ -44,11 +44,11 @@ _WHERE: dict[str, str] = {
 
 __all__ = [
     "OPTIMIZERS", "SCHEDULERS", "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError",
-    "CheckpointFolder", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Monitor", "NonFiniteLossError",
-    "OptiloopError", "ProgressBar", "Run", "Schedule", "StepOutput", "TrainState", "build_optimizer",
-    "build_scheduler", "compare", "evaluate", "fit", "load", "load_checkpoint", "lr_find",
-    "optimizer_defaults", "predict", "preview_schedule", "resolve_device", "save_checkpoint",
-    "seed_everything", "summarize", "to_frame",
+    "CheckpointFolder", "DiskError", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Monitor",
+    "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepOutput", "TrainState",
+    "build_optimizer", "build_scheduler", "compare", "evaluate", "fit", "load", "load_checkpoint", "lr_find",
+    "optimizer_defaults", "predict", "preview_schedule", "resolve_device", "save_checkpoint", "seed_everything",
+    "summarize", "to_frame",
 ]  # static, for tools; tests check it names exactly the keys of _WHERE
 
 
@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
     from .comparison import compare, summarize, to_frame
     from .data import Batches
-    from .errors import CheckpointError, NonFiniteLossError, OptiloopError
+    from .errors import CheckpointError, DiskError, NonFiniteLossError, OptiloopError
     from .history import History
     from .inference import predict
     from .loop import evaluate, fit, resolve_device, seed_everything

@@ -13,6 +13,7 @@ uses ``torch.load(weights_only=True)``: nothing in a checkpoint can execute code
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import random
@@ -22,13 +23,13 @@ import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from .callbacks import Callback, Monitor
-from .errors import CheckpointError, OptiloopError
+from .errors import CheckpointError, DiskError, OptiloopError
 from .files import TEMP_SUFFIX, atomic_open, fsync_dir
 
 FORMAT = "optiloop.checkpoint"
@@ -37,20 +38,56 @@ VERSION = 1
 
 # --- files -----------------------------------------------------------------------------------------
 def save_checkpoint(obj: dict[str, Any], path: str | os.PathLike, *, keep_previous: bool = True) -> None:
-    """Atomically write ``obj`` with torch.save; the replaced file survives as ``*.prev.pt``."""
+    """Atomically write ``obj`` with torch.save; the replaced file survives as ``*.prev.pt``.
+
+    The old file is rotated only once the new one is durable: a write that fails (disk full, an
+    I/O error at fsync, an interrupt) leaves both the old ``path`` and its ``.prev.pt`` as they
+    were. A file-system failure is one ``DiskError`` line naming the file and the cause.
+    """
     path = Path(path)
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        if keep_previous:
-            keep_as_previous(path)
+    with atomic_open(path, "wb", before_replace=(lambda: keep_as_previous(path)) if keep_previous else None) as f:
+        writer = _Recording(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:  # torch reports a failed write as "unexpected pos": say why
+                raise writer.error from None
+            raise
+
+
+class _Recording(io.RawIOBase):
+    """A file that remembers the OSError its write raised (torch.save hides it in a RuntimeError)."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f, self.error = f, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def keep_as_previous(path: Path) -> None:
-    """Rename ``path`` to ``*.prev.pt`` just before a new file replaces it. Both renames are
-    atomic: at every instant a valid copy exists under one of the two names."""
-    if path.exists():
-        os.replace(path, previous_path(path))
+    """Make ``*.prev.pt`` the file ``path`` holds now, just before a new file replaces it: a hard
+    link, so ``path`` itself never disappears (a rename where links are not supported)."""
+    if not path.exists():
+        return
+    prev = previous_path(path)
+    tmp = prev.with_name(f".{prev.name}.{os.getpid()}.link{TEMP_SUFFIX}")
+    try:
+        os.link(path, tmp)
+    except OSError:
+        os.replace(path, prev)
+        return
+    os.replace(tmp, prev)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
@@ -70,21 +107,25 @@ def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike, *, keep_previou
     writes into an existing file: every save creates a new one, so the link keeps its bytes.
     With ``keep_previous`` the replaced ``dst`` survives as ``*.prev.pt``, as in save_checkpoint."""
     src, dst = Path(src), Path(dst)
+    rotate = (lambda: keep_as_previous(dst)) if keep_previous else None
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link{TEMP_SUFFIX}")
     try:
         os.link(src, tmp)
     except OSError:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        with atomic_open(dst, "wb") as f, open(src, "rb") as g:
+        with atomic_open(dst, "wb", before_replace=rotate) as f, open(src, "rb") as g:
             shutil.copyfileobj(g, f)
-            if keep_previous:
-                keep_as_previous(dst)
         return
-    if keep_previous:
-        keep_as_previous(dst)
-    os.replace(tmp, dst)
-    fsync_dir(dst.parent)  # as atomic_open does: the new name survives a power cut
+    try:
+        if rotate is not None:
+            rotate()
+        os.replace(tmp, dst)
+        fsync_dir(dst.parent)  # as atomic_open does: the new name survives a power cut
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise DiskError(f"cannot write {dst}: {e.strerror or e}") from None
 
 
 _ATOMS = frozenset({int, float, bool, str, bytes, type(None)})
@@ -130,17 +171,23 @@ def previous_path(path: str | os.PathLike) -> Path:
 
 
 def verify(path: str | os.PathLike) -> None:
-    """Raise CheckpointError if the file is missing, truncated or any record fails its CRC."""
+    """Raise CheckpointError if the file is missing, truncated, its zip structure damaged, or any
+    record fails its CRC."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a flipped header bit raises anything from zipfile/zlib
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_first_line(e)})") from None
     if bad is not None:
         raise CheckpointError(f"checkpoint {path} is corrupt: record {bad} fails its checksum")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:160] if text else "") or type(e).__name__
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -149,12 +196,48 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
         raise CheckpointError(f"checkpoint {path} refused: it holds objects that are not plain data "
-                              f"and loading them could run code ({first[:160]})") from None
-    except (RuntimeError, EOFError) as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({str(e).splitlines()[0]})") from None
+                              f"and loading them could run code ({_first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - any failure to read it is damage, said in one line
+        raise CheckpointError(f"checkpoint {path} cannot be read ({_first_line(e)})") from None
     return obj
+
+
+# The shape of a training checkpoint: each key and the types its value may have.
+_REQUIRED: dict[str, tuple[type, ...]] = {
+    "model": (dict,), "optimizer": (dict,), "scheduler": (dict,), "scaler": (dict, type(None)),
+    "epoch": (int,), "epoch_done": (bool,), "batch": (int,), "step": (int,), "data_seed": (int,),
+    "epoch_lr": (float, int), "partial_train": (dict, type(None)), "rng": (dict,), "callbacks": (dict,),
+    "history": (list,), "settings": (dict,), "config": (dict, type(None)),
+}
+
+
+def check_training_state(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """A loaded file is an optiloop training checkpoint this version can resume: its format,
+    version, every key with a value of the right type, tensors as model weights. One line names
+    the first problem; nothing of it is used before this passes."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not an optiloop training checkpoint (no whole "
+                              "training state in it)")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version!r}; this optiloop reads "
+                              f"version 1 to {VERSION}")
+    for key, types in _REQUIRED.items():
+        if key not in ckpt:
+            raise CheckpointError(f"checkpoint {path} is incomplete: no {key!r}")
+        value = ckpt[key]
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            want = " or ".join(t.__name__ for t in types)
+            raise CheckpointError(f"checkpoint {path}: {key!r} must be {want}, got {type(value).__name__}")
+    if min(ckpt["epoch"], ckpt["batch"], ckpt["step"]) < 0:
+        raise CheckpointError(f"checkpoint {path}: negative epoch, batch or step")
+    bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: model weights must be tensors by name; {bad[0]!r} is not")
+    if not all(isinstance(r, dict) for r in ckpt["history"]):
+        raise CheckpointError(f"checkpoint {path}: history must be a list of rows (dicts)")
+    return ckpt
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
@@ -173,25 +256,30 @@ def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
 
 
 def find_resumable(run_dir: str | os.PathLike) -> Path:
-    """The newest valid whole-state checkpoint of a run folder (or the file itself).
+    """The newest valid whole-state checkpoint of a run folder (or the file itself): see
+    ``load_resumable``, which also returns it loaded."""
+    return load_resumable(run_dir)[0]
 
-    Tries ``last.pt``, then ``last.prev.pt``; a corrupt one is reported as a warning and skipped.
+
+def load_resumable(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint of a run folder that reads, loads and has the shape of a training
+    state, loaded: ``last.pt``, else ``last.prev.pt`` with a warning naming both files. Any
+    failure to read or load one counts as damage. A file given directly gets no fallback.
     """
     run_dir = Path(run_dir)
-    if run_dir.is_file():
-        return run_dir
-    candidates = [run_dir / "last.pt", previous_path(run_dir / "last.pt")]
+    candidates = [run_dir] if run_dir.is_file() else [run_dir / "last.pt", previous_path(run_dir / "last.pt")]
     errors = []
     for c in candidates:
         if not c.exists():
             continue
         try:
-            verify(c)
-            if errors:
-                warnings.warn(f"{errors[-1]}; resuming from {c.name} instead", stacklevel=2)
-            return c
+            ckpt = check_training_state(load_checkpoint(c, map_location="cpu"), c)
         except CheckpointError as e:
             errors.append(str(e))
+            continue
+        if errors:
+            warnings.warn(f"{errors[-1]}; resuming from {c} instead", stacklevel=2)
+        return c, ckpt
     if errors:
         raise CheckpointError("; ".join(errors) + "; no valid checkpoint to resume from")
     raise CheckpointError(f"nothing to resume in {run_dir}: no last.pt")

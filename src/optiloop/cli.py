@@ -14,12 +14,13 @@ it sits on top of the library, and importing it imports no torch.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from collections.abc import Sequence
 
 from .commands import COMMANDS, Command, command
-from .errors import OptiloopError
+from .errors import DiskError, OptiloopError
 
 __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
@@ -47,11 +48,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ReaderMayLeave(io.TextIOBase):
+    """stdout that outlives its reader: once ``optiloop train | head -3`` has read its lines, the
+    rest of the output goes nowhere and training goes on to its end (only printing stops)."""
+
+    def __init__(self, stream):
+        self._stream, self.gone = stream, False
+
+    def _guard(self, call, default):
+        if self.gone:
+            return default
+        try:
+            return call()
+        except BrokenPipeError:
+            self.gone = True
+            try:  # the interpreter's own flush at exit must not fail either
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            except (OSError, ValueError, io.UnsupportedOperation):
+                pass
+            return default
+
+    def write(self, text: str) -> int:
+        return self._guard(lambda: self._stream.write(text), len(text))
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush, None)
+
+    def isatty(self) -> bool:
+        return not self.gone and self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self._stream, "encoding", "utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``optiloop`` console script and ``python -m optiloop``."""
     args = build_parser().parse_args(argv)
+    stdout = sys.stdout
+    if not isinstance(stdout, _ReaderMayLeave):
+        sys.stdout = _ReaderMayLeave(stdout)
+    try:
+        return _run(args)
+    finally:
+        if not getattr(sys.stdout, "gone", False):
+            sys.stdout = stdout
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args._command.run(args)
+    except DiskError as e:  # the machine's fault, not the input's: exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except OptiloopError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

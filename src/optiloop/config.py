@@ -29,12 +29,13 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import OptiloopError, choices
 
@@ -59,13 +60,29 @@ NAMED = ("model", "optimizer", "scheduler")
 
 
 # --- schema ---------------------------------------------------------------------------------------
+SEED_MAX = 2**32 - 1  # numpy's and scikit-learn's seeds are 32-bit
+EPOCHS_MAX = 1_000_000  # a bound for typos (1e21 epochs would never end)
+
+
+def _finite(value: Any, path: str) -> None:
+    """No NaN or infinity anywhere: no setting of a run means them (a NaN momentum trains NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path}: must be a finite number (got {value!r})")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _finite(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _finite(v, path)
+
+
 class _Closed(BaseModel):
     # strict: no "5" -> 5 or 3.7 -> 3 coercion; a TOML int is still accepted where a float goes.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
 
 class DataConfig(_Closed):
@@ -73,7 +90,7 @@ class DataConfig(_Closed):
     target: str | None = None
     task: Literal["auto", "classification", "regression"] = "auto"
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     standardize: bool = True
 
 
@@ -110,15 +127,15 @@ class SchedulerConfig(_Open):
 
 
 class TrainConfig(_Closed):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(30, ge=1, le=EPOCHS_MAX)
+    batch_size: int = Field(64, ge=1, le=2**31 - 1)
     early_stopping: int = Field(5, ge=0, description="patience in epochs; 0 turns it off")
     monitor: str = "val_loss"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     device: str = "auto"
     loss: str | None = None  # None: cross_entropy for classes, mse for regression
     metrics: list[str] | None = None  # None: ["accuracy"] for classes, ["mae"] for regression
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, le=2**31 - 1)
     clip_grad_norm: float | None = Field(None, gt=0)
     amp: Literal["bf16", "fp16"] | None = None
     checkpoint_every: int | None = Field(None, ge=1, description="also write last.pt every N optimizer "
@@ -135,6 +152,14 @@ class RunConfig(_Closed):
     optimizer: OptimizerConfig
     scheduler: SchedulerConfig
     train: TrainConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nan_or_infinity(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping):
+            for section, values in raw.items():
+                _finite(values, str(section))  # pass-through keys too (momentum, betas ...)
+        return raw
 
 
 # --- one-line errors ------------------------------------------------------------------------------
@@ -164,11 +189,14 @@ def _one_line(err: Mapping[str, Any]) -> str:
     if kind in _BOUNDS:
         key, op = _BOUNDS[kind]
         bound = err["ctx"][key]
-        return f"{path}: must be {op} {bound:g} (got {got!r})"
+        shown = f"{bound:g}" if isinstance(bound, float) else str(bound)
+        return f"{path}: must be {op} {shown} (got {got!r})"
     if kind == "literal_error":
         return f"{path}: must be one of: {err['ctx']['expected']} (got {got!r})"
     if kind == "value_error":
-        return f"{path}: {err['ctx']['error']}"
+        return f"{path + ': ' if path else ''}{err['ctx']['error']}"
+    if kind == "finite_number":
+        return f"{path}: must be a finite number (got {got!r})"
     base = kind.split("_")[0]
     if kind.endswith("_type") and base in _TYPES:
         return f"{path}: must be {_TYPES[base]} (got {got!r})"
@@ -202,8 +230,12 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise OptiloopError(f"--config: no file at {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise OptiloopError(f"--config {path}: not valid TOML ({e})") from None
+    except IsADirectoryError:
+        raise OptiloopError(f"--config {path}: is a folder; give the TOML file (e.g. {path}/config.toml)") from None
+    except PermissionError:
+        raise OptiloopError(f"--config {path}: not readable (permission denied)") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise OptiloopError(f"--config {path}: not valid TOML ({str(e).splitlines()[0]})") from None
 
 
 def parse_value(text: str) -> Any:

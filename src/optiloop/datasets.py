@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +127,7 @@ def load_dataset(spec: str, *, target: str | None = None, task: str = "auto") ->
         X, y, features = loader()
         task = builtin_task if task == "auto" else task
     elif is_user_function(spec):
-        out = import_function(spec, "data")()
+        out = call_user_function(import_function(spec, "data"), f"data {spec!r}")
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise OptiloopError(f"data {spec!r} must return (X, y) arrays, "
                                 f"got {type(out).__name__}")
@@ -148,12 +149,30 @@ def load_dataset(spec: str, *, target: str | None = None, task: str = "auto") ->
     return ds
 
 
+def call_user_function(fn: Callable[..., Any], what: str, **kwargs: Any) -> Any:
+    """Call a user's ``package.module:function``; whatever it raises becomes one line naming it."""
+    try:
+        return fn(**kwargs)
+    except OptiloopError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code may raise anything; say so in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise OptiloopError(f"{what} raised {type(e).__name__}{': ' + first[:200] if first else ''}") from None
+
+
 def read_table(path: Path, what: str = "data.name") -> dict[str, list[str]]:
-    """A CSV file's columns by header name, as text (one line for a missing or ragged file)."""
+    """A CSV file's columns by header name, as text (one line for a missing, undecodable or ragged
+    file)."""
     if not path.is_file():
         raise OptiloopError(f"{what}: no CSV file at {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise OptiloopError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); "
+                            "save the CSV as UTF-8") from None
+    except csv.Error as e:
+        raise OptiloopError(f"{path}: not a readable CSV ({e})") from None
     if len(rows) < 2:
         raise OptiloopError(f"{path}: needs a header row and at least one data row")
     header, body = [h.strip() for h in rows[0]], rows[1:]
@@ -210,12 +229,18 @@ def read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, li
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise OptiloopError(f"data.name: no .npz file at {path}")
-    with np.load(path, allow_pickle=False) as z:  # no pickles: loading data runs no code
-        missing = [k for k in ("X", "y") if k not in z.files]
-        if missing:
-            raise OptiloopError(f"{path}: needs arrays X and y; "
-                                f"it has: {', '.join(z.files) or 'none'}")
-        return z["X"], z["y"]
+    try:
+        with np.load(path, allow_pickle=False) as z:  # no pickles: loading data runs no code
+            missing = [k for k in ("X", "y") if k not in z.files]
+            if missing:
+                raise OptiloopError(f"{path}: needs arrays X and y; "
+                                    f"it has: {', '.join(z.files) or 'none'}")
+            return z["X"], z["y"]
+    except OptiloopError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # empty, truncated, not an npz
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OptiloopError(f"{path}: not a readable .npz of arrays X and y ({first[:160]})") from None
 
 
 def _finish(name: str, X: Any, y: Any, task: str) -> Dataset:

@@ -10,7 +10,12 @@ class CheckpointError(OptiloopError):
 
 
 class NonFiniteLossError(OptiloopError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss, weights or validation loss."""
+
+
+class DiskError(OptiloopError):
+    """A file could not be written (disk full, read-only, permission, I/O error): not bad input,
+    so the CLI exits with code 1. The previous files are intact and no temporary is left."""
 
 
 def choices(names) -> str:

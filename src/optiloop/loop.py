@@ -31,7 +31,7 @@ from torch import nn
 
 from . import distributed as D
 from .callbacks import Callback, CallbackList, TrainState, check_logged
-from .checkpoint import FORMAT, VERSION, find_resumable, load_checkpoint, load_model_weights, rng_state, set_rng_state
+from .checkpoint import FORMAT, VERSION, load_model_weights, load_resumable, rng_state, set_rng_state
 from .data import make_batches, map_batch
 from .errors import CheckpointError, NonFiniteLossError, OptiloopError, choices
 from .history import History
@@ -60,6 +60,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise OptiloopError("device 'cuda' asked for but CUDA is not available; use device='auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise OptiloopError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptiloopError("device 'mps' asked for but MPS is not available on this machine; "
+                            "use device='auto' or 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps")
     return dev
 
 
@@ -516,9 +524,7 @@ class _Loop:
         """Continue from a checkpoint file or run folder (the newest valid last.pt)."""
         # On the CPU: RNG states must stay CPU tensors; model / optimizer load_state_dict move the
         # rest to where the parameters live.
-        ckpt = load_checkpoint(find_resumable(path), map_location="cpu")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-            raise CheckpointError("not an optiloop training checkpoint (no whole training state in it)")
+        _, ckpt = load_resumable(path)  # verified, loaded and checked: nothing of it used before
         saved = ckpt.get("settings", {})
         changed = [f"{k} {saved[k]} -> {v}" for k, v in self.settings.items() if k in saved and saved[k] != v]
         if changed and not force:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .datasets import import_function, is_user_function
+from .datasets import call_user_function, import_function, is_user_function
 from .errors import OptiloopError, choices
 
 if TYPE_CHECKING:
@@ -100,13 +100,14 @@ def build_model(name: str, in_features: int, out_features: int, **options: Any) 
         if unknown:
             raise OptiloopError(f"model.{unknown[0]}: model {name!r} does not take it; "
                                 f"valid keys: name, {', '.join(model_options(name))}")
-        return MODELS[name](in_features, out_features, **options)
+        try:
+            return MODELS[name](in_features, out_features, **options)
+        except (TypeError, ValueError, RuntimeError) as e:  # a wrong type or range for a model key
+            raise OptiloopError(f"model {name!r}: {str(e).strip().splitlines()[0]}") from None
     if is_user_function(name):
         fn = import_function(name, "model")
-        try:
-            model = fn(in_features=in_features, out_features=out_features, **options)
-        except TypeError as e:
-            raise OptiloopError(f"model {name!r}: {str(e).splitlines()[0]}") from None
+        model = call_user_function(fn, f"model {name!r}", in_features=in_features, out_features=out_features,
+                                   **options)
         from torch import nn
 
         if not isinstance(model, nn.Module):

@@ -41,7 +41,7 @@ from torch import nn
 from .callbacks import Callback
 from .datasets import Dataset, Split, is_user_function, labels, load_dataset, read_table, split
 from .errors import OptiloopError
-from .files import write_text
+from .files import LOCK_NAME, TEMP_SUFFIX, FolderLock, check_writable, write_text
 from .preprocessing import Preprocessing
 
 INFERENCE = "inference"  # the key of the checkpoint config that holds what applying the model needs
@@ -159,11 +159,17 @@ def free_name(path: str | os.PathLike) -> Path:
     raise OptiloopError(f"cannot find a free folder name next to {path}")
 
 
+def _leftover(name: str) -> bool:
+    """optiloop's own bookkeeping (a lock, a killed writer's temporary): not a result."""
+    return name == LOCK_NAME or name.endswith(TEMP_SUFFIX)
+
+
 def ensure_empty(path: str | os.PathLike, what: str = "out", hint: str = "") -> Path:
     """Refuse a ``path`` that exists and is not an empty folder (results are never overwritten).
-    ``what`` names the argument in the message; ``hint`` is appended to it."""
+    ``what`` names the argument in the message; ``hint`` is appended to it. A folder holding only
+    optiloop's own leftovers (a lock file, a temporary) counts as empty."""
     path = Path(path)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and (not path.is_dir() or any(not _leftover(p.name) for p in path.iterdir())):
         raise OptiloopError(f"{what} {path} already exists and is not an empty folder; choose a new "
                             f"folder (results are never overwritten){hint}")
     return path
@@ -192,6 +198,26 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock: FolderLock | None = None
+
+    def lock(self, *, new: bool, what: str = "out") -> RunFolder:
+        """Hold the folder for this process (a second optiloop process is refused in one line)
+        before anything is written in it; ``new``: then check it is still empty, since another
+        run may have filled it between our check and our lock."""
+        if self._lock is None:
+            self._lock = FolderLock(self.path).acquire()
+            if new:
+                try:
+                    ensure_empty(self.path, what)
+                except OptiloopError:
+                    self.release()
+                    raise
+        return self
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     @classmethod
     def create(cls, path: str | os.PathLike, *, unique: bool) -> RunFolder:
@@ -271,6 +297,58 @@ class RunInfo(Callback):
         self.stop_reason = logs.get("stop_reason")
 
 
+class _RunFiles(Callback):
+    """The run's files as training goes: config.toml once a resume is accepted (with the settings
+    it changed), history.csv after every epoch (a killed run keeps its epochs)."""
+
+    order = 150  # after Checkpoint: history.csv never lists an epoch that last.pt cannot resume
+    main_process_only = True
+
+    def __init__(self, folder: RunFolder, config: Mapping[str, Any] | None, note: str):
+        self.folder, self.config, self.note = folder, config, note
+
+    def on_fit_start(self, state, logs):
+        if self.config is not None:  # fit has loaded the checkpoint: the resume is accepted
+            self.folder.write_config(self.config, self.note)
+
+    def on_epoch_end(self, state, logs):
+        self.folder.write_history(state.history)
+
+
+# Settings a resume may change, by what they change: how the run is carried out (applied and
+# recorded), what each step computes (only with force_resume), or what the saved state is.
+_FREE = {"train.device", "train.checkpoint_every", "train.checkpoint_seconds", "train.nonfinite"}
+_FORCED_SECTIONS = ("data",)
+_FORCED = {"train.epochs", "train.early_stopping", "train.batch_size", "train.grad_accum",
+           "train.clip_grad_norm", "train.amp"}
+
+
+def _flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, section in cfg.items() if isinstance(section, Mapping) for k, v in section.items()}
+
+
+def resume_changes(run_dir: Path, cfg: Mapping[str, Any], force: bool) -> list[str]:
+    """The settings ``cfg`` changes from the run's own config.toml, checked before anything is
+    written: refused when they define the saved state (or need ``force``); else returned."""
+    from .config import resolve
+
+    saved_file = run_dir / "config.toml"
+    if not saved_file.is_file():
+        return []
+    old, new = _flat(resolve(saved_file)), _flat(cfg)
+    diffs = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    what = {k: f"{k} {a!r} -> {b!r}" for k, (a, b) in diffs.items()}
+    fixed = [k for k in diffs if k not in _FREE and k not in _FORCED and not k.startswith(_FORCED_SECTIONS)]
+    if fixed:
+        raise OptiloopError(f"cannot resume {run_dir}: {'; '.join(what[k] for k in fixed)}: these define the "
+                            f"saved state; start a new run from {run_dir}/config.toml with the new values")
+    forced = [k for k in diffs if k not in _FREE]
+    if forced and not force:
+        raise OptiloopError(f"cannot resume {run_dir}: settings changed ({'; '.join(what[k] for k in forced)}); "
+                            "pass force_resume=True to continue anyway")
+    return [what[k] for k in diffs]
+
+
 @dataclass
 class TrainingResult:
     """What a finished ``TrainingRun`` reports (rank 0 of a multi-process run has the files)."""
@@ -294,7 +372,12 @@ class TrainingRun:
     Args:
         cfg: a resolved config (``config.resolve``).
         out: the run folder (must be new or empty); None: ``runs/<data>-<model>-<optimizer>-<time>``.
-        resume: a run folder to continue in place (its config is ``cfg``).
+        resume: a run folder to continue in place. ``cfg`` may differ from its config.toml only
+            in how the run is carried out (device, checkpoint timing, nonfinite); run length,
+            batch size, accumulation, clipping, AMP and data also with ``force_resume=True``;
+            the model, optimizer, scheduler, seed, loss, metrics and monitor never (they define
+            the saved state: that is a new run).
+        force_resume: see ``resume``.
 
     Example:
         >>> from optiloop.config import resolve
@@ -304,7 +387,7 @@ class TrainingRun:
     """
 
     def __init__(self, cfg: Mapping[str, Any], *, out: str | os.PathLike | None = None,
-                 resume: str | os.PathLike | None = None):
+                 resume: str | os.PathLike | None = None, force_resume: bool = False):
         from .callbacks import Monitor
         from .config import extras
         from .loop import logged_keys, resolve_device, seed_everything
@@ -313,8 +396,11 @@ class TrainingRun:
 
         cfg = copy.deepcopy(dict(cfg))
         self.resume = Path(resume) if resume is not None else None
+        self.force_resume = force_resume
+        self.changed: list[str] = []  # settings a resume changes (applied and recorded)
         if self.resume is not None:
             self.path, self.unique = self.resume, False
+            self.changed = resume_changes(self.resume, cfg, force_resume)
         else:
             self.path, self.unique = self._folder(out, cfg)
             if _restarted_by_torchrun() and (self.path / "last.pt").exists():
@@ -350,10 +436,12 @@ class TrainingRun:
         """The run folder and whether it must be created with a unique suffix."""
         multi = torchrun_rank() is not None
         if out is not None:
+            check_writable(out, "out")
             # Under torchrun every rank names the same folder, and a restarted attempt finds its own.
             if not multi:
                 ensure_empty(out, "out", ", or continue it (resume=)")
             return Path(out), False
+        check_writable("runs", "the default run folder under")
         # Every rank must derive the same name: torchrun's run id is shared, a clock is not.
         when = os.environ["TORCHELASTIC_RUN_ID"][:12] if multi else stamp()
         name = f"{short(cfg['data']['name'])}-{short(cfg['model']['name'])}-{cfg['optimizer']['name']}-{when}"
@@ -364,17 +452,28 @@ class TrainingRun:
         """Rank 0 (or the only process): the one that writes files and prints."""
         return torchrun_rank() in (None, 0)
 
+    _CONFIG_NOTE = ": the resolved config of this run. Re-run it with: optiloop train --config config.toml"
+
     def open_folder(self) -> RunFolder:
-        """Create the run folder and write config.toml (once; ``train`` calls it if you did not)."""
+        """Create and lock the run folder; a new run's config.toml is written now, a resumed
+        run's once its checkpoint is accepted (once; ``train`` calls it if you did not)."""
         if getattr(self, "folder", None) is None:
-            self.folder = RunFolder.create(self.path, unique=self.unique)
+            folder = RunFolder.create(self.path, unique=self.unique)
             if self.is_main_process:
-                self.folder.write_config(self.cfg, ": the resolved config of this run. "
-                                         "Re-run it with: optiloop train --config config.toml")
+                folder.lock(new=self.resume is None and torchrun_rank() is None)
+                if self.resume is None:
+                    folder.write_config(self.cfg, self._CONFIG_NOTE)
+            self.folder = folder
         return self.folder
 
-    def train(self, *, force_resume: bool = False, progress: bool = True) -> TrainingResult:
+    def train(self, *, progress: bool = True) -> TrainingResult:
         """Train; the files so far are named in any error. Returns the run's figures."""
+        try:
+            return self._train(progress)
+        finally:
+            self.folder.release()
+
+    def _train(self, progress: bool) -> TrainingResult:
         from .callbacks import EarlyStopping
         from .checkpoint import Checkpoint
         from .loop import fit
@@ -384,7 +483,8 @@ class TrainingRun:
         ckpt = Checkpoint(folder.path, monitor=t["monitor"], every_n_steps=t.get("checkpoint_every"),
                           every_seconds=t["checkpoint_seconds"])
         info = RunInfo()
-        callbacks: list[Any] = [ckpt, info]
+        files = _RunFiles(folder, self.cfg if self.changed else None, self._CONFIG_NOTE)
+        callbacks: list[Any] = [ckpt, info, files]
         if self.patience:
             callbacks.insert(0, EarlyStopping(monitor=t["monitor"], patience=self.patience))
         t0 = time.perf_counter()
@@ -396,15 +496,14 @@ class TrainingRun:
                 metrics=t["metrics"], callbacks=callbacks, device=self.device, seed=t["seed"],
                 grad_accum=t["grad_accum"], clip_grad_norm=t.get("clip_grad_norm"), amp=t.get("amp"),
                 nonfinite=t["nonfinite"], config={**self.cfg, INFERENCE: self.task.inference()},
-                resume=None if self.resume is None else str(self.resume), force_resume=force_resume,
+                resume=None if self.resume is None else str(self.resume), force_resume=self.force_resume,
                 progress=progress,
             )
-        except OptiloopError as e:
-            raise OptiloopError(f"{e} (files so far are in {folder.path}/)") from None
+        except OptiloopError as e:  # the same kind of error (a DiskError stays one), with where to look
+            raise type(e)(f"{e} (files so far are in {folder.path}/)") from None
         seconds = time.perf_counter() - t0
         best = history.rows[ckpt.best_epoch - 1] if ckpt.best_epoch else history.rows[-1]
         if info.is_main:
-            folder.write_history(history)
             lr = f"{o['lr']:g}" if "lr" in o else "default"
             folder.write_curves(history, best_epoch=ckpt.best_epoch,
                                 title=f"{folder.path.name}: {o['name']} lr {lr}, {self.cfg['scheduler']['name']}")

@@ -39,6 +39,10 @@ class LRFindCommand(Command):
 
         if args.plot is not None and Path(args.plot).suffix.lower() != ".png":
             raise OptiloopError(f"--plot {args.plot}: the plot is a PNG; name it FILE.png")
+        if args.plot is not None:
+            from ..files import check_writable
+
+            check_writable(args.plot, "--plot")
         flags = task_flags(args)
         flags["optimizer"] = {"name": args.optimizer}
         flags["train"]["seed"] = args.seed

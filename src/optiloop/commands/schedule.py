@@ -10,6 +10,8 @@ from ..errors import OptiloopError, choices
 from . import Command, command
 from .common import fmt
 
+MAX_STEPS = 1_000_000
+
 
 def simulated_metric(epochs: int) -> tuple[list[float], int]:
     """A validation loss that improves for the first third of the run, then stalls."""
@@ -48,6 +50,13 @@ class ScheduleCommand(Command):
             raise OptiloopError(f"--lr: must be > 0 (got {args.lr})")
         if args.epochs < 1 or args.steps_per_epoch < 1:
             raise OptiloopError("--epochs and --steps-per-epoch: must be >= 1")
+        if args.epochs * args.steps_per_epoch > MAX_STEPS:  # a typo must not run for ever
+            raise OptiloopError(f"--epochs x --steps-per-epoch: at most {MAX_STEPS:,} steps to preview "
+                                f"(got {args.epochs * args.steps_per_epoch:,})")
+        if args.plot:
+            from ..files import check_writable
+
+            check_writable(args.plot, "--plot")
         common, scoped = self._sets(args.set, names, parse_value)
 
         spe, per_step = args.steps_per_epoch, args.steps_per_epoch > 1

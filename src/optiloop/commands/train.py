@@ -67,6 +67,7 @@ class TrainCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from ..config import resolve
+        from ..files import check_writable
         from ..runs import TrainingRun, ensure_empty, torchrun_rank
 
         flags: dict[str, dict[str, Any]] = {}
@@ -74,14 +75,19 @@ class TrainCommand(Command):
             flags.setdefault(section, {})[key] = getattr(args, f"{section}__{key}")
         resume = self._resume_dir(args)
         if args.out is not None and torchrun_rank() is None:  # (under torchrun every rank names it)
+            check_writable(args.out, "--out")
             ensure_empty(args.out, "--out", f", or continue it with --resume {args.out}")
         config = args.config or (resume / "config.toml" if resume is not None else None)
         # Everything is built and checked here; only then is anything written.
-        run = TrainingRun(resolve(config, args.set, flags), out=args.out, resume=resume)
-        folder = run.open_folder()
-        if run.is_main_process:
-            print(header(run, folder.path), flush=True)
-        result = run.train(force_resume=args.force_resume)
+        try:
+            run = TrainingRun(resolve(config, args.set, flags), out=args.out, resume=resume,
+                              force_resume=args.force_resume)
+            folder = run.open_folder()
+            if run.is_main_process:
+                print(header(run, folder.path), flush=True)
+            result = run.train()
+        except OptiloopError as e:  # the library names its argument; a user here typed the flag
+            raise type(e)(str(e).replace("force_resume=True", "--force-resume")) from None
         if not result.is_main:
             return 0
         best = result.best
@@ -127,6 +133,10 @@ def header(run: Any, folder: Path) -> str:
         f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
         "  " + length_line(run.epochs, run.patience, run.monitor),
     ]
+    if run.resume is not None:
+        lines.append(f"  resuming {run.resume}/" + (f": changed {'; '.join(run.changed)}" if run.changed else ""))
+        if any(c.startswith(("train.epochs ", "train.batch_size ", "train.grad_accum ")) for c in run.changed):
+            lines.append("  (the schedule continues with the lengths it was built with)")
     return "\n".join(lines)
 
 
