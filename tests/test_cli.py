@@ -223,7 +223,7 @@ def test_schedule_bad_input(run_main, tmp_path, args, needles):
 def test_list_shows_every_name_with_defaults(cli):
     proc = cli("list")
     assert proc.returncode == 0, proc.stderr
-    for name in ("sgd", "adamw", "muon", "cosine", "onecycle", "plateau", "digits", "diabetes",
+    for name in ("sgd", "adamw", "muon", "cosine", "onecycle", "plateau", "wsd", "cyclic", "digits", "diabetes",
                  "mlp", "cnn"):
         assert f"  {name} " in proc.stdout
     sgd = next(line for line in proc.stdout.splitlines() if line.startswith("  sgd "))
