@@ -277,3 +277,10 @@ def test_start_from_epoch_ignores_the_first_epochs():
 def test_early_stopping_bad_arguments(kwargs, match):
     with pytest.raises(ol.OptiloopError, match=match):
         ol.EarlyStopping(**kwargs)
+
+
+def test_a_rank_zero_callback_runs_on_every_rank_under_fsdp_only_if_it_saves_sharded_state(tmp_path):
+    ck, bar = ol.Checkpoint(tmp_path), ol.ProgressBar()
+    assert ol.CallbackList([ck, bar], is_main=False).active == []  # DDP rank 1: rank 0 writes, shows
+    assert ol.CallbackList([ck, bar], is_main=False, sharded=True).active == [ck]  # FSDP: its shards too
+    assert ol.CallbackList([ck, bar], is_main=True, sharded=True).active == [bar, ck]

@@ -28,8 +28,10 @@ _WHERE: dict[str, str] = {
     "Checkpoint": "checkpoint", "CheckpointFolder": "checkpoint", "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "Batches": "data",
+    "FSDP": "distributed",
     "compare": "comparison", "summarize": "comparison", "to_frame": "comparison",
     "CheckpointError": "errors", "DiskError": "errors", "NonFiniteLossError": "errors", "OptiloopError": "errors",
+    "TrainingInterrupted": "errors",
     "History": "history",
     "evaluate": "loop", "fit": "loop", "resolve_device": "loop",
     "seed_everything": "loop",
@@ -40,15 +42,16 @@ _WHERE: dict[str, str] = {
     "StepOutput": "steps",
     "predict": "inference",
     "Run": "runs", "load": "runs",
+    "export": "sharded",
 }
 
 __all__ = [
-    "OPTIMIZERS", "SCHEDULERS", "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError",
+    "FSDP", "OPTIMIZERS", "SCHEDULERS", "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError",
     "CheckpointFolder", "DiskError", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Monitor",
     "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepOutput", "TrainState",
-    "build_optimizer", "build_scheduler", "compare", "evaluate", "fit", "load", "load_checkpoint", "lr_find",
-    "optimizer_defaults", "predict", "preview_schedule", "resolve_device", "save_checkpoint", "seed_everything",
-    "summarize", "to_frame",
+    "TrainingInterrupted", "build_optimizer", "build_scheduler", "compare", "evaluate", "fit", "load",
+    "load_checkpoint", "lr_find", "optimizer_defaults", "predict", "preview_schedule", "resolve_device",
+    "save_checkpoint", "seed_everything", "summarize", "to_frame", "export",
 ]  # static, for tools; tests check it names exactly the keys of _WHERE
 
 
@@ -72,7 +75,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
     from .comparison import compare, summarize, to_frame
     from .data import Batches
-    from .errors import CheckpointError, DiskError, NonFiniteLossError, OptiloopError
+    from .distributed import FSDP
+    from .errors import CheckpointError, DiskError, NonFiniteLossError, OptiloopError, TrainingInterrupted
     from .history import History
     from .inference import predict
     from .loop import evaluate, fit, resolve_device, seed_everything
@@ -80,4 +84,5 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
     from .runs import Run, load
     from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
+    from .sharded import export
     from .steps import StepOutput

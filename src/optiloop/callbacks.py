@@ -55,6 +55,7 @@ class TrainState:
     steps_per_epoch: int
     log_keys: list[str]  # every key the epoch logs will hold: what a monitor may name
     config: dict[str, Any] | None = None
+    strategy: str = "none"  # "none", "ddp" or "fsdp" (then model and optimizer state are sharded)
     epoch: int = 0
     batch: int = 0
     step: int = 0
@@ -76,6 +77,11 @@ class TrainState:
         callback declared in ``snapshot_every_n_steps`` (every rank's figures are gathered then)."""
         return self._loop.snapshot()
 
+    def checkpoint_folder(self, dirpath: Any, *, async_save: bool = True) -> Any:
+        """Where this run's snapshots can be saved in ``dirpath``: a ``CheckpointFolder`` of .pt
+        files, or under FSDP a ``sharded.ShardedFolder`` of DCP folders (every rank writes)."""
+        return self._loop.checkpoint_folder(dirpath, async_save)
+
     def healthy(self) -> bool:
         """False if a training loss of the epoch so far was NaN/inf (one host sync)."""
         return self._loop.healthy()
@@ -95,11 +101,15 @@ class Callback:
         snapshot_every_n_steps: this callback calls ``state.snapshot()`` mid-epoch every N
             optimizer steps (Checkpoint(every_n_steps=N) does), so under DDP every rank must
             gather its figures at those steps.
+        collective_when_sharded: under FSDP this callback runs on every rank whatever
+            ``main_process_only`` says: it saves the sharded state, which every rank holds a part
+            of (Checkpoint does).
     """
 
     order: int = 0
     main_process_only: bool = False
     snapshot_every_n_steps: int | None = None
+    collective_when_sharded: bool = False
 
     def on_fit_start(self, state: TrainState, logs: dict[str, Any]) -> None: ...
     def on_epoch_start(self, state: TrainState, logs: dict[str, Any]) -> None: ...
@@ -135,7 +145,8 @@ class CallbackList:
         ['EarlyStopping']
     """
 
-    def __init__(self, callbacks: Iterable[Callback] = (), *, progress: bool = False, is_main: bool = True):
+    def __init__(self, callbacks: Iterable[Callback] = (), *, progress: bool = False, is_main: bool = True,
+                 sharded: bool = False):
         cbs = list(callbacks)
         for cb in cbs:
             if not isinstance(cb, Callback):
@@ -144,7 +155,8 @@ class CallbackList:
             cbs.append(ProgressBar())
         cbs.sort(key=lambda c: c.order)  # stable: equal orders keep the user's order
         self.callbacks = cbs  # every callback: their state is saved whichever rank runs them
-        self.active = [c for c in cbs if is_main or not c.main_process_only]
+        self.active = [c for c in cbs if is_main or not c.main_process_only
+                       or (sharded and c.collective_when_sharded)]
         self._listeners = {e: [c for c in self.active if _overrides(c, e)] for e in EVENTS}
 
     def listeners(self, event: str) -> list[Callback]:

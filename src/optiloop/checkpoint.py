@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .callbacks import Callback, Monitor
-from .errors import CheckpointError, DiskError, OptiloopError
+from .errors import CheckpointError, DiskError, OptiloopError, TrainingInterrupted
 from .files import TEMP_SUFFIX, atomic_open, fsync_dir
 
 FORMAT = "optiloop.checkpoint"
@@ -342,6 +342,15 @@ class CheckpointFolder:
         """Remove what a killed writer left behind."""
         remove_stale_temporaries(self.dir)
 
+    # One process writes these files: nothing to agree on or wait for (see sharded.ShardedFolder).
+    collective = False
+
+    def agree(self, flag: bool) -> bool:
+        return flag
+
+    def wait(self, timeout: float | None = None) -> None:
+        pass
+
 
 # --- when: the callback ---------------------------------------------------------------------------
 class Checkpoint(Callback):
@@ -365,6 +374,11 @@ class Checkpoint(Callback):
     Runs after every other epoch-end callback (order 100), so their state (early-stopping
     counters) is saved as of this epoch.
 
+    Under ``strategy="fsdp"`` the files are sharded DCP folders (``best/``, ``last/``,
+    ``last.prev/``; see optiloop.sharded): every rank writes its own shards, so this callback then
+    runs on every rank, and must be created on every rank. Saves are asynchronous there unless
+    ``async_save=False``, and a best epoch is written when it happens rather than kept in memory.
+
     Example:
         >>> import optiloop as ol
         >>> ck = ol.Checkpoint("runs/demo", monitor="val_loss", every_seconds=60)
@@ -372,11 +386,12 @@ class Checkpoint(Callback):
 
     order = 100
     main_process_only = True
+    collective_when_sharded = True  # under FSDP every rank writes its shards
     SNAPSHOT_LIMIT = 512 * 2**20  # bytes of tensors: above it a best state is written, not kept
 
     def __init__(self, dirpath: str | os.PathLike, monitor: str | None = "val_loss", mode: str = "auto",
                  save_best: bool = True, save_last: bool = True, every_n_steps: int | None = None,
-                 every_seconds: float = 60.0):
+                 every_seconds: float = 60.0, async_save: bool = True):
         if every_n_steps is not None and (not isinstance(every_n_steps, int) or every_n_steps < 1):
             raise OptiloopError(f"every_n_steps must be an integer >= 1 or None, got {every_n_steps!r}")
         if not isinstance(every_seconds, (int, float)) or not every_seconds >= 0:
@@ -385,10 +400,12 @@ class Checkpoint(Callback):
         self.monitor = Monitor(monitor, mode) if monitor and save_best else None
         self.save_last, self.every_n_steps = save_last, every_n_steps
         self.every_seconds = float(every_seconds)
+        self.async_save = bool(async_save)
         self.best_epoch: int | None = None
         self._last_save = 0.0  # time.monotonic() of the last save (or of the fit's start)
         self._unsaved = False  # an epoch ended after the last save
         self._pending_best: dict[str, Any] | None = None  # a best state not yet on disk (CPU)
+        self._saved_at: tuple[int, int, int] | None = None  # (epoch, step, batch) last.pt holds
 
     @property
     def snapshot_every_n_steps(self) -> int | None:  # declared to the CallbackList
@@ -409,6 +426,8 @@ class Checkpoint(Callback):
     def on_fit_start(self, state, logs):
         if self.monitor is not None:
             self.monitor.check_available(state.log_keys)
+        # Where the run's state can go: .pt files, or under FSDP sharded DCP folders.
+        self.folder = state.checkpoint_folder(self.dir, async_save=self.async_save)
         self.folder.clean()
         self._last_save, self._unsaved, self._pending_best = time.monotonic(), False, None
 
@@ -421,7 +440,7 @@ class Checkpoint(Callback):
         if state.healthy():
             self._flush_best()
             self.folder.save("last", state.snapshot())
-            self._last_save = time.monotonic()
+            self._last_save, self._saved_at = time.monotonic(), self._position(state)
 
     def on_epoch_end(self, state, logs):
         improved = False
@@ -431,14 +450,18 @@ class Checkpoint(Callback):
                 self.best_epoch = state.epoch
         final = state.stop or state.epoch >= state.epochs
         step_due = bool(self.every_n_steps) and state.step % self.every_n_steps == 0
-        if final or step_due or time.monotonic() - self._last_save >= self.every_seconds:
+        # Clocks differ between ranks; a collective save needs every rank's "yes" (rank 0's).
+        if final or step_due or self.folder.agree(time.monotonic() - self._last_save >= self.every_seconds):
             self._save(state, improved)
             return
         self._unsaved = True
         if improved:
             snapshot = state.snapshot()
-            # The weights and optimizer state are what can be big; the rest is a few KiB.
-            if tensor_bytes([snapshot["model"], snapshot["optimizer"]]) > self.SNAPSHOT_LIMIT:
+            # The weights and optimizer state are what can be big; the rest is a few KiB. A kept
+            # copy of shards could only be written by a collective save, which on_exception cannot
+            # count on (a peer may be gone): sharded runs write it now.
+            if self.folder.collective or \
+                    tensor_bytes([snapshot["model"], snapshot["optimizer"]]) > self.SNAPSHOT_LIMIT:
                 self._pending_best = None
                 self.folder.save("best", snapshot, keep_previous=False)
             else:
@@ -448,11 +471,28 @@ class Checkpoint(Callback):
         # Only when a stop came from a callback that ran after this one: save what is unsaved.
         if self._unsaved:
             self._save(state, improved=False)
+        self.folder.wait()  # an asynchronous save commits before fit returns
 
     def on_exception(self, state, error):
+        if isinstance(error, TrainingInterrupted):
+            # A signal stopped the run between two steps: the state is whole, and it is what a
+            # resume wants (not the best epoch, which may lie far behind).
+            try:
+                self._flush_best()
+                if self.save_last and self._saved_at != self._position(state) and state.healthy():
+                    self.folder.save("last", state.snapshot())
+                    self._saved_at = self._position(state)
+                self.folder.wait()  # a sharded save in the background commits before we go
+            except Exception as e:  # noqa: BLE001 - the interruption is what must surface
+                warnings.warn(f"could not save the interrupted state: {e}", stacklevel=2)
+            return
         # The state at a failure may be broken (NaN, a half-done step): it is never written. A
         # kept best is a finished epoch newer than last.pt, so it becomes both files: resuming
         # then starts from it, with the best score that best.pt really holds.
+        try:  # a sharded save in flight holds an earlier, good state: let it commit (bounded)
+            self.folder.wait(timeout=60)
+        except Exception as e:  # noqa: BLE001 - the user's own error is what must surface
+            warnings.warn(f"the checkpoint being written when training failed is not used: {e}", stacklevel=2)
         if self._pending_best is None:
             return
         try:
@@ -474,6 +514,11 @@ class Checkpoint(Callback):
             if self.save_last:
                 self.folder.save("last", state.snapshot())
         self._last_save, self._unsaved = time.monotonic(), False
+        self._saved_at = self._position(state) if self.save_last else None
+
+    @staticmethod
+    def _position(state) -> tuple[int, int, int]:
+        return state.epoch, state.step, state.batch
 
     def _flush_best(self) -> None:
         if self._pending_best is not None:

@@ -144,6 +144,8 @@ class TrainConfig(_Closed):
                                       "many seconds passed since the last save (and at the end); "
                                       "0 = every epoch")
     nonfinite: Literal["stop", "skip", "ignore"] = "stop"
+    # None: "auto" (ddp under torchrun with several processes, else none); fsdp shards the model
+    strategy: Literal["auto", "none", "ddp", "fsdp"] | None = None
 
 
 class RunConfig(_Closed):

@@ -1,7 +1,10 @@
-"""torch.distributed plumbing: torchrun detection, process group, DDP wrapping, rank-0 gating.
+"""torch.distributed plumbing: torchrun detection, process group, the strategy (DDP or FSDP2
+sharding), collectives.
 
 optiloop never launches processes: torchrun does, and sets RANK / WORLD_SIZE / LOCAL_RANK /
-MASTER_ADDR / MASTER_PORT. Under it, ``fit`` joins the process group (gloo on CPU, nccl on CUDA).
+MASTER_ADDR / MASTER_PORT. Under it, ``fit`` joins the process group (gloo on CPU, nccl on CUDA)
+and wraps the model the strategy says: ``DistributedDataParallel`` (a full copy per process) or
+FSDP2's ``fully_shard`` (parameters, gradients and optimizer state sharded across processes).
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from .errors import OptiloopError, choices
+
+STRATEGIES = ("auto", "none", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,13 @@ class World:
 
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def launched_world() -> World:
+    """The world torchrun describes in the environment, before (or without) joining it."""
+    if not launched_by_torchrun():
+        return World()
+    return World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
 
 
 def current_world() -> World:
@@ -66,6 +80,8 @@ def _destroy() -> None:
             dist.monitored_barrier(timeout=timedelta(seconds=30))
         except Exception:  # noqa: BLE001 - exiting anyway; the peer's failure is reported by torchrun
             pass
+    global _BACKGROUND_GROUP
+    _BACKGROUND_GROUP = None
     dist.destroy_process_group()
 
 
@@ -97,6 +113,125 @@ def wrap(model: nn.Module, device: torch.device, world: World) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+# --- strategy ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FSDP:
+    """``fit(strategy=ol.FSDP(...))``: FSDP2 sharding with options (``strategy="fsdp"`` is ``FSDP()``).
+
+    Each block is sharded as one unit (its parameters are all-gathered just before its forward and
+    freed after it), and the root module takes whatever no block holds.
+
+    Args:
+        blocks: module types to shard one unit per instance, e.g. ``(MyTransformerBlock,)``. None:
+            every child of an ``nn.ModuleList`` (how transformer layers are usually held); a
+            model without one is sharded as a single unit at the root.
+        reshard_after_forward: free a block's gathered parameters after its forward (least memory,
+            one more all-gather in the backward); False keeps them until the backward.
+
+    Example:
+        >>> import torch, optiloop as ol
+        >>> ol.FSDP(blocks=(torch.nn.TransformerEncoderLayer,)).reshard_after_forward
+        True
+    """
+
+    blocks: tuple[type[nn.Module], ...] | None = None
+    reshard_after_forward: bool = True
+
+    def __post_init__(self):
+        blocks = self.blocks
+        if blocks is not None and (not isinstance(blocks, (tuple, list)) or not all(
+                isinstance(b, type) and issubclass(b, nn.Module) for b in blocks)):
+            raise OptiloopError(f"FSDP(blocks=...) takes a tuple of nn.Module classes, got {blocks!r}")
+        if blocks is not None:
+            object.__setattr__(self, "blocks", tuple(blocks))
+
+
+def resolve_strategy(strategy: str | FSDP, world: World) -> tuple[str, FSDP | None]:
+    """The strategy's name (none, ddp or fsdp) and its FSDP options; one-line errors for a name
+    that does not exist or does not fit the number of processes."""
+    if isinstance(strategy, FSDP):
+        name, options = "fsdp", strategy
+    elif isinstance(strategy, str) and strategy.lower() in STRATEGIES:
+        name = strategy.lower()
+        options = FSDP() if name == "fsdp" else None
+    else:
+        raise OptiloopError(f"unknown strategy {strategy!r}; choose one of: {choices(STRATEGIES)} "
+                            "(or an optiloop.FSDP(...))")
+    if name == "auto":
+        return ("ddp" if world.distributed else "none"), None
+    if name in ("ddp", "fsdp") and not world.distributed:
+        how = ("torchrun started 1 process; use --nproc_per_node=N with N >= 2" if launched_by_torchrun()
+               else "this is one process; launch it with torchrun --nproc_per_node=N (N >= 2)")
+        raise OptiloopError(f"strategy={name!r} spreads training over several processes, but {how}")
+    if name == "none" and world.distributed:
+        raise OptiloopError(f"strategy='none' under torchrun would train {world.world_size} unrelated "
+                            "copies; use 'ddp' or 'fsdp', or run a single process")
+    return name, options
+
+
+def shard(model: nn.Module, device: torch.device, world: World, options: FSDP,
+          param_dtype: torch.dtype | None = None) -> nn.Module:
+    """Shard ``model`` in place with FSDP2's ``fully_shard``: each block, then the root.
+
+    ``param_dtype`` (bf16 from ``amp="bf16"``) is FSDP's own mixed precision: parameters are
+    all-gathered and computed in it, gradients reduced in float32, the sharded parameters and
+    optimizer state stay float32, and the root's output is cast back to float32 for the loss.
+    """
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    except ImportError:  # pragma: no cover - torch < 2.6
+        raise OptiloopError(f"strategy='fsdp' needs torch >= 2.6 (fully_shard); this is torch "
+                            f"{torch.__version__}") from None
+    blocks = _blocks(model, options.blocks)
+    _broadcast_from_rank0(model)
+    mesh = init_device_mesh(device.type, (world.world_size,))
+    block_mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    root_mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=block_mp.reduce_dtype,
+                                   output_dtype=torch.float32 if param_dtype else None)
+    for block in blocks:  # innermost first: fully_shard must see a block's inner blocks already sharded
+        fully_shard(block, mesh=mesh, mp_policy=block_mp, reshard_after_forward=options.reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=root_mp, reshard_after_forward=options.reshard_after_forward)
+    return model
+
+
+def _blocks(model: nn.Module, types: tuple[type[nn.Module], ...] | None) -> list[nn.Module]:
+    """The modules sharded as units, children before their parents (the root excluded)."""
+    if types is None:
+        found = [c for m in model.modules() if isinstance(m, nn.ModuleList) for c in m]
+    else:
+        found = [m for m in model.modules() if m is not model and isinstance(m, types)]
+        if not found:
+            present = sorted({type(m).__name__ for m in model.modules()})
+            raise OptiloopError(f"FSDP(blocks={tuple(t.__name__ for t in types)}) matches no module of the "
+                                f"model; its module types: {', '.join(present[:12])}")
+    order = {id(m): i for i, m in enumerate(model.modules())}
+    found = [m for m in found if any(p.requires_grad for p in m.parameters())]
+    return sorted(found, key=lambda m: -order[id(m)])
+
+
+@torch.no_grad()
+def _broadcast_from_rank0(model: nn.Module) -> None:
+    """Every rank starts from rank 0's weights and buffers, as DDP does at construction:
+    fully_shard keeps each rank's slice of its *own* copy, so copies initialised differently on
+    each rank (no seed, or a per-rank seed) would be stitched together."""
+    for t in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(t.data, src=0)
+
+
+_BACKGROUND_GROUP: Any = None
+
+
+def background_group() -> Any:
+    """A second gloo group for collectives from a background thread (asynchronous checkpoint
+    writes): on the training group they would interleave with the training's own collectives.
+    Collective to create: every rank must ask for it at the same point (its first use)."""
+    global _BACKGROUND_GROUP
+    if _BACKGROUND_GROUP is None and _several():
+        _BACKGROUND_GROUP = dist.new_group(backend="gloo")
+    return _BACKGROUND_GROUP
+
+
 def _several() -> bool:
     """True when collectives have peers: a process group with more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -107,6 +242,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def max_int(value: int, device: torch.device) -> int:
+    """The largest of every rank's integer (e.g. a signal one rank got and another did not yet)."""
+    if not _several():
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
 
 
 def broadcast_int(value: int, device: torch.device) -> int:

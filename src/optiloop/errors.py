@@ -21,3 +21,20 @@ class DiskError(OptiloopError):
 def choices(names) -> str:
     """Format valid choices for an error line: 'a, b, c'."""
     return ", ".join(sorted(names))
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on a signal (SIGTERM from a scheduler or preemption, Ctrl-C's SIGINT,
+    SIGUSR1) after finishing its current step; a Checkpoint has saved that state to ``last.pt``.
+
+    A KeyboardInterrupt, so code that handles Ctrl-C handles it. ``exit_code`` is the shell's
+    convention for the signal: 143 for SIGTERM, 130 for SIGINT.
+    """
+
+    def __init__(self, signum: int, epoch: int, step: int):
+        import signal
+
+        self.signum, self.epoch, self.step = signum, epoch, step
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {self.signal_name} at epoch {epoch}, step {step}")

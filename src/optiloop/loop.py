@@ -19,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,9 +34,17 @@ from torch import nn
 
 from . import distributed as D
 from .callbacks import Callback, CallbackList, TrainState, check_logged
-from .checkpoint import FORMAT, VERSION, load_model_weights, load_resumable, rng_state, set_rng_state
+from .checkpoint import (
+    FORMAT,
+    VERSION,
+    CheckpointFolder,
+    load_model_weights,
+    load_resumable,
+    rng_state,
+    set_rng_state,
+)
 from .data import make_batches, map_batch
-from .errors import CheckpointError, NonFiniteLossError, OptiloopError, choices
+from .errors import CheckpointError, NonFiniteLossError, OptiloopError, TrainingInterrupted, choices
 from .history import History
 from .metrics import Metrics, MetricSet, metric_keys
 from .optim import build_optimizer
@@ -127,6 +138,7 @@ def fit(
     compile: bool | Mapping[str, Any] = False,
     channels_last: bool = False,
     fast: bool = True,
+    strategy: str | D.FSDP = "auto",
     config: dict[str, Any] | None = None,
 ) -> History:
     """Train ``model`` and return its per-epoch History.
@@ -170,6 +182,13 @@ def fit(
             ``{"mode": "max-autotune"}``). Checkpoints hold the uncompiled module's weights.
         channels_last: NHWC memory format for the model and 4-D inputs (faster convs on GPUs).
         fast: use the fastest optimizer implementation torch has for the device.
+        strategy: how several processes (launched by torchrun) share the work: "auto" (ddp
+            under torchrun, none for one process), "none", "ddp" (a full model copy per process),
+            "fsdp" (FSDP2: parameters, gradients and optimizer state sharded across processes,
+            per repeated block and the root; checkpoints become sharded DCP folders), or
+            ``ol.FSDP(blocks=(MyBlock,))`` to choose the blocks. Under fsdp, ``amp="bf16"`` is
+            FSDP's own mixed precision, and the optimizer is passed by name or dict (it is
+            built on the sharded parameters).
         config: a resolved config to store in checkpoints (the CLI passes its own).
 
     Example:
@@ -198,7 +217,8 @@ def fit(
     run = _Loop(model, train_data, val_data, loss=loss, step=step, eval_step=eval_step, optimizer=optimizer,
                 lr=lr, weight_decay=weight_decay, scheduler=scheduler, epochs=epochs, batch_size=batch_size,
                 metrics=metrics if isinstance(metrics, Mapping) else list(metrics), callbacks=callbacks,
-                device=device, seed=seed, progress=progress, compile=compile, fast=fast, config=config, options=options)
+                device=device, seed=seed, progress=progress, compile=compile, fast=fast, strategy=strategy,
+                config=config, options=options)
     if resume is not None:
         run.resume(resume, force_resume)
     return run.run()
@@ -209,13 +229,17 @@ class _Loop:
 
     def __init__(self, model, train_data, val_data, *, loss, step, eval_step, optimizer, lr, weight_decay,
                  scheduler, epochs, batch_size, metrics, callbacks, device, seed, progress, compile, fast,
-                 config, options: _Options):
+                 strategy, config, options: _Options):
         self.options = opts = options
         dev = resolve_device(device)
         world = D.setup(dev)
         dev = D.local_device(dev, world)
+        self.strategy, fsdp = D.resolve_strategy(strategy, world)
         if opts.nonfinite == "skip" and world.distributed:
-            raise OptiloopError("nonfinite='skip' is not supported under DDP (ranks would step apart); use 'stop'")
+            raise OptiloopError(f"nonfinite='skip' is not supported under {self.strategy.upper()} (ranks would "
+                                "step apart); use 'stop'")
+        if fsdp is not None:
+            check_fsdp(optimizer, scheduler, opts.amp_dtype, compile)
         if seed is not None:
             seed_everything(seed)
         data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
@@ -236,6 +260,10 @@ class _Loop:
 
         if isinstance(optimizer, torch.optim.Optimizer) and (lr is not None or weight_decay is not None):
             raise OptiloopError("lr/weight_decay go to build_optimizer; a built optimizer is used as is")
+        if fsdp is not None:  # before the optimizer: it must hold the sharded parameters
+            D.shard(model, dev, world, fsdp, param_dtype=opts.amp_dtype)
+        # FSDP casts parameters itself (its MixedPrecisionPolicy); autocast is for the others.
+        self.autocast_dtype = opts.amp_dtype if fsdp is None else None
         opt_kwargs = {} if isinstance(optimizer, torch.optim.Optimizer) else {"lr": lr, "weight_decay": weight_decay}
         opt = build_optimizer(optimizer, model, fast=fast, **opt_kwargs)
         schedule = build_scheduler(scheduler, opt, epochs=epochs, steps_per_epoch=steps_per_epoch)
@@ -246,20 +274,24 @@ class _Loop:
         log_keys = logged_keys(metrics, validation=self.val is not None)
         if schedule.interval == "metric":
             check_logged(schedule.monitor or "val_loss", log_keys)
-        self.callbacks = CallbackList(callbacks, progress=progress, is_main=world.is_main)
+        self.callbacks = CallbackList(callbacks, progress=progress, is_main=world.is_main,
+                                      sharded=fsdp is not None)
         self.callbacks.reset()  # each fit starts every callback afresh; a resume then restores them
+        if fsdp is not None:
+            _check_same_savers(self.callbacks)
         # Mid-epoch snapshots under DDP hold every rank's partial-epoch figures. Gathering them is
         # a collective, so every rank does it at each step where some rank's callback may snapshot,
         # wherever the user created that callback (rank 0's declaration is broadcast).
         self.gather_every = D.broadcast_int(self.callbacks.snapshot_every(), dev) if world.distributed else 0
 
-        run_model = D.wrap(model, dev, world)
+        run_model = D.wrap(model, dev, world) if self.strategy == "ddp" else model
         if compile:
             run_model = torch.compile(run_model, **(dict(compile) if isinstance(compile, Mapping) else {}))
         self.state = TrainState(
             model=run_model, unwrapped_model=model, optimizer=opt, schedule=schedule, scaler=scaler,
             history=History(), device=dev, world=world, epochs=epochs, batches_per_epoch=batches_per_epoch,
-            steps_per_epoch=steps_per_epoch, log_keys=log_keys, config=config, _loop=self)
+            steps_per_epoch=steps_per_epoch, log_keys=log_keys, config=config, strategy=self.strategy,
+            _loop=self)
         self.settings = {"batch_size": batch_size, "grad_accum": opts.grad_accum, "world_size": world.world_size,
                          "train_data": self.train.fingerprint()}
         # Accumulation weights known before the epoch (the default step on batches of known
@@ -276,21 +308,24 @@ class _Loop:
         self.skipped_batches = 0  # batches dropped by nonfinite="skip"
         self.gathered: tuple[int, list] | None = None  # DDP: (step, every rank's partial figures)
         self.final_weights: Mapping[str, Any] | None = None  # loaded once fit ends (restore_best)
+        self.signals = _Signals()  # installed while run() runs
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> History:
         state, callbacks = self.state, self.callbacks
         callbacks.fire("on_fit_start", state, {})
-        try:
-            first = state.epoch + 1 if self.epoch_done else state.epoch
-            for epoch in range(first, state.epochs + 1):
-                if state.stop:  # asked at fit start, e.g. a resumed run early stopping had ended
-                    break
-                self._run_epoch(epoch)
-            callbacks.fire("on_fit_end", state, {"stop_reason": state.stop_reason})
-        except BaseException as error:
-            callbacks.fire_exception(state, error)
-            raise
+        with _Signals() as self.signals:
+            try:
+                first = state.epoch + 1 if self.epoch_done else state.epoch
+                for epoch in range(first, state.epochs + 1):
+                    if state.stop:  # asked at fit start, e.g. a resumed run early stopping had ended
+                        break
+                    self._run_epoch(epoch)
+                callbacks.fire("on_fit_end", state, {"stop_reason": state.stop_reason})
+            except BaseException as error:
+                # Still under our handlers: a second Ctrl-C cannot cut the checkpoint write short.
+                callbacks.fire_exception(state, error)
+                raise
         if self.final_weights is not None:
             state.unwrapped_model.load_state_dict(self.final_weights)
         return state.history
@@ -320,8 +355,13 @@ class _Loop:
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}{where}: stopped before saving; lower the LR, "
                     "clip gradients, or skip bad batches (nonfinite='skip')")
+        if not self._params_finite():  # one sync per epoch: broken weights are never saved or evaluated
+            raise NonFiniteLossError(
+                f"non-finite weights after epoch {epoch}: stopped before saving; lower the LR or clip gradients")
         if self.val is not None:
             logs.update({f"val_{k}": v for k, v in self._evaluate().items()})
+            if not math.isfinite(logs["val_loss"]):  # whatever nonfinite= says: that governs batches
+                raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}: stopped before saving")
             callbacks.fire("on_eval_end", state, logs)
         logs["lr"] = self.epoch_lr
         logs["seconds"] = time.perf_counter() - t0
@@ -337,6 +377,22 @@ class _Loop:
         # rank 0's checkpoint write.
         if state.world.distributed:
             state.stop = D.broadcast_flag(state.stop, state.device)
+            # Ranks get a signal at different steps: they agree on it here, at the epoch's end.
+            signum = D.max_int(self.signals.signum or 0, state.device)
+            if signum:
+                raise TrainingInterrupted(signum, epoch, state.step)
+        elif self.signals.signum is not None:
+            raise TrainingInterrupted(self.signals.signum, epoch, state.step)
+
+    def _params_finite(self) -> bool:
+        """Every weight finite (one host sync). Under FSDP each rank checks its own shards and the
+        ranks agree (a collective: every rank calls this there); DDP's replicas are identical."""
+        local = [p.to_local() if hasattr(p, "to_local") else p for p in self.state.unwrapped_model.parameters()]
+        local = [p for p in local if p.numel()]
+        ok = torch.stack([torch.isfinite(p).all() for p in local]).all() if local else torch.tensor(True)
+        if self.strategy == "fsdp":
+            return bool(D.all_reduce_sum((~ok).to(torch.int32).reshape(1)).item() == 0)
+        return bool(ok)
 
     def _train_epoch(self) -> None:
         """The hot path. Nothing here reads a device value unless nonfinite='skip' or fp16 asks."""
@@ -352,12 +408,13 @@ class _Loop:
         ddp_module = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
         ddp = isinstance(ddp_module, nn.parallel.DistributedDataParallel)
         no_op = contextlib.nullcontext()  # reusable: one object for every step
-        autocast = torch.autocast(state.device.type, dtype=opts.amp_dtype) if opts.amp_dtype else no_op
+        autocast = torch.autocast(state.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else no_op
         skip_until = state.batch  # batches already done before a mid-epoch resume
         # Settings as locals: the body below runs per micro-batch, where attribute lookups add up.
         channels_last, skip_bad = opts.channels_last, opts.nonfinite == "skip"
         clip_norm, clip_value, gather_every = opts.clip_grad_norm, opts.clip_grad_value, self.gather_every
         unscale = scaler is not None and bool(clip_norm or clip_value or before_step)
+        signals, distributed = self.signals, state.world.distributed
 
         model.train()
         opt.zero_grad(set_to_none=True)
@@ -371,6 +428,8 @@ class _Loop:
             boundary = (i + 1) % accum == 0 or i + 1 == n
             contributed = False
             # Under DDP, all-reduce gradients only on the micro-batch that ends an accumulation group.
+            # FSDP reduce-scatters after every micro-batch: skipping it would keep whole, unsharded
+            # gradients on every rank, the memory that sharding exists to save.
             with ddp_module.no_sync() if ddp and not boundary else no_op:
                 with autocast:
                     loss, outputs, targets, count = step_fn(model, batch)
@@ -451,6 +510,9 @@ class _Loop:
                     self.gathered = (state.step, D.all_gather_object(metrics.state_dict()))
                 for cb in step_end:
                     cb.on_step_end(state, logs)
+                if signals.signum is not None and not distributed and i + 1 < n:
+                    # A signal arrived: stop after this whole step (the epoch's end checks too).
+                    raise TrainingInterrupted(signals.signum, state.epoch, state.step)
 
     @torch.no_grad()
     def _evaluate(self) -> dict[str, float]:
@@ -458,7 +520,7 @@ class _Loop:
         model = state.model
         model.eval()
         ms.reset()
-        autocast = (torch.autocast(state.device.type, dtype=self.options.amp_dtype) if self.options.amp_dtype
+        autocast = (torch.autocast(state.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else contextlib.nullcontext())
         for batch in self.val:
             if self.options.channels_last:
@@ -486,23 +548,37 @@ class _Loop:
                                 "steps with Callback.snapshot_every_n_steps")
         return self.gathered[1]
 
+    def checkpoint_folder(self, dirpath: Any, async_save: bool) -> Any:
+        if self.strategy == "fsdp":
+            from .sharded import ShardedFolder
+
+            return ShardedFolder(dirpath, self.state.device, async_save=async_save)
+        return CheckpointFolder(dirpath)
+
     def healthy(self) -> bool:
         partial = self._partial_figures()
         if partial is None:
             losses = [self.train_metrics.losses]
         else:
             losses = [r["losses"] for r in partial] if isinstance(partial, list) else [partial["losses"]]
-        return all(bool(torch.isfinite(torch.stack(x)).all()) for x in losses if x)
+        finite_losses = all(bool(torch.isfinite(torch.stack(x)).all()) for x in losses if x)
+        return self._params_finite() and finite_losses
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue exactly (the checkpoint format)."""
         state = self.state
         partial = self._partial_figures()
+        if self.strategy == "fsdp":  # parameter-name keys, this rank's shards: for sharded.ShardedFolder
+            from .sharded import state_dicts
+
+            model_state, optimizer_state = state_dicts(state.unwrapped_model, state.optimizer)
+        else:
+            model_state, optimizer_state = state.unwrapped_model.state_dict(), state.optimizer.state_dict()
         return {
             "format": FORMAT,
             "version": VERSION,
-            "model": state.unwrapped_model.state_dict(),
-            "optimizer": state.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "scheduler": state.schedule.state_dict(),
             "scaler": state.scaler.state_dict() if state.scaler is not None else None,
             "epoch": state.epoch,
@@ -512,7 +588,7 @@ class _Loop:
             "data_seed": self.data_seed,
             "epoch_lr": self.epoch_lr,
             "partial_train": {"ranks": partial} if isinstance(partial, list) else partial,
-            "rng": rng_state(),
+            "rng": rng_state(),  # this rank's (a plain checkpoint keeps rank 0's; a sharded one every rank's)
             "callbacks": self.callbacks.state_dict(),
             "history": state.history.state_dict(),
             "settings": dict(self.settings),
@@ -524,12 +600,28 @@ class _Loop:
         """Continue from a checkpoint file or run folder (the newest valid last.pt)."""
         # On the CPU: RNG states must stay CPU tensors; model / optimizer load_state_dict move the
         # rest to where the parameters live.
-        _, ckpt = load_resumable(path)  # verified, loaded and checked: nothing of it used before
+        sharded = _sharded_run(path)
+        if sharded:  # DCP folders: first the run's own state, weights only once settings agree
+            from . import sharded as S
+
+            source = S.find_resumable(path)
+            ckpt = S.read_train_state(source)
+            if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+                raise CheckpointError("not an optiloop training checkpoint (no whole training state in it)")
+        elif self.strategy == "fsdp":
+            raise CheckpointError(f"{path} holds whole-state .pt checkpoints; strategy='fsdp' resumes sharded "
+                                  "checkpoints only: resume it with 'ddp' or on one process")
+        else:  # verified, loaded and its shape checked: nothing of it is used before that
+            source, ckpt = load_resumable(path)
         saved = ckpt.get("settings", {})
         changed = [f"{k} {saved[k]} -> {v}" for k, v in self.settings.items() if k in saved and saved[k] != v]
         if changed and not force:
             raise OptiloopError(f"cannot resume {path}: settings changed ({'; '.join(changed)}); "
                                 "pass force_resume=True to continue anyway")
+        if sharded:  # resharded to this run's processes by DCP, whatever their number then
+            state = self.state
+            own = S.load_into(source, state.unwrapped_model, state.optimizer, state.world.rank)
+            ckpt["rng"] = own["rng"] if own is not None else None  # a rank the saved run did not have keeps its own
         self._load(ckpt)
         if self.data_seed != ckpt["data_seed"]:  # resumed a run whose seed was drawn: replay its order
             self.data_seed = ckpt["data_seed"]
@@ -541,8 +633,9 @@ class _Loop:
 
     def _load(self, ckpt: dict[str, Any]) -> None:
         state = self.state
-        load_model_weights(state.unwrapped_model, ckpt["model"])
-        state.optimizer.load_state_dict(ckpt["optimizer"])
+        if "model" in ckpt:  # a sharded checkpoint's weights and optimizer state are loaded already
+            load_model_weights(state.unwrapped_model, ckpt["model"])
+            state.optimizer.load_state_dict(ckpt["optimizer"])
         state.schedule.load_state_dict(ckpt["scheduler"])
         if state.scaler is not None and ckpt["scaler"] is not None:
             state.scaler.load_state_dict(ckpt["scaler"])
@@ -559,7 +652,76 @@ class _Loop:
             self.train_metrics.load_state_dict(partial)
         self.callbacks.load_state_dict(ckpt["callbacks"])
         state.history.load_state_dict(ckpt["history"])
-        set_rng_state(ckpt["rng"])
+        if ckpt["rng"] is not None:
+            set_rng_state(ckpt["rng"])
+
+
+def _sharded_run(path: str) -> bool:
+    """A sharded (DCP) checkpoint folder, or a run folder holding them (a run holds one kind)."""
+    p = Path(path)
+    return p.is_dir() and ((p / "last").is_dir() or (p / "last.prev").is_dir() or (p / ".metadata").exists()
+                           or any(p.glob("*.distcp")))
+
+
+def check_fsdp(optimizer: Any, scheduler: Any = None, amp_dtype: torch.dtype | None = None,
+               compile: Any = False) -> None:
+    """Refuse, in one line, what strategy='fsdp' cannot take (fit calls it before sharding; a
+    command line calls it before writing anything)."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        raise OptiloopError("under strategy='fsdp' pass the optimizer by name or dict: it must be built on "
+                            "the sharded parameters, which do not exist before fit shards the model")
+    name = optimizer.get("name") if isinstance(optimizer, Mapping) else optimizer
+    if str(name).lower() == "muon":
+        raise OptiloopError("optimizer 'muon' is not supported under strategy='fsdp' (it orthogonalises "
+                            "whole matrices, and each rank holds a shard); use adamw, or strategy='ddp'")
+    if scheduler is not None and not isinstance(scheduler, (str, Mapping)):
+        raise OptiloopError("under strategy='fsdp' pass the scheduler by name or dict: a built one drives an "
+                            "optimizer of the unsharded parameters")
+    if amp_dtype == torch.float16:
+        raise OptiloopError("amp='fp16' is not supported under strategy='fsdp' (its loss scaler would see "
+                            "only this rank's shards); use amp='bf16'")
+    if compile:
+        raise OptiloopError("compile= is not supported under strategy='fsdp' yet; use strategy='ddp' to compile")
+
+
+def _check_same_savers(callbacks: CallbackList) -> None:
+    """Under FSDP a checkpoint save is collective: every rank must hold the same savers."""
+    mine = [type(c).__name__ for c in callbacks.active if c.collective_when_sharded]
+    ranks = D.all_gather_object(mine)
+    if any(r != ranks[0] for r in ranks):
+        found = "; ".join(f"rank {i}: {', '.join(r) or 'none'}" for i, r in enumerate(ranks))
+        raise OptiloopError(f"under strategy='fsdp' every process must create the same checkpoint callbacks "
+                            f"(each writes its own shards); found {found}")
+
+
+class _Signals:
+    """While training runs: SIGTERM (schedulers, preemption), SIGINT (Ctrl-C) and SIGUSR1 ask it
+    to stop after the current optimizer step instead of dying in the middle of one. The first
+    signal is recorded; later ones are ignored until training has saved and returned, so a
+    second Ctrl-C cannot cut the checkpoint write short. The previous handlers come back at the
+    end. Only the main thread can install handlers: elsewhere signals keep their own effect."""
+
+    NAMES = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.NAMES:
+                num = getattr(signal, name, None)
+                if num is not None:
+                    self._previous[num] = signal.signal(num, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for num, handler in self._previous.items():
+            signal.signal(num, handler)
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:

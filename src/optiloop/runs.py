@@ -314,13 +314,20 @@ class _RunFiles(Callback):
     def on_epoch_end(self, state, logs):
         self.folder.write_history(state.history)
 
+    def on_exception(self, state, error):
+        from .errors import TrainingInterrupted
+
+        if isinstance(error, TrainingInterrupted) and len(state.history):  # a stop asked for: show it
+            self.folder.write_curves(state.history, best_epoch=None, title=f"{self.folder.path.name} "
+                                     f"(stopped by {error.signal_name} at epoch {error.epoch})")
+
 
 # Settings a resume may change, by what they change: how the run is carried out (applied and
 # recorded), what each step computes (only with force_resume), or what the saved state is.
 _FREE = {"train.device", "train.checkpoint_every", "train.checkpoint_seconds", "train.nonfinite"}
 _FORCED_SECTIONS = ("data",)
 _FORCED = {"train.epochs", "train.early_stopping", "train.batch_size", "train.grad_accum",
-           "train.clip_grad_norm", "train.amp"}
+           "train.clip_grad_norm", "train.amp", "train.strategy"}
 
 
 def _flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -390,7 +397,8 @@ class TrainingRun:
                  resume: str | os.PathLike | None = None, force_resume: bool = False):
         from .callbacks import Monitor
         from .config import extras
-        from .loop import logged_keys, resolve_device, seed_everything
+        from .distributed import launched_world, resolve_strategy
+        from .loop import AMP_DTYPES, check_fsdp, logged_keys, resolve_device, seed_everything
         from .optim import build_optimizer
         from .schedules import build_scheduler
 
@@ -398,12 +406,17 @@ class TrainingRun:
         self.resume = Path(resume) if resume is not None else None
         self.force_resume = force_resume
         self.changed: list[str] = []  # settings a resume changes (applied and recorded)
+        self.from_start = False  # a resume of a run that saved nothing yet
         if self.resume is not None:
             self.path, self.unique = self.resume, False
             self.changed = resume_changes(self.resume, cfg, force_resume)
+            # Killed before its first save (a preemption in the first minute): nothing to continue
+            # from, so the run starts over in its own folder rather than leaving it unusable.
+            self.from_start = not any((self.resume / n).exists() for n in ("last.pt", "last.prev.pt", "last"))
         else:
             self.path, self.unique = self._folder(out, cfg)
-            if _restarted_by_torchrun() and (self.path / "last.pt").exists():
+            # (last/ : a sharded run's checkpoint folder)
+            if _restarted_by_torchrun() and ((self.path / "last.pt").exists() or (self.path / "last").is_dir()):
                 self.resume = self.path  # torchrun --max-restarts restarted us: continue, never start over
         self.task = task = build_task(cfg)
         cfg = task.config
@@ -411,6 +424,8 @@ class TrainingRun:
         log_keys = logged_keys(task.metrics)
         with_key("train.monitor", lambda m: Monitor(m).check_available(log_keys), t["monitor"])
         self.device = with_key("train.device", resolve_device, t["device"])
+        self.strategy = t.get("strategy") or "auto"
+        with_key("train.strategy", lambda s: resolve_strategy(s, launched_world()), self.strategy)
         seed_everything(t["seed"])  # the model's initial weights follow the run's seed
         self.model = task.new_model()
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
@@ -427,6 +442,9 @@ class TrainingRun:
             s.setdefault(key, value)
         self.scheduler = {"name": s["name"], **extras(s)}
         self.schedule = {"name": s["name"], "interval": built.interval, **built.derived, **extras(s, "interval")}
+        if self.strategy == "fsdp":  # what fit would refuse under fsdp, refused before any file exists
+            amp = AMP_DTYPES.get(t.get("amp"))
+            with_key("train.strategy", lambda _: check_fsdp(self.optimizer, self.scheduler, amp), "fsdp")
         self.parameters = sum(p.numel() for p in self.model.parameters())
         self.cfg = cfg
         self.epochs, self.patience, self.monitor = t["epochs"], t["early_stopping"], t["monitor"]
@@ -496,8 +514,8 @@ class TrainingRun:
                 metrics=t["metrics"], callbacks=callbacks, device=self.device, seed=t["seed"],
                 grad_accum=t["grad_accum"], clip_grad_norm=t.get("clip_grad_norm"), amp=t.get("amp"),
                 nonfinite=t["nonfinite"], config={**self.cfg, INFERENCE: self.task.inference()},
-                resume=None if self.resume is None else str(self.resume), force_resume=self.force_resume,
-                progress=progress,
+                resume=None if self.resume is None or self.from_start else str(self.resume),
+                force_resume=self.force_resume, progress=progress, strategy=self.strategy,
             )
         except OptiloopError as e:  # the same kind of error (a DiskError stays one), with where to look
             raise type(e)(f"{e} (files so far are in {folder.path}/)") from None
@@ -648,18 +666,26 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
     from .models import build_model
 
     path = Path(run)
-    if path.is_dir():
+    sharded = (path / ".metadata").is_file()  # a sharded (FSDP) checkpoint folder itself
+    if path.is_dir() and not sharded:
         if checkpoint not in ("best", "last"):
             raise OptiloopError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
         names = ["best.pt", "last.pt"] if checkpoint == "best" else ["last.pt"]
-        found = [path / n for n in names if (path / n).is_file()]
+        found = [path / n for name in names for n in (name, name.removesuffix(".pt"))  # X.pt, or X/ (FSDP)
+                 if (path / n).exists()]
         if not found:
             raise OptiloopError(f"{path} holds no {' or '.join(names)}: is it a run folder of optiloop "
                                 "train? (a compare run keeps checkpoints only when asked: checkpoints=True)")
         path = found[0]
+        sharded = path.is_dir()
     elif not path.exists():
         raise OptiloopError(f"no run folder or checkpoint at {path}")
-    ckpt = load_checkpoint(path)
+    if sharded:  # consolidated on this process: the model whole, no optimizer
+        from .sharded import read_consolidated
+
+        ckpt = read_consolidated(path)
+    else:
+        ckpt = load_checkpoint(path)
     raw = ckpt.get("config") if isinstance(ckpt, dict) else None
     if not raw or "model" not in ckpt:
         raise OptiloopError(f"{path} holds no run config: load checkpoints written by optiloop train")

@@ -8,10 +8,11 @@ it creates the run folder.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import OptiloopError
+from ..errors import OptiloopError, TrainingInterrupted
 from . import Command, command
 from .common import keywords
 
@@ -41,6 +42,9 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
                              "write last.pt at an epoch's end once this many seconds passed since "
                              "the last save (default 60; 0 = every epoch)"),
     "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
+    "--strategy": ("train", "strategy", str, "under torchrun: ddp (the default: a model copy per "
+                   "process) or fsdp (model, gradients and optimizer state sharded across the "
+                   "processes; checkpoints become sharded folders); none for one process"),
 }
 
 
@@ -86,6 +90,12 @@ class TrainCommand(Command):
             if run.is_main_process:
                 print(header(run, folder.path), flush=True)
             result = run.train()
+        except TrainingInterrupted as e:  # a scheduler, preemption or Ctrl-C: saved, say how to go on
+            if run.is_main_process:
+                saved = (run.folder.path / "last.pt").exists()
+                print(f"{e}; " + (f"saved {run.folder.path}/last.pt; continue with: optiloop train --resume "
+                                  f"{run.folder.path}" if saved else "nothing was saved yet"), file=sys.stderr)
+            return e.exit_code
         except OptiloopError as e:  # the library names its argument; a user here typed the flag
             raise type(e)(str(e).replace("force_resume=True", "--force-resume")) from None
         if not result.is_main:
@@ -133,7 +143,9 @@ def header(run: Any, folder: Path) -> str:
         f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
         "  " + length_line(run.epochs, run.patience, run.monitor),
     ]
-    if run.resume is not None:
+    if run.resume is not None and run.from_start:
+        lines.append(f"  {run.resume}/ saved nothing before it stopped: starting it from its beginning")
+    elif run.resume is not None:
         lines.append(f"  resuming {run.resume}/" + (f": changed {'; '.join(run.changed)}" if run.changed else ""))
         if any(c.startswith(("train.epochs ", "train.batch_size ", "train.grad_accum ")) for c in run.changed):
             lines.append("  (the schedule continues with the lengths it was built with)")
