@@ -42,6 +42,7 @@ _WHERE: dict[str, str] = {
     "StepOutput": "steps",
     "predict": "inference",
     "Run": "runs", "load": "runs",
+    "watch": "doctor",
     "export": "sharded",
 }
 
@@ -51,7 +52,7 @@ __all__ = [
     "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepOutput", "TrainState",
     "TrainingInterrupted", "build_optimizer", "build_scheduler", "compare", "evaluate", "fit", "load",
     "load_checkpoint", "lr_find", "optimizer_defaults", "predict", "preview_schedule", "resolve_device",
-    "save_checkpoint", "seed_everything", "summarize", "to_frame", "export",
+    "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch", "export",
 ]  # static, for tools; tests check it names exactly the keys of _WHERE
 
 
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .comparison import compare, summarize, to_frame
     from .data import Batches
     from .distributed import FSDP
+    from .doctor import watch
     from .errors import CheckpointError, DiskError, NonFiniteLossError, OptiloopError, TrainingInterrupted
     from .history import History
     from .inference import predict
