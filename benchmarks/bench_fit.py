@@ -638,6 +638,16 @@ def report(results: dict[str, dict[str, list[Run]]], wls: list[Workload],
     return "\n".join(L)
 
 
+def _other_sections(path: Path) -> str:
+    """Sections other benchmarks keep in the same file between their own markers (e.g.
+    bench_startup.py's): carried over, so re-running this one does not drop them."""
+    import re
+
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    found = re.finditer(r"(<!-- (\w+): begin -->.*?<!-- \2: end -->)", old, flags=re.S)
+    return "".join("\n" + m.group(1) + "\n" for m in found)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, help="write the Markdown report here (else stdout)")
@@ -681,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
         measure_memory("b", args.quick, args.device, 1 if args.quick else 3)
     text = report(results, wls, memory, args, time.perf_counter() - t_start)
     if args.out:
-        write_text(args.out, text)
+        write_text(args.out, text + _other_sections(args.out))
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text)

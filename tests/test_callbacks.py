@@ -56,6 +56,12 @@ def test_early_stopping_state_round_trip():
 
 def test_monitor_auto_mode_and_missing_key():
     assert ol.Monitor("val_loss").mode == "min" and ol.Monitor("val_acc").mode == "max"
+    # was a substring guess: val_top1_error -> max, val_iou -> min, val_dice -> min
+    assert ol.Monitor("val_top1_error").mode == "min"
+    assert ol.Monitor("val_iou").mode == ol.Monitor("val_dice").mode == "max"
+    with pytest.raises(ol.OptiloopError, match="cannot tell whether 'val_thing' improves up or down; pass mode="):
+        ol.Monitor("val_thing")
+    assert ol.Monitor("val_thing", mode="max").mode == "max"
     with pytest.raises(ol.OptiloopError, match="monitor 'val_f1' is never logged; logged keys: epoch, val_loss"):
         ol.Monitor("val_f1").check_available(["epoch", "val_loss"])
     with pytest.raises(ol.OptiloopError, match="unknown mode 'up'"):
@@ -86,6 +92,34 @@ def test_lr_monitor_logs_every_group():
     h = ol.fit(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), (X, y), optimizer="adamw", lr=0.01,
                weight_decay=0.1, epochs=2, progress=False, callbacks=[ol.LRMonitor()])
     assert h["lr_group0"] == h["lr_group1"] == [0.01, 0.01]
+
+
+def test_every_lr_in_the_logs_is_taken_at_one_moment():
+    """lr, lr_group<i> and the per-step LRs are the LR the step trained with (was: lr_group<i> held
+    the next epoch's LR, [0.05, 0.025, 0.0125] beside lr [0.1, 0.05, 0.025])."""
+    X, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    lrm = ol.LRMonitor(per_step=True)
+    seen = []
+
+    class StepLRs(ol.Callback):
+        def on_step_end(self, state, logs):
+            seen.append(list(logs["lr"]))
+
+    h = ol.fit(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), (X, y), optimizer="adamw", lr=0.1,
+               weight_decay=0.1, epochs=3, batch_size=8, progress=False, callbacks=[lrm, StepLRs()],
+               scheduler={"name": "step", "step_size": 1, "gamma": 0.5})
+    assert h["lr"] == h["lr_group0"] == h["lr_group1"] == [0.1, 0.05, 0.025]
+    assert lrm.steps == seen == [[0.1, 0.1]] * 2 + [[0.05, 0.05]] * 2 + [[0.025, 0.025]] * 2
+
+
+def test_lr_monitor_state_round_trip_keeps_the_epochs_lrs():
+    a = ol.LRMonitor(per_step=True)
+    a.epoch_lrs, a.steps = [0.1, 0.2], [[0.1, 0.2]]
+    b = ol.LRMonitor(per_step=True)
+    b.load_state_dict(a.state_dict())
+    assert (b.epoch_lrs, b.steps) == ([0.1, 0.2], [[0.1, 0.2]])
+    b.reset()
+    assert (b.epoch_lrs, b.steps) == (None, [])
 
 
 def test_custom_callback_sees_events_in_order():
@@ -182,6 +216,67 @@ def test_restore_best_loads_the_best_weights_after_every_callback_saw_the_run_as
     ol.fit(net, (X, y), optimizer="sgd", lr=0.5, epochs=5, callbacks=[es, AtEnd()], progress=False, seed=0)
     assert torch.equal(net.weight, es.best_weights["weight"])  # fit returned the best epoch's weights
     assert not torch.equal(seen["at_end"], net.weight)  # the last epoch's, as it ended, at fit end
+
+
+def test_an_early_stopping_reused_for_a_second_fit_starts_afresh():
+    """Keras fixed the same (keras#20256): the second fit stopped after one epoch, blaming the first
+    fit's best epoch."""
+    X = torch.randn(64, 4)
+    y = (X[:, 0] > 0).long()
+    es = ol.EarlyStopping(monitor="train_loss", patience=1)
+    torch.manual_seed(0)
+    ol.fit(nn.Linear(4, 2), (X, y), optimizer="sgd", lr=0.5, epochs=15, callbacks=[es], progress=False, seed=0)
+    first_best = es.monitor.best
+    torch.manual_seed(1)
+    second = ol.fit(nn.Linear(4, 2), (X, y), optimizer="sgd", lr=0.05, epochs=3, callbacks=[es], progress=False)
+    assert second["train_loss"][0] > first_best  # the new model starts worse than the old one ended
+    assert len(second) == 3 and es.stop_reason is None
+    assert es.best_epoch == 3 and es.monitor.best == second["train_loss"][-1]
+
+
+def test_a_checkpoint_reused_for_another_fit_forgets_its_best():
+    ck = ol.Checkpoint("unused", monitor="val_loss")
+    ck.monitor.best, ck.best_epoch = 0.1, 7
+    ol.CallbackList([ck]).reset()
+    assert (ck.monitor.best, ck.best_epoch) == (None, None)
+
+
+# --- EarlyStopping's baseline and start_from_epoch, with Keras' semantics --------------------------
+def test_baseline_never_reached_stops_after_patience_epochs_without_improvement():
+    # every epoch improves on the best but never on the baseline: the count still runs (Keras)
+    epoch, reason = feed(ol.EarlyStopping(patience=2, baseline=0.5), [0.9, 0.8, 0.85])
+    assert epoch == 3 and "has not beaten the baseline 0.5" in reason
+    assert feed(ol.EarlyStopping(patience=2), [0.9, 0.8, 0.85]) == (None, None)  # without: no stop
+
+
+def test_baseline_reached_restarts_the_count():
+    es = ol.EarlyStopping(patience=2, baseline=0.5)
+    epoch, reason = feed(es, [0.9, 0.4, 0.45, 0.46])
+    assert epoch == 4 and "has not improved for 2 epochs (best 0.4 at epoch 2)" in reason
+
+
+def test_baseline_for_a_maximised_metric():
+    assert feed(ol.EarlyStopping(monitor="val_acc", patience=1, baseline=0.9), [0.5, 0.6, 0.55], "val_acc")[0] == 3
+    assert feed(ol.EarlyStopping(monitor="val_acc", patience=1, baseline=0.9), [0.5, 0.95, 0.97], "val_acc") == \
+        (None, None)
+
+
+def test_start_from_epoch_ignores_the_first_epochs():
+    es = ol.EarlyStopping(patience=1, start_from_epoch=2)
+    assert feed(es, [1.0, 2.0, 3.0, 2.5]) == (None, None)
+    assert es.best_epoch == 4 and es.monitor.best == 2.5  # epochs 1-2 never set the best
+    assert feed(ol.EarlyStopping(patience=1), [1.0, 2.0, 3.0, 2.5])[0] == 2  # without: stops at once
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"patience": 0}, "patience must be an integer >= 1"),
+    ({"start_from_epoch": -1}, "start_from_epoch must be an integer >= 0"),
+    ({"baseline": float("nan")}, "baseline must be a finite number or None"),
+    ({"baseline": "0.5"}, "baseline must be a finite number or None"),
+])
+def test_early_stopping_bad_arguments(kwargs, match):
+    with pytest.raises(ol.OptiloopError, match=match):
+        ol.EarlyStopping(**kwargs)
 
 
 def test_a_rank_zero_callback_runs_on_every_rank_under_fsdp_only_if_it_saves_sharded_state(tmp_path):

@@ -190,7 +190,7 @@ def test_schedule_per_step_with_warmup_and_scoped_set(run_main, tmp_path):
                               "--steps-per-epoch", "5", "--set", "warmup_epochs=1",
                               "--set", "cosine.eta_min=0.01", "--plot", "w.png")
     assert code == 0, err
-    assert "cosine (T_max=4, eta_min=0.01, warmup_epochs=1)" in out
+    assert "cosine (T_max=3, eta_min=0.01, warmup_epochs=1)" in out  # the epochs after the warmup
     first = next(line.split() for line in out.splitlines() if line.startswith("    1"))
     assert float(first[1]) == pytest.approx(0.1 / 5)  # warmup: first step at lr / warmup steps
     assert_png(tmp_path / "w.png")
@@ -223,7 +223,7 @@ def test_schedule_bad_input(run_main, tmp_path, args, needles):
 def test_list_shows_every_name_with_defaults(cli):
     proc = cli("list")
     assert proc.returncode == 0, proc.stderr
-    for name in ("sgd", "adamw", "muon", "cosine", "onecycle", "plateau", "digits", "diabetes",
+    for name in ("sgd", "adamw", "muon", "cosine", "onecycle", "plateau", "wsd", "cyclic", "digits", "diabetes",
                  "mlp", "cnn"):
         assert f"  {name} " in proc.stdout
     sgd = next(line for line in proc.stdout.splitlines() if line.startswith("  sgd "))
@@ -291,3 +291,16 @@ def test_train_compare_and_lr_find_share_one_table_of_optimizer_defaults(run_mai
                               "--out", "f")
     assert code == 0, err
     assert "sgd (momentum=0.9)" in out
+
+
+def test_train_takes_layer_decay_and_decay_on_biases_from_the_config(run_main, tmp_path):
+    code, out, err = run_main("train", "--epochs", "1", "--out", "ld", "--set", "optimizer.layer_decay=0.8",
+                              "--set", "optimizer.decay_bias_and_norm=true")
+    assert code == 0, err
+    assert "layer_decay=0.8, decay_bias_and_norm=True" in out  # the header says what runs
+    saved = tomllib.loads((tmp_path / "ld" / "config.toml").read_text())["optimizer"]
+    assert saved["layer_decay"] == 0.8 and saved["decay_bias_and_norm"] is True
+    code, _, err = run_main("train", "--epochs", "1", "--out", "bad", "--set", "optimizer.layer_decay=2")
+    assert code == 2 and err.strip() == "error: optimizer 'adamw': layer_decay must be a finite number in (0, 1] " \
+                                        "(got 2)"
+    assert not (tmp_path / "bad").exists()

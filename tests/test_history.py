@@ -27,3 +27,13 @@ def test_file_round_trip_is_exact(tmp_path, fmt):
     back = getattr(ol.History, f"from_{fmt}")(path)
     assert back == ol.History(ROWS)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_best_follows_the_direction_rule():
+    # was: History.best("val_r2") picked the minimum
+    h = ol.History([{"epoch": 1, "val_r2": 0.5, "val_loss": 0.2}, {"epoch": 2, "val_r2": 0.9, "val_loss": 0.3}])
+    assert h.best("val_r2")["epoch"] == 2 and h.best("val_loss")["epoch"] == 1
+    assert h.best("val_r2", mode="min")["epoch"] == 1
+    h = ol.History([{"epoch": 1, "custom_metric": 1.0}])
+    with pytest.raises(ol.OptiloopError, match="cannot tell whether 'custom_metric'"):
+        h.best("custom_metric")

@@ -145,3 +145,149 @@ def test_muon_pair_works_with_onecycle():
     expected = ol.preview_schedule("onecycle", lr=0.02, epochs=1, steps_per_epoch=4, per_step=True)
     assert lrs[:3] == pytest.approx(expected[1:])  # the LR after each step is the next step's
     assert opt.adamw.param_groups[0]["lr"] == opt.muon.param_groups[0]["lr"]
+
+
+# --- param groups, layer-wise LR decay, decay on biases and norms ---------------------------------
+class TinyTransformer(nn.Module):
+    """Embeddings, a ModuleList of blocks, a final norm and a head: what layer_decay is for."""
+
+    def __init__(self, n_blocks=3):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8)) for _ in range(n_blocks))
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.embed(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.head(self.norm(h)).mean(1)
+
+
+def _ids(params):
+    return {id(p) for p in params}
+
+
+def test_param_groups_keep_their_own_values_fused_and_the_bias_split_inside_each():
+    model = mlp()
+    body = list(model[0].parameters()) + list(model[1].parameters()) + list(model[3].parameters())
+    groups = [{"params": body, "lr": 1e-4, "weight_decay": 0.05}, {"params": model[5].parameters()}]
+    opt = ol.build_optimizer("adamw", groups, lr=1e-3, weight_decay=0.01)
+    assert opt.defaults["fused"] is True and all(g["fused"] for g in opt.param_groups)
+    got = [(g["lr"], g["weight_decay"], _ids(g["params"])) for g in opt.param_groups]
+    assert got == [
+        (1e-4, 0.05, _ids([model[0].weight, model[3].weight])),
+        (1e-4, 0.0, _ids([model[0].bias, model[1].weight, model[1].bias, model[3].bias])),
+        (1e-3, 0.01, _ids([model[5].weight])),
+        (1e-3, 0.0, _ids([model[5].bias])),
+    ]
+    # coupled L2 (SGD): the groups exactly as given
+    opt = ol.build_optimizer("sgd", [{"params": body, "lr": 0.01}, {"params": model[5].parameters()}], lr=0.1)
+    assert [(g["lr"], len(g["params"])) for g in opt.param_groups] == [(0.01, 6), (0.1, 2)]
+
+
+def test_param_groups_from_a_generator_and_bad_groups():
+    model = mlp()
+    assert len(ol.build_optimizer("sgd", model.parameters(), lr=0.1).param_groups[0]["params"]) == 8
+    with pytest.raises(ol.OptiloopError, match="param groups must each be a dict with 'params'"):
+        ol.build_optimizer("sgd", [{"params": model.parameters()}, {"lr": 0.1}])
+    with pytest.raises(ol.OptiloopError, match=r"'sgd': param group 1: lr must be a finite number \(got nan\)"):
+        ol.build_optimizer("sgd", [{"params": model[0].parameters()}, {"params": model[5].parameters(),
+                                                                        "lr": float("nan")}])
+
+
+def test_layer_decay_scales_each_block_from_the_head_down():
+    model = TinyTransformer(n_blocks=3)
+    opt = ol.build_optimizer("adamw", model, lr=1.0, layer_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(model.head.weight)] == lr_of[id(model.norm.weight)] == 1.0  # after the blocks: full LR
+    assert [lr_of[id(b[0].weight)] for b in model.blocks] == [0.125, 0.25, 0.5]
+    assert lr_of[id(model.embed.weight)] == 0.0625  # before the blocks: one more step down
+    assert opt.param_groups[0]["lr"] == 1.0  # group 0 (the History's lr) is the head's
+    # the bias / norm split still holds inside every layer
+    wd_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert wd_of[id(model.blocks[0][0].weight)] == 0.01 and wd_of[id(model.blocks[0][1].weight)] == 0.0
+    assert len(lr_of) == len(list(model.parameters()))
+    # a scheduler scales every layer together, keeping the ratios
+    sched = ol.build_scheduler("cosine", opt, epochs=4)
+    opt.step(), sched.epoch_end()
+    ratio = {g["lr"] / g["initial_lr"] for g in opt.param_groups}
+    assert len({round(r, 12) for r in ratio}) == 1
+
+
+def test_layer_decay_on_a_sequential_and_by_name():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = ol.build_optimizer("sgd", net, lr=1.0, layer_decay=0.5)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.25, 0.125]  # group 0: the output layer
+    opt = ol.build_optimizer({"name": "sgd", "layer_decay": 0.5, "blocks": "blocks"}, TinyTransformer(2), lr=1.0)
+    assert sorted({g["lr"] for g in opt.param_groups}) == [0.125, 0.25, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"layer_decay": 0.0}, r"layer_decay must be a finite number in \(0, 1\] \(got 0.0\)"),
+    ({"layer_decay": 1.5}, r"layer_decay must be a finite number in \(0, 1\]"),
+    ({"layer_decay": 0.5, "blocks": "nope"}, "the model has no module 'nope'"),
+    ({"layer_decay": 0.5, "blocks": "head"}, "'head' is a Linear, not an nn.ModuleList"),
+    ({"blocks": "blocks"}, "set layer_decay too"),
+    ({"decay_bias_and_norm": "yes"}, "decay_bias_and_norm must be true or false"),
+])
+def test_layer_decay_bad_input(kwargs, match):
+    with pytest.raises(ol.OptiloopError, match=match):
+        ol.build_optimizer("adamw", TinyTransformer(), **kwargs)
+
+
+def test_layer_decay_needs_blocks_and_a_model():
+    with pytest.raises(ol.OptiloopError, match="layer_decay needs the model's blocks"):
+        ol.build_optimizer("adamw", nn.Linear(2, 2), layer_decay=0.5)
+    with pytest.raises(ol.OptiloopError, match="layer_decay needs the model itself"):
+        ol.build_optimizer("adamw", mlp().parameters(), layer_decay=0.5)
+
+
+def test_decay_on_biases_and_norms_is_reachable_from_fit_and_the_optimizer_dict():
+    model = mlp()
+    spec = {"name": "adamw", "weight_decay": 0.1, "decay_bias_and_norm": True}
+    opt = ol.build_optimizer(spec, model)
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == 0.1
+    muon = ol.build_optimizer({"name": "muon", "decay_bias_and_norm": True}, model)
+    assert [g["weight_decay"] for g in muon.adamw.param_groups] == [0.01]
+    X, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    norm_scale = model[1].weight.detach().clone()  # LayerNorm weight: 1-D, decayed only when asked
+    ol.fit(model, (X, y), optimizer={**spec, "lr": 0.0}, epochs=1, progress=False)
+    assert torch.equal(model[1].weight, norm_scale)  # lr 0: not even decay moves it (decay is lr * wd)
+    ol.fit(model, (X, y), optimizer={**spec, "lr": 0.1, "weight_decay": 0.5, "betas": (0.0, 0.0)},
+           loss=lambda out, t: out.sum() * 0, epochs=1, progress=False)
+    assert torch.allclose(model[1].weight, norm_scale * (1 - 0.1 * 0.5) ** 1)  # decoupled decay on a norm
+
+
+# --- an optimizer built on other parameters (issue 12, bug 6) ----------------------------------
+def test_an_optimizer_built_on_another_models_parameters_is_refused():
+    model, other = mlp(), mlp()
+    opt = torch.optim.SGD(other.parameters(), lr=0.1)
+    with pytest.raises(ol.OptiloopError, match="the optimizer holds none of the model's parameters") as e:
+        ol.build_optimizer(opt, model)
+    assert "\n" not in str(e.value)
+    X, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    with pytest.raises(ol.OptiloopError, match="holds none of the model's parameters"):
+        ol.fit(model, (X, y), optimizer=opt, epochs=1, progress=False)
+    # part of the model (a frozen body) and extra parameters (a learnable loss weight) are fine
+    extra = nn.Parameter(torch.ones(()))
+    assert ol.build_optimizer(torch.optim.SGD([*model[5].parameters(), extra], lr=0.1), model) is not None
+
+
+# --- argument values ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name,kwargs,needle", [
+    ("sgd", {"lr": float("nan")}, "lr must be a finite number (got nan)"),
+    ("sgd", {"lr": float("inf")}, "lr must be a finite number (got inf)"),
+    ("sgd", {"lr": True}, "lr must be a finite number (got True)"),
+    ("sgd", {"momentum": float("nan")}, "momentum must be a finite number (got nan)"),
+    ("sgd", {"weight_decay": "0.1"}, "weight_decay must be a finite number (got '0.1')"),
+    ("sgd", {"nesterov": 1}, "nesterov must be true or false (got 1)"),
+    ("adam", {"betas": (0.9, float("nan"))}, "betas must be 2 finite numbers, e.g. [0.9, 0.999]"),
+    ("adam", {"betas": 0.9}, "betas must be 2 finite numbers"),
+])
+def test_bad_optimizer_values_are_one_line_naming_the_argument(name, kwargs, needle):
+    with pytest.raises(ol.OptiloopError) as e:
+        ol.build_optimizer(name, mlp(), **kwargs)
+    assert str(e.value) == f"optimizer {name!r}: {needle}" or needle in str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"optimizer {name!r}: ")

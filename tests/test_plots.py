@@ -110,9 +110,12 @@ def test_schedule_preview_draws_steps_as_stairs_and_per_step_curves_as_lines(tmp
     assert step_line.get_drawstyle() == "steps-post" and len(step_line.get_xdata()) == 7  # one value per epoch
     assert one_line.get_drawstyle() == "default" and len(one_line.get_xdata()) == 60  # every step
     # The warmup on a linear axis is a straight line: equal rises per step (in the first epoch, before the
-    # cosine underneath takes its first step and the slope follows it).
-    rises = np.diff(warm_line.get_ydata()[:spe])
-    assert warm_line.get_drawstyle() == "default" and np.allclose(rises, rises[0])
+    # cosine underneath takes its first step and the slope follows it). Step 0 trains at lr / W like
+    # step 1 (transformers' convention, without its zero-LR first step), so the line rises from step 1.
+    ys = warm_line.get_ydata()
+    rises = np.diff(ys[1:spe])
+    assert warm_line.get_drawstyle() == "default" and ys[0] == pytest.approx(ys[1]) == pytest.approx(0.1 / 20)
+    assert rises[0] > 0 and np.allclose(rises, rises[0])
     assert plot_schedules({"a": one}, tmp_path / "l.png", steps_per_epoch=spe, log=True).axes[0].get_yscale() == "log"
 
 

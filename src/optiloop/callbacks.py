@@ -120,6 +120,10 @@ class Callback:
     def on_fit_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
     def on_exception(self, state: TrainState, error: BaseException) -> None: ...
 
+    def reset(self) -> None:
+        """Forget everything from an earlier fit. Called when each fit starts, before a resume
+        loads ``state_dict``: a callback reused for a second fit starts fresh."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -178,6 +182,11 @@ class CallbackList:
             every = math.gcd(every, cb.snapshot_every_n_steps or 0)
         return every
 
+    def reset(self) -> None:
+        """Every callback forgets earlier fits (see ``Callback.reset``)."""
+        for cb in self.callbacks:
+            cb.reset()
+
     def state_dict(self) -> dict[str, Any]:
         return {key: cb.state_dict() for key, cb in self._keyed()}
 
@@ -202,34 +211,29 @@ def _overrides(cb: Callback, event: str) -> bool:
     return getattr(type(cb), event) is not getattr(Callback, event)
 
 
-_MAX_HINTS = ("acc", "top", "f1", "auc", "precision", "recall", "r2")
-
-
 class Monitor:
     """Which logged value to watch, in which direction, and the best seen so far.
 
+    ``mode="auto"`` follows the one direction rule (``optiloop.directions.mode_for``) that
+    EarlyStopping, Checkpoint, the plateau scheduler and ``History.best`` share: known names
+    (loss, error, mae ... -> min; acc, f1, iou, dice, r2 ... -> max) decide; any other name needs
+    ``mode="min"`` or ``"max"``.
+
     Example:
-        >>> m = Monitor("val_acc")          # mode "auto": accuracy-like keys are maximised
+        >>> m = Monitor("val_acc")          # mode "auto": accuracy is maximised
         >>> m.mode, m.update(0.9), m.update(0.8), m.best
         ('max', True, False, 0.9)
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str = "auto", min_delta: float = 0.0):
-        if mode not in ("auto", "min", "max"):
-            raise OptiloopError(f"unknown mode {mode!r}; choose one of: auto, max, min")
-        if mode == "auto":
-            mode = "max" if any(h in monitor.lower() for h in _MAX_HINTS) else "min"
-        self.monitor, self.mode, self.min_delta = monitor, mode, abs(min_delta)
+        from .directions import mode_for
+
+        self.monitor, self.mode, self.min_delta = monitor, mode_for(monitor, mode), abs(min_delta)
         self.best: float | None = None
 
     def check_available(self, keys: list[str]) -> None:
         """Fail before training if the monitored key will never be logged."""
-        if self.monitor in keys:
-            return
-        if self.monitor.startswith("val_") and not any(k.startswith("val_") for k in keys):
-            raise OptiloopError(f"monitor {self.monitor!r} needs val_data; pass val_data= or "
-                                f"monitor one of: {', '.join(keys)}")
-        raise OptiloopError(f"monitor {self.monitor!r} is never logged; logged keys: {', '.join(keys)}")
+        check_logged(self.monitor, keys)
 
     def value(self, logs: dict[str, Any]) -> float:
         if self.monitor not in logs:
@@ -237,14 +241,16 @@ class Monitor:
                                 f"{', '.join(logs)}")
         return float(logs[self.monitor])
 
-    def is_improvement(self, value: float) -> bool:
+    def is_improvement(self, value: float, reference: float | None = None) -> bool:
+        """``value`` beats ``reference`` (default: the best so far) by more than ``min_delta``."""
+        reference = self.best if reference is None else reference
         if not math.isfinite(value):
             return False
-        if self.best is None:
+        if reference is None:
             return True
         if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
+            return value < reference - self.min_delta
+        return value > reference + self.min_delta
 
     def update(self, value: float) -> bool:
         """Record ``value``; True if it is the new best."""
@@ -253,6 +259,9 @@ class Monitor:
             return True
         return False
 
+    def reset(self) -> None:
+        self.best = None
+
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
 
@@ -260,24 +269,54 @@ class Monitor:
         self.best = state["best"]
 
 
+def check_logged(monitor: str, keys: list[str]) -> None:
+    """One line before training if ``monitor`` will never be among the logged ``keys``."""
+    if monitor in keys:
+        return
+    if monitor.startswith("val_") and not any(k.startswith("val_") for k in keys):
+        raise OptiloopError(f"monitor {monitor!r} needs val_data; pass val_data= or "
+                            f"monitor one of: {', '.join(keys)}")
+    raise OptiloopError(f"monitor {monitor!r} is never logged; logged keys: {', '.join(keys)}")
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
 
+    Keras' semantics, including its two options:
+        baseline: a value the monitor must beat. An epoch that improves on the best so far but
+            not on ``baseline`` still counts toward ``patience``, so a run that never reaches
+            the baseline stops after ``patience`` epochs.
+        start_from_epoch: epochs not watched at all at the start (a warm-up in which no
+            improvement is expected): the first ``start_from_epoch`` epochs neither count
+            toward patience nor set the best.
+
     With ``restore_best=True`` the model ends with the weights of its best epoch.
-    A non-finite monitored value stops training at once, with the reason in ``state.stop_reason``.
-    The decision is part of its state: a resumed run that it had stopped stays stopped.
+    A non-finite monitored value stops training at once (warm-up epochs included), with the
+    reason in ``state.stop_reason``. Each ``fit`` starts it afresh; a resumed run continues its
+    counters, and a run it had stopped stays stopped.
 
     Example:
         >>> import optiloop as ol
-        >>> es = ol.EarlyStopping(monitor="val_loss", patience=2)
+        >>> es = ol.EarlyStopping(monitor="val_loss", patience=2, baseline=0.5, start_from_epoch=3)
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str = "auto", patience: int = 5,
-                 min_delta: float = 0.0, restore_best: bool = False):
-        if patience < 1:
-            raise OptiloopError(f"patience must be >= 1, got {patience}")
+                 min_delta: float = 0.0, restore_best: bool = False, baseline: float | None = None,
+                 start_from_epoch: int = 0):
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+            raise OptiloopError(f"patience must be an integer >= 1, got {patience!r}")
+        if not isinstance(start_from_epoch, int) or isinstance(start_from_epoch, bool) or start_from_epoch < 0:
+            raise OptiloopError(f"start_from_epoch must be an integer >= 0, got {start_from_epoch!r}")
+        if baseline is not None and (isinstance(baseline, bool) or not isinstance(baseline, (int, float))
+                                     or not math.isfinite(baseline)):
+            raise OptiloopError(f"baseline must be a finite number or None, got {baseline!r}")
         self.monitor = Monitor(monitor, mode, min_delta)
         self.patience, self.restore_best = patience, restore_best
+        self.baseline, self.start_from_epoch = baseline, start_from_epoch
+        self.reset()
+
+    def reset(self) -> None:
+        self.monitor.reset()
         self.wait = 0
         self.best_epoch: int | None = None
         self.best_weights: dict | None = None
@@ -285,9 +324,7 @@ class EarlyStopping(Callback):
 
     def on_fit_start(self, state, logs):
         self.monitor.check_available(state.log_keys)
-        if state.epoch == 0:  # a fresh run (not resumed): an earlier fit's decision is not this one's
-            self.stop_reason = None
-        elif self.stop_reason:  # resumed after it had stopped the run: nothing more to train
+        if self.stop_reason:  # resumed after it had stopped the run: nothing more to train
             state.request_stop(self.stop_reason)
 
     def _stop(self, state, reason: str) -> None:
@@ -296,19 +333,29 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, state, logs):
         value = self.monitor.value(logs)
+        name = self.monitor.monitor
         if not math.isfinite(value):
-            self._stop(state, f"early stopping: {self.monitor.monitor} is {value} at epoch {state.epoch}")
+            self._stop(state, f"early stopping: {name} is {value} at epoch {state.epoch}")
             return
-        if self.monitor.update(value):
-            self.wait, self.best_epoch = 0, state.epoch
-            if self.restore_best:
-                self.best_weights = copy.deepcopy(state.unwrapped_model.state_dict())
+        if state.epoch <= self.start_from_epoch:  # warm-up: not watched
             return
         self.wait += 1
+        if self.monitor.update(value):
+            self.best_epoch = state.epoch
+            if self.restore_best:
+                self.best_weights = copy.deepcopy(state.unwrapped_model.state_dict())
+            # Only a value that also beats the baseline restarts the count (Keras' rule).
+            if self.baseline is None or self.monitor.is_improvement(value, self.baseline):
+                self.wait = 0
+            return
         if self.wait >= self.patience:
-            self._stop(state, f"early stopping: {self.monitor.monitor} has not improved for "
-                               f"{self.patience} epochs (best {self.monitor.best:.6g} at epoch "
-                               f"{self.best_epoch})")
+            if self.baseline is not None and not self.monitor.is_improvement(self.monitor.best, self.baseline):
+                self._stop(state, f"early stopping: {name} has not beaten the baseline {self.baseline:.6g} "
+                                  f"in {self.patience} epochs (best {self.monitor.best:.6g} at epoch "
+                                  f"{self.best_epoch})")
+            else:
+                self._stop(state, f"early stopping: {name} has not improved for {self.patience} epochs "
+                                  f"(best {self.monitor.best:.6g} at epoch {self.best_epoch})")
 
     def on_fit_end(self, state, logs):
         if self.restore_best and self.best_weights is not None:
@@ -326,22 +373,41 @@ class EarlyStopping(Callback):
 
 
 class LRMonitor(Callback):
-    """Record every param group's LR: per epoch into the logs (``lr_group<i>``), and per step
-    into ``self.steps`` when ``per_step=True`` (reading ``param_groups`` needs no sync)."""
+    """Record every param group's LR at one moment: the LR each optimizer step trained with.
+
+    Per epoch, ``lr_group<i>`` in the logs (and the History) is the group's LR at the epoch's
+    first optimizer step, the same moment as the History's ``lr`` (group 0). With
+    ``per_step=True``, ``self.steps`` holds, for every optimizer step, the LRs that step used
+    (the step logs' ``lr``). Reading ``param_groups`` needs no device sync.
+    """
 
     def __init__(self, per_step: bool = False):
         self.per_step = per_step
+        self.reset()
+
+    def reset(self) -> None:
         self.steps: list[list[float]] = []
+        self.epoch_lrs: list[float] | None = None  # every group's LR at this epoch's first step
+
+    def on_epoch_start(self, state, logs):
+        if state.batch == 0:  # a new epoch (a mid-epoch resume keeps the restored ones)
+            self.epoch_lrs = [g["lr"] for g in state.optimizer.param_groups]
 
     def on_step_end(self, state, logs):
         if self.per_step:
-            self.steps.append([g["lr"] for g in state.optimizer.param_groups])
+            self.steps.append(list(logs["lr"]))
 
     def on_epoch_end(self, state, logs):
-        groups = state.optimizer.param_groups
-        if len(groups) > 1:
-            for i, g in enumerate(groups):
-                logs[f"lr_group{i}"] = g["lr"]
+        if self.epoch_lrs is not None and len(self.epoch_lrs) > 1:
+            for i, lr in enumerate(self.epoch_lrs):
+                logs[f"lr_group{i}"] = lr
+
+    def state_dict(self):
+        return {"epoch_lrs": self.epoch_lrs, "steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.epoch_lrs = state.get("epoch_lrs")
+        self.steps = [list(s) for s in state.get("steps", [])]
 
 
 def format_logs(logs: dict[str, Any]) -> str:

@@ -525,6 +525,11 @@ class Checkpoint(Callback):
             self.folder.save("best", self._pending_best, keep_previous=False)
             self._pending_best = None
 
+    def reset(self):  # a Checkpoint reused for another fit: its best is that fit's own
+        if self.monitor is not None:
+            self.monitor.reset()
+        self.best_epoch = None
+
     def state_dict(self):
         return {"monitor": self.monitor.state_dict() if self.monitor else None, "best_epoch": self.best_epoch}
 

@@ -63,8 +63,16 @@ class History:
     def __repr__(self) -> str:
         return f"History({len(self.rows)} epochs, keys={self.keys()})"
 
-    def best(self, key: str, mode: str = "min") -> dict[str, Any]:
-        """The row with the lowest (mode="min") or highest ("max") finite value of ``key``."""
+    def best(self, key: str, mode: str = "auto") -> dict[str, Any]:
+        """The row with the best finite value of ``key`` (the earliest on a tie).
+
+        ``mode="auto"`` follows the direction rule EarlyStopping and Checkpoint use
+        (``optiloop.directions``): lowest ``val_loss``, highest ``val_r2``; a name it cannot place
+        needs ``mode="min"`` or ``"max"``.
+        """
+        from .directions import mode_for
+
+        mode = mode_for(key, mode)
         values = [(v, i) for i, v in enumerate(self[key]) if isinstance(v, (int, float)) and math.isfinite(v)]
         if not values:
             raise OptiloopError(f"history has no finite {key!r} yet")

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from . import distributed as D
-from .callbacks import Callback, CallbackList, Monitor, TrainState
+from .callbacks import Callback, CallbackList, TrainState, check_logged
 from .checkpoint import (
     FORMAT,
     VERSION,
@@ -46,7 +46,7 @@ from .checkpoint import (
 from .data import make_batches, map_batch
 from .errors import CheckpointError, NonFiniteLossError, OptiloopError, TrainingInterrupted, choices
 from .history import History
-from .metrics import MetricSet, resolve_metric
+from .metrics import Metrics, MetricSet, metric_keys
 from .optim import build_optimizer
 from .schedules import build_scheduler
 from .steps import check_loss, default_count, resolve_step, user_step
@@ -82,10 +82,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def logged_keys(metrics: Sequence[str | Callable], validation: bool = True) -> list[str]:
+def logged_keys(metrics: Metrics, validation: bool = True) -> list[str]:
     """The keys of fit's per-epoch logs (the History's columns) for these metrics: what a
     monitor may name. Raises on an unknown metric."""
-    keys = ["loss", *(resolve_metric(m)[0] for m in metrics)]
+    keys = ["loss", *metric_keys(metrics)]
     return ["epoch", *(f"train_{k}" for k in keys), *(f"val_{k}" for k in keys if validation),
             "lr", "seconds"]
 
@@ -123,7 +123,7 @@ def fit(
     scheduler: str | Mapping[str, Any] | Any = None,
     epochs: int = 10,
     batch_size: int = 32,
-    metrics: Sequence[str | Callable] = (),
+    metrics: Metrics = (),
     callbacks: Iterable[Callback] = (),
     device: str | torch.device = "auto",
     seed: int | None = None,
@@ -159,8 +159,11 @@ def fit(
         optimizer, lr, weight_decay: see ``build_optimizer``; lr/weight_decay None = torch default.
         scheduler: see ``build_scheduler``; None = constant LR. Stepped by its interval.
         epochs, batch_size: run length and batch size (per process under DDP).
-        metrics: names (accuracy, top5, mse, mae) or callables(out, y) -> batch mean, on the
-            step's outputs and targets.
+        metrics: names (accuracy, top5, mse, mae), callables(out, y) -> batch mean (the epoch's
+            value: the mean of batch means weighted by batch size), or torchmetrics ``Metric``
+            objects (exact epoch values: F1, AUROC, R² ...; named by class, ``MulticlassF1Score``
+            -> ``f1``), on the step's outputs and targets; a dict names them:
+            ``{"f1_macro": MulticlassF1Score(10, average="macro")}``.
         callbacks: EarlyStopping, Checkpoint, LRMonitor, your own Callback subclasses.
         device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps".
         seed: seeds python / numpy / torch and the data order; None leaves global RNG as is.
@@ -213,8 +216,9 @@ def fit(
                        channels_last)
     run = _Loop(model, train_data, val_data, loss=loss, step=step, eval_step=eval_step, optimizer=optimizer,
                 lr=lr, weight_decay=weight_decay, scheduler=scheduler, epochs=epochs, batch_size=batch_size,
-                metrics=list(metrics), callbacks=callbacks, device=device, seed=seed, progress=progress,
-                compile=compile, fast=fast, strategy=strategy, config=config, options=options)
+                metrics=metrics if isinstance(metrics, Mapping) else list(metrics), callbacks=callbacks,
+                device=device, seed=seed, progress=progress, compile=compile, fast=fast, strategy=strategy,
+                config=config, options=options)
     if resume is not None:
         run.resume(resume, force_resume)
     return run.run()
@@ -269,9 +273,10 @@ class _Loop:
         self.val_metrics = MetricSet(metrics, dev) if self.val is not None else None
         log_keys = logged_keys(metrics, validation=self.val is not None)
         if schedule.interval == "metric":
-            Monitor(schedule.monitor or "val_loss").check_available(log_keys)
+            check_logged(schedule.monitor or "val_loss", log_keys)
         self.callbacks = CallbackList(callbacks, progress=progress, is_main=world.is_main,
                                       sharded=fsdp is not None)
+        self.callbacks.reset()  # each fit starts every callback afresh; a resume then restores them
         if fsdp is not None:
             _check_same_savers(self.callbacks)
         # Mid-epoch snapshots under DDP hold every rank's partial-epoch figures. Gathering them is
@@ -529,7 +534,8 @@ class _Loop:
 
     # -- what callbacks ask of the run (through TrainState) --------------------------------------
     def running_logs(self) -> dict[str, float]:
-        return {f"train_{k}": v for k, v in self.train_metrics.compute().items()}
+        # exact=False: torchmetrics' compute is a collective under DDP, and this runs on one rank
+        return {f"train_{k}": v for k, v in self.train_metrics.compute(exact=False).items()}
 
     def _partial_figures(self) -> list[dict] | dict | None:
         """The partial epoch's per-batch figures: this rank's, or under DDP every rank's."""
@@ -746,7 +752,7 @@ def _accumulation_weights(sizes: Sequence[int], n_batches: int, accum: int) -> l
 
 
 def evaluate(model: nn.Module, data: Any, *, loss: str | Callable = "cross_entropy", step: Callable | None = None,
-             metrics: Sequence[str | Callable] = (), batch_size: int = 256,
+             metrics: Metrics = (), batch_size: int = 256,
              device: str | torch.device = "auto") -> dict[str, float]:
     """Loss and metrics of ``model`` on ``data`` (no gradients), e.g. ``{"loss": .., "acc": ..}``.
 
@@ -761,7 +767,7 @@ def evaluate(model: nn.Module, data: Any, *, loss: str | Callable = "cross_entro
     dev = resolve_device(device)
     model.to(dev).eval()
     batches = make_batches(data, batch_size=batch_size, shuffle=False, seed=0, device=dev, role="evaluation")
-    ms = MetricSet(list(metrics), dev)
+    ms = MetricSet(metrics if isinstance(metrics, Mapping) else list(metrics), dev)
     step_fn = resolve_step(step, loss)
     with torch.no_grad():
         for batch in batches:

@@ -44,10 +44,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     ``param_groups`` is the Muon groups followed by the AdamW groups (the very same dicts), so an
     LR scheduler scales both halves together. ``step()`` steps Muon then AdamW; ``state_dict()`` is
-    ``{"muon": ..., "adamw": ...}`` and ``load_state_dict`` restores both halves.
+    ``{"muon": ..., "adamw": ...}`` and ``load_state_dict`` restores both halves. AdamW's biases
+    and norm scales get no weight decay unless ``decay_bias_and_norm=True``.
     """
 
-    def __init__(self, model_or_params, *, fast: bool = True, adamw: Mapping | None = None, **kwargs):
+    def __init__(self, model_or_params, *, fast: bool = True, adamw: Mapping | None = None,
+                 decay_bias_and_norm: bool = False, **kwargs):
         if isinstance(model_or_params, nn.Module):
             hidden, rest = muon_split(model_or_params)
         else:
@@ -66,7 +68,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if rest:
             wd = adamw_kwargs.pop("weight_decay", 0.01)
             named = [("", p) for p in rest]
-            self.adamw = torch.optim.AdamW(decay_groups(named, wd), **adamw_kwargs)
+            groups = [{"params": rest, "weight_decay": wd}] if decay_bias_and_norm else decay_groups(named, wd)
+            self.adamw = torch.optim.AdamW(groups, **adamw_kwargs)
         # Muon's defaults (momentum ...) on the wrapper: schedulers such as OneCycleLR read them.
         super().__init__([{"params": hidden + rest}], dict(self.muon.defaults))
         self._link()

@@ -412,7 +412,7 @@ class TrainingRun:
         from .distributed import launched_world, resolve_strategy
         from .loop import AMP_DTYPES, check_fsdp, logged_keys, resolve_device, seed_everything
         from .optim import build_optimizer
-        from .schedules import build_scheduler, default_arguments, lookup, run_length
+        from .schedules import build_scheduler
 
         cfg = copy.deepcopy(dict(cfg))
         self.resume = Path(resume) if resume is not None else None
@@ -442,25 +442,22 @@ class TrainingRun:
             from .loggers import require_tensorboard
 
             with_key("train.tensorboard", lambda _: require_tensorboard(), True)
-        # step / multistep / exponential have no torch default for their one required argument:
-        # record the one build_scheduler derives from the run, so config.toml says what ran.
-        if "interval" not in s:
-            for key, value in default_arguments(s["name"], t["epochs"]).items():
-                s.setdefault(key, value)
         seed_everything(t["seed"])  # the model's initial weights follow the run's seed
         self.model = task.new_model()
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
-        self.scheduler = {"name": s["name"], **extras(s)}
         # Dry build on the real model, exactly as fit() will: unknown keys and impossible values
         # fail here, before the run folder exists.
         opt = build_optimizer(self.optimizer, self.model, lr=o.get("lr"), weight_decay=o.get("weight_decay"))
         batches = math.ceil(len(task.train_data[0]) / t["batch_size"])
         steps = math.ceil(batches / t["grad_accum"])
-        built = build_scheduler(self.scheduler, opt, epochs=t["epochs"], steps_per_epoch=steps)
+        built = build_scheduler({"name": s["name"], **extras(s)}, opt, epochs=t["epochs"], steps_per_epoch=steps)
         del opt
-        length = run_length(s["name"], t["epochs"], steps, built.interval)
-        derived = lookup(s["name"]).lengths(length) if length else {}
-        self.schedule = {"name": s["name"], "interval": built.interval, **derived, **extras(s, "interval")}
+        # step / multistep / exponential have no torch default for their one required argument:
+        # record the one build_scheduler derived from the run, so config.toml says what ran.
+        for key, value in built.recorded.items():
+            s.setdefault(key, value)
+        self.scheduler = {"name": s["name"], **extras(s)}
+        self.schedule = {"name": s["name"], "interval": built.interval, **built.derived, **extras(s, "interval")}
         if self.strategy == "fsdp":  # what fit would refuse under fsdp, refused before any file exists
             amp = AMP_DTYPES.get(t.get("amp"))
             with_key("train.strategy", lambda _: check_fsdp(self.optimizer, self.scheduler, amp), "fsdp")

@@ -77,7 +77,10 @@ class ScheduleCommand(Command):
         note = None
         for n in names:
             given = {**common, **scoped.get(n, {})}
-            kwargs = {**shown_arguments(n, args.lr, args.epochs, spe, given.get("interval")), **given}
+            shown = shown_arguments(n, args.lr, args.epochs, spe, given.get("interval"),
+                                    warmup_epochs=given.get("warmup_epochs"),
+                                    warmup_steps=given.get("warmup_steps"), frequency=given.get("frequency", 1))
+            kwargs = {**shown, **given}
             metrics = None
             if SCHEDULERS[n].interval == "metric":
                 metrics, stall = simulated_metric(args.epochs)
