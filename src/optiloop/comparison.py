@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -406,53 +407,59 @@ def compare(
                  f" of {epochs} epoch{'s' if epochs > 1 else ''}: {where}{grids}"
                  + (f"; {jobs} at a time" if jobs > 1 else "")
                  + (f" -> {out_dir}/" if out_dir is not None else ""))
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    # Every run of the comparison, in the order the rows come back: seed, optimizer, scheduler, LR.
-    runs = [(o, s, lr, seed, _run_dir(out_dir, o, s, lr, seed, len(lr_of[o]) > 1))
-            for seed in seed_list for o, s, lr in combos]
-    results: dict[int, tuple[dict[str, Any], Any]] = {}
-    t_start = time.perf_counter()
+    with contextlib.ExitStack() as held:
+        if out_dir is not None:
+            from .runs import RunFolder
 
-    def finished(i: int, row: dict[str, Any], history: Any) -> None:
-        o, s, lr, seed, run_dir = runs[i]
-        if run_dir is not None:
-            row["run"] = str(run_dir.relative_to(out_dir))
-            _write_run(run_dir, history, row, o, s, lr, epochs, batch_size, seed, task.config if task else None)
-        results[i] = (row, history)
-        if progress is not None:
-            done = len(results)
-            eta = (time.perf_counter() - t_start) / done * (total - done)
-            progress(f"[{done}/{total}] {o}+{s} lr {lr:g} seed {seed}: {_headline(row)} (ETA {_clock(eta)})")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # Held to the end: a second compare (or train) into the same folder is refused in one
+            # line instead of interleaving its runs and report with ours.
+            held.callback(RunFolder(out_dir).lock(new=True).release)
+        # Every run of the comparison, in the order the rows come back: seed, optimizer, scheduler, LR.
+        runs = [(o, s, lr, seed, _run_dir(out_dir, o, s, lr, seed, len(lr_of[o]) > 1))
+                for seed in seed_list for o, s, lr in combos]
+        results: dict[int, tuple[dict[str, Any], Any]] = {}
+        t_start = time.perf_counter()
 
-    if jobs == 1:
-        bases: dict[int, tuple[nn.Module, str]] = {}
-        for i, (o, s, lr, seed, run_dir) in enumerate(runs):
-            if seed not in bases:  # the initial weights follow the seed, as in `optiloop train`
-                seed_everything(seed)
-                base = model()
-                bases = {seed: (base, state_hash(base))}
-            base, init_hash = bases[seed]
-            # every run of a seed starts from these very weights
-            finished(i, *_fit_one(setup, train_data, val_data, copy.deepcopy(base), init_hash,
-                                  o, s, lr, seed, run_dir))
-    else:
-        _run_parallel(setup, runs, jobs, finished)
-    rows = [results[i][0] for i in range(total)]
-    histories = {runs[i][:4]: results[i][1] for i in range(total)}
-    if out_dir is not None:
-        from .report import write_report
+        def finished(i: int, row: dict[str, Any], history: Any) -> None:
+            o, s, lr, seed, run_dir = runs[i]
+            if run_dir is not None:
+                row["run"] = str(run_dir.relative_to(out_dir))
+                _write_run(run_dir, history, row, o, s, lr, epochs, batch_size, seed, task.config if task else None)
+            results[i] = (row, history)
+            if progress is not None:
+                done = len(results)
+                eta = (time.perf_counter() - t_start) / done * (total - done)
+                progress(f"[{done}/{total}] {o}+{s} lr {lr:g} seed {seed}: {_headline(row)} (ETA {_clock(eta)})")
 
-        summary = summarize(rows)
-        write_report(out_dir, rows, summary, pick_best(summary), histories, settings={
-            "epochs": epochs, "batch_size": batch_size, "seeds": seed_list, "loss": _name(loss),
-            "metrics": [_name(m) for m in metrics], "target": describe_target(goal), "lrs": lr_of,
-            "monitor": monitor, "jobs": jobs,
-            "data": task.description if task else "given in Python",
-            "options": {o: default_options(o) for o in opt_names},
-            "schedulers": {s: scheduler_spec(s, epochs) for s in sched_names},
-        })
-    return to_frame(rows) if as_frame else rows
+        if jobs == 1:
+            bases: dict[int, tuple[nn.Module, str]] = {}
+            for i, (o, s, lr, seed, run_dir) in enumerate(runs):
+                if seed not in bases:  # the initial weights follow the seed, as in `optiloop train`
+                    seed_everything(seed)
+                    base = model()
+                    bases = {seed: (base, state_hash(base))}
+                base, init_hash = bases[seed]
+                # every run of a seed starts from these very weights
+                finished(i, *_fit_one(setup, train_data, val_data, copy.deepcopy(base), init_hash,
+                                      o, s, lr, seed, run_dir))
+        else:
+            _run_parallel(setup, runs, jobs, finished)
+        rows = [results[i][0] for i in range(total)]
+        histories = {runs[i][:4]: results[i][1] for i in range(total)}
+        if out_dir is not None:
+            from .report import write_report
+
+            summary = summarize(rows)
+            write_report(out_dir, rows, summary, pick_best(summary), histories, settings={
+                "epochs": epochs, "batch_size": batch_size, "seeds": seed_list, "loss": _name(loss),
+                "metrics": [_name(m) for m in metrics], "target": describe_target(goal), "lrs": lr_of,
+                "monitor": monitor, "jobs": jobs,
+                "data": task.description if task else "given in Python",
+                "options": {o: default_options(o) for o in opt_names},
+                "schedulers": {s: scheduler_spec(s, epochs) for s in sched_names},
+            })
+        return to_frame(rows) if as_frame else rows
 
 
 def _fit_one(setup: _Setup, train_data: Any, val_data: Any, net: nn.Module, init_hash: str,
