@@ -191,6 +191,24 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_holder_frees_it(cli, tmp_path
     assert cli("train", "--data", "wine", "--epochs", "1", "--out", "fresh").returncode == 0
 
 
+@pytest.mark.parametrize("command", [("compare", "--optimizers", "sgd", "--epochs", "1"),
+                                     ("lr-find", "--steps", "5")])
+def test_compare_and_lr_find_refuse_a_folder_in_use(cli, tmp_path, command):
+    from optiloop.files import FolderLock
+
+    run = tmp_path / "out"
+    run.mkdir()
+    lock = FolderLock(run).acquire()
+    try:
+        one_line_error(cli(*command, "--data", "wine", "--out", "out"),
+                       f"is in use by another optiloop process (pid {os.getpid()})")
+        assert [p.name for p in run.iterdir()] == [".optiloop.lock"]  # nothing written
+    finally:
+        lock.release()
+    assert cli(*command, "--data", "wine", "--out", "out").returncode == 0
+    assert not (run / ".optiloop.lock").exists() and any(run.iterdir())  # written, then released
+
+
 def test_training_goes_on_when_the_reader_of_its_output_leaves(tmp_path):
     """`optiloop train | head -2`: printing stops, training finishes, the folder is whole."""
     p = subprocess.Popen([sys.executable, "-m", "optiloop", "train", "--data", "wine", "--epochs", "25",

@@ -17,7 +17,7 @@ import torch
 from matplotlib.image import imread
 
 import optiloop as ol
-from optiloop.comparison import parse_lrs, parse_names, parse_target, summarize
+from optiloop.comparison import describe_target, lr_grid, parse_lrs, parse_names, parse_target, pick_best, summarize
 from optiloop.report import format_table
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -40,6 +40,10 @@ def assert_png(data: bytes, path: Path) -> None:
     img = imread(path)
     assert img.ndim == 3 and img.shape[0] >= 300 and img.shape[1] >= 600
     assert img[..., :3].std() > 0.05  # something is drawn
+
+
+def _fields(row, skip=("seconds", "sec_per_epoch", "run")):
+    return {k: v for k, v in row.items() if k not in skip}
 
 
 def test_report_holds_every_combination(tmp_path):
@@ -74,9 +78,9 @@ def test_report_holds_every_combination(tmp_path):
         assert not (run / "best.pt").exists()
         assert len(ol.History.from_csv(run / "history.csv")) == 1
 
-    # The overlay PNGs are real pictures, and report.html embeds exactly those bytes.
+    # The PNGs are real pictures, and report.html embeds exactly those bytes.
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["lr.png", "val_acc.png", "val_loss.png"]
+    assert pngs == ["lr.png", "train_loss.png", "val_acc.png", "val_loss.png"]
     embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(embedded) == len(pngs)
     for name in pngs:
@@ -90,6 +94,96 @@ def test_report_holds_every_combination(tmp_path):
     runs = lines[1:]
     assert len(runs) == 8 and runs[0].startswith("[1/8] ") and runs[-1].startswith("[8/8] ")
     assert all("ETA" in line and "val_acc" in line for line in runs)
+
+
+def test_best_figures_of_a_run_come_from_its_one_best_epoch():
+    h = ol.History([{"epoch": 1, "val_loss": 0.50, "val_acc": 0.90, "train_loss": 0.6, "seconds": 0.1},
+                    {"epoch": 2, "val_loss": 0.40, "val_acc": 0.88, "train_loss": 0.4, "seconds": 0.1},
+                    {"epoch": 3, "val_loss": 0.45, "val_acc": 0.93, "train_loss": 0.3, "seconds": 0.1},
+                    {"epoch": 4, "val_loss": 0.60, "val_acc": 0.93, "train_loss": 0.2, "seconds": 0.1}])
+    from optiloop.comparison import _row
+
+    row = _row(h, "sgd", "constant", 0, 0.1, "val_acc", ("val_acc", 0.92), 1.0, "x")
+    # best epoch by the monitor (the first of equal values); every "best" figure is from that epoch
+    assert (row["best_epoch"], row["best_val_acc"], row["best_val_loss"]) == (3, 0.93, 0.45)
+    assert (row["final_val_acc"], row["final_train_loss"], row["epochs_to_val_acc"]) == (0.93, 0.2, 3)
+    by_loss = _row(h, "sgd", "constant", 0, 0.1, "val_loss", None, 1.0, "x")
+    assert (by_loss["best_epoch"], by_loss["best_val_loss"], by_loss["best_val_acc"]) == (2, 0.40, 0.88)
+    assert describe_target(("val_acc", 0.95)) == "val_acc ≥ 0.95" and describe_target(("val_loss", 0.1)) == \
+        "val_loss ≤ 0.1"
+
+
+def test_lr_grid_picks_each_optimizers_best_lr_with_mean_and_std_over_seeds(tmp_path):
+    train, val = _data()
+    out = tmp_path / "grid"
+    rows = ol.compare(_factory, train, val, optimizers=["sgd", "adam"], schedulers=["constant"], seeds=2,
+                      epochs=2, lrs={"sgd": [1e-4, 0.1, 0.5]}, lr_grid=2, target="val_acc=0.5", out=out,
+                      device="cpu")
+    lrs = {(r["optimizer"], r["lr"]) for r in rows}
+    assert lrs == {("sgd", 1e-4), ("sgd", 0.1), ("sgd", 0.5), ("adam", lr_grid(1e-3, 2)[0]),
+                   ("adam", lr_grid(1e-3, 2)[1])}  # an explicit list kept; adam's default gridded
+    assert len(rows) == 5 * 2
+    summary = summarize(rows)
+    assert len(summary) == 5 and all(r["seeds"] == 2 for r in summary)
+    best = pick_best(summary)
+    assert [r["optimizer"] for r in best] == ["sgd", "adam"]
+    for b in best:  # the chosen LR has the highest mean val_acc @best of its optimizer's grid
+        mine = [r for r in summary if r["optimizer"] == b["optimizer"]]
+        assert b["best_val_acc_mean"] == max(r["best_val_acc_mean"] for r in mine)
+        seeds = [r["best_val_acc"] for r in rows if (r["optimizer"], r["lr"]) == (b["optimizer"], b["lr"])]
+        assert b["best_val_acc_mean"] == pytest.approx(statistics.fmean(seeds))
+        assert b["best_val_acc_std"] == pytest.approx(statistics.stdev(seeds))
+        assert b["lrs_tried"] == sorted(r["lr"] for r in mine)
+    sgd = next(b for b in best if b["optimizer"] == "sgd")
+    assert sgd["lr"] != 1e-4  # an LR that barely moves the weights is not sgd's best here
+
+    md = (out / "report.md").read_text()
+    assert "## Each optimizer at its best LR" in md and "## Every LR tried (* = chosen)" in md
+    assert "Target: val_acc ≥ 0.5" in md and "epochs to val_acc ≥ 0.5" in md
+    assert f"| sgd | constant | {sgd['lr']:g}* |" in md  # the chosen LR marked in the full grid
+    assert "± " in md
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["lr.png", "lr_sensitivity.png", "train_loss.png", "val_acc.png", "val_loss.png"]
+    for name in pngs:
+        assert_png((out / name).read_bytes(), out / name)
+    assert (out / "runs" / f"sgd-constant-lr{sgd['lr']:g}-seed1" / "steps.csv").is_file()
+
+
+def test_the_report_pictures_draw_one_series_per_optimizer(tmp_path, monkeypatch):
+    from optiloop.report import _plots
+
+    train, val = _data()
+    rows, histories = [], {}
+    for o, lr in (("sgd", 0.05), ("sgd", 0.2), ("adam", 1e-3)):
+        h = ol.fit(_factory(), train, val_data=val, optimizer=o, lr=lr, scheduler="onecycle", epochs=2,
+                   metrics=["accuracy"], callbacks=[ol.StepHistory()], progress=False, seed=0)
+        histories[(o, "onecycle", lr, 0)] = h
+        rows.append({"optimizer": o, "scheduler": "onecycle", "lr": lr, "seed": 0, "monitor": "val_acc",
+                     "best_val_acc": max(h["val_acc"]), "best_val_loss": min(h["val_loss"])})
+    summary = summarize(rows)
+    best = pick_best(summary)
+    import matplotlib.figure
+
+    figures = []
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *a, **k):  # every figure the report draws, to count what is in it
+        figures.append(fig)
+        return real(fig, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    pictures = _plots(tmp_path, summary, best, histories, {"monitor": "val_acc"})
+    assert [p for p, _ in pictures] == ["val_loss.png", "val_acc.png", "train_loss.png", "lr.png",
+                                        "lr_sensitivity.png"]
+    for fig in figures[:3]:  # one line per optimizer at its chosen LR
+        assert len(fig.axes[0].get_legend().get_texts()) == 2
+    lr_fig, sens = figures[3], figures[4]
+    lines = lr_fig.axes[0].lines
+    assert len(lines) == 2 and all(line.get_drawstyle() == "default" for line in lines)  # onecycle: per step
+    assert max(lines[0].get_ydata()) == pytest.approx(1.0, abs=0.05)  # drawn as a multiple of the LR
+    assert len(lines[0].get_xdata()) == len(histories[("sgd", "onecycle", 0.05, 0)].steps)
+    assert sens.axes[0].get_xscale() == "log"
+    assert len(sens.axes[0].get_legend().get_texts()) == 2  # sgd (two LRs) and adam (one)
 
 
 def test_same_initial_weights_for_every_combination_of_a_seed(tmp_path):
@@ -132,12 +226,20 @@ def test_seeds_fold_into_mean_and_std_and_target_counts_epochs():
     assert never[0]["epochs_to_val_acc"] is None
 
 
-def test_per_optimizer_lrs_and_documented_defaults():
+def test_per_optimizer_lrs_grids_and_documented_defaults():
     assert parse_lrs(None, ["sgd", "adam", "adamw", "rmsprop", "adagrad"]) == {
-        "sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
+        "sgd": [0.1], "adam": [1e-3], "adamw": [1e-3], "rmsprop": [1e-3], "adagrad": [1e-2]}
     assert parse_lrs("sgd=0.05, adam=3e-4", ["sgd", "adam", "nadam"]) == {
-        "sgd": 0.05, "adam": 3e-4, "nadam": ol.optimizer_defaults("nadam")["lr"]}
-    assert parse_lrs("0.01", ["sgd", "adam"]) == {"sgd": 0.01, "adam": 0.01}
+        "sgd": [0.05], "adam": [3e-4], "nadam": [ol.optimizer_defaults("nadam")["lr"]]}
+    assert parse_lrs("0.01", ["sgd", "adam"]) == {"sgd": [0.01], "adam": [0.01]}
+    assert parse_lrs("sgd=0.03,0.1,0.3,adam=1e-3", ["sgd", "adam"]) == {"sgd": [0.03, 0.1, 0.3], "adam": [1e-3]}
+    assert parse_lrs(["sgd=0.03,0.1", "adam=1e-3"], ["sgd", "adam"]) == {"sgd": [0.03, 0.1], "adam": [1e-3]}
+    # a grid of N around each optimizer's one LR, half a decade apart; explicit lists are kept
+    assert parse_lrs("adam=0.01", ["sgd", "adam"], grid=3) == {"sgd": [0.0316, 0.1, 0.316],
+                                                               "adam": [0.00316, 0.01, 0.0316]}
+    assert parse_lrs("sgd=0.1,0.2", ["sgd"], grid=3) == {"sgd": [0.1, 0.2]}
+    ratios = [b / a for a, b in zip(lr_grid(1e-3, 5), lr_grid(1e-3, 5)[1:])]
+    assert all(r == pytest.approx(10 ** 0.5, rel=0.01) for r in ratios)
     assert parse_target("val_acc=0.95") == ("val_acc", 0.95)
 
 
@@ -147,6 +249,9 @@ def test_per_optimizer_lrs_and_documented_defaults():
     (lambda: parse_lrs("sgd=fast", ["sgd"]), "'fast' is not a number"),
     (lambda: parse_lrs("adam=0.1", ["sgd"]), "not among the optimizers"),
     (lambda: parse_lrs("sgd=-1", ["sgd"]), "must be a number > 0"),
+    (lambda: parse_lrs("sgd=0.1,0.1", ["sgd"]), "each LR once"),
+    (lambda: parse_lrs("sgd=0.1,sgd=0.2", ["sgd"]), "names 'sgd' twice"),
+    (lambda: parse_lrs(None, ["sgd"], grid=0), "lr_grid must be an integer >= 1"),
     (lambda: parse_target("val_acc>0.9"), "use KEY=VALUE"),
 ])
 def test_bad_input_is_one_clear_line(call, needle):
@@ -159,12 +264,16 @@ def test_nothing_is_written_when_the_input_is_bad(tmp_path):
     train, val = _data()
     out = tmp_path / "report"
     for kwargs in ({"optimizers": ["sgd", "nope"]}, {"schedulers": ["cosine", "never"]},
-                   {"target": "val_f1=0.9"}, {"lrs": {"sgd": 0.0}}, {"epochs": 0}):
+                   {"target": "val_f1=0.9"}, {"lrs": {"sgd": 0.0}}, {"epochs": 0}, {"monitor": "train_loss"},
+                   {"jobs": 0}):
         with pytest.raises(ol.OptiloopError):
             ol.compare(_factory, train, val, out=out, device="cpu", **{"optimizers": ["sgd"], **kwargs})
         assert not out.exists(), kwargs
     with pytest.raises(ol.OptiloopError, match="callable returning a fresh"):
         ol.compare(_factory(), train, val)  # a built model, not a factory
+    with pytest.raises(ol.OptiloopError, match="must be picklable"):  # a lambda cannot reach a worker
+        ol.compare(lambda: _factory(), train, val, out=out, jobs=2, device="cpu")
+    assert not out.exists()
 
 
 def test_as_frame_needs_pandas_or_says_so():
@@ -191,8 +300,9 @@ def test_cli_compare_writes_the_report(tmp_path):
     proc = _cli(tmp_path, "compare", "--optimizers", "sgd,adagrad", "--epochs", "2", "--lr",
                 "sgd=0.05", "--target", "val_acc=0.5", "--out", "rep")
     assert proc.returncode == 0, proc.stderr
-    assert "[1/2] sgd+cosine seed 0: val_acc" in proc.stdout and "ETA" in proc.stdout
-    assert "[2/2] adagrad+cosine seed 0" in proc.stdout
+    assert "[1/2] sgd+cosine lr 0.05 seed 0: val_acc" in proc.stdout and "ETA" in proc.stdout
+    assert "[2/2] adagrad+cosine lr 0.01 seed 0" in proc.stdout
+    assert "epochs to val_acc ≥ 0.5" in proc.stdout
     assert re.search(r"^sgd\s+cosine\s+0\.05\s", proc.stdout, re.M)  # the table, with the LR given
     assert re.search(r"^adagrad\s+cosine\s+0\.01\s", proc.stdout, re.M)  # the documented default
     out = tmp_path / "rep"
@@ -200,17 +310,46 @@ def test_cli_compare_writes_the_report(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["optimizer"] for r in rows] == ["sgd", "adagrad"]
     assert all(r["epochs_to_val_acc"] == "1" for r in rows)  # digits passes 50% in one epoch
-    for name in ("report.md", "report.html", "val_loss.png", "val_acc.png", "lr.png"):
+    for name in ("report.md", "report.html", "val_loss.png", "val_acc.png", "train_loss.png", "lr.png"):
         assert (out / name).is_file(), name
     # The run folder's config re-runs the combination with optiloop train.
     config = (out / "runs" / "sgd-cosine-seed0" / "config.toml").read_text()
     assert 'name = "sgd"' in config and "lr = 0.05" in config and "momentum = 0.9" in config
 
 
+def test_cli_jobs_2_gives_the_same_tables_as_jobs_1(tmp_path, monkeypatch, capsys):
+    from optiloop.cli import main
+
+    args = ["compare", "--data", "wine", "--optimizers", "sgd,adam", "--lr", "sgd=0.05,0.2", "--epochs", "2",
+            "--schedulers", "onecycle"]
+    two = _cli(tmp_path, *args, "--out", "two", "--jobs", "2")  # real worker processes
+    assert two.returncode == 0, two.stderr
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, "--out", "one", "--jobs", "1"]) == 0  # in this process: no second start-up to pay
+    one = capsys.readouterr().out
+    assert "3 runs (sgd, adam x onecycle x 1 seed) of 2 epochs" in two.stdout and "2 at a time" in two.stdout
+
+    def tables(stdout):  # the printed tables without their timing column
+        lines = stdout[stdout.index("every LR tried"):stdout.index("files in")].strip().splitlines()
+        return [line.rsplit(None, 1)[0] if re.match(r"^(sgd|adam)\s", line) else line for line in lines]
+
+    assert tables(two.stdout) == tables(one) and len(tables(one)) == 10
+
+    def rows(folder):
+        with open(tmp_path / folder / "results.csv", newline="") as f:
+            return [_fields(r) for r in csv.DictReader(f)]
+
+    assert rows("two") == rows("one")  # every figure of every run, digit for digit, in the same order
+    assert len(rows("one")) == 3
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--optimizers", "sgd,adamm"], "unknown optimizer 'adamm'; choose from:"),
     (["--lr", "sgd:0.1"], "is not a number"),
     (["--schedulers", "cosine,sometimes"], "unknown scheduler 'sometimes'"),
+    (["--lr-grid", "0"], "--lr-grid: must be >= 1"),
+    (["--monitor", "val_f1"], "--monitor 'val_f1' is not a validation figure"),
+    (["--jobs", "0"], "--jobs: must be >= 1"),
 ])
 def test_cli_compare_bad_input_exits_2_with_one_line_and_no_folder(tmp_path, args, needle):
     proc = _cli(tmp_path, "compare", "--out", "rep", *args, timeout=60)

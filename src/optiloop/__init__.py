@@ -32,7 +32,8 @@ _WHERE: dict[str, str] = {
     "compare": "comparison", "summarize": "comparison", "to_frame": "comparison",
     "CheckpointError": "errors", "DiskError": "errors", "NonFiniteLossError": "errors", "OptiloopError": "errors",
     "TrainingInterrupted": "errors",
-    "History": "history",
+    "History": "history", "Steps": "history",
+    "Logger": "loggers", "StepHistory": "loggers", "TensorBoard": "loggers",
     "evaluate": "loop", "fit": "loop", "resolve_device": "loop",
     "seed_everything": "loop",
     "LRFindResult": "lr_finder", "lr_find": "lr_finder",
@@ -48,11 +49,11 @@ _WHERE: dict[str, str] = {
 
 __all__ = [
     "FSDP", "OPTIMIZERS", "SCHEDULERS", "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError",
-    "CheckpointFolder", "DiskError", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Monitor",
-    "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepOutput", "TrainState",
-    "TrainingInterrupted", "build_optimizer", "build_scheduler", "compare", "evaluate", "fit", "load",
-    "load_checkpoint", "lr_find", "optimizer_defaults", "predict", "preview_schedule", "resolve_device",
-    "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch", "export",
+    "CheckpointFolder", "DiskError", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Logger", "Monitor",
+    "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepHistory", "StepOutput", "Steps",
+    "TensorBoard", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler", "compare", "evaluate",
+    "fit", "load", "load_checkpoint", "lr_find", "optimizer_defaults", "predict", "preview_schedule",
+    "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch", "export",
 ]  # static, for tools; tests check it names exactly the keys of _WHERE
 
 
@@ -79,8 +80,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .distributed import FSDP
     from .doctor import watch
     from .errors import CheckpointError, DiskError, NonFiniteLossError, OptiloopError, TrainingInterrupted
-    from .history import History
+    from .history import History, Steps
     from .inference import predict
+    from .loggers import Logger, StepHistory, TensorBoard
     from .loop import evaluate, fit, resolve_device, seed_everything
     from .lr_finder import LRFindResult, lr_find
     from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults

@@ -146,6 +146,9 @@ class TrainConfig(_Closed):
     nonfinite: Literal["stop", "skip", "ignore"] = "stop"
     # None: "auto" (ddp under torchrun with several processes, else none); fsdp shards the model
     strategy: Literal["auto", "none", "ddp", "fsdp"] | None = None
+    tensorboard: bool = Field(False, description="also write TensorBoard event files into the run folder")
+    grad_norm: bool = Field(False, description="record the gradient norm per step (free with clip_grad_norm; "
+                            "otherwise a few kernels per step)")
 
 
 class RunConfig(_Closed):

@@ -1,4 +1,10 @@
-"""History: one row per epoch (epoch, train_loss, train_<metric>, val_..., lr, seconds)."""
+"""History: one row per epoch (epoch, train_loss, train_<metric>, val_..., lr, seconds), and
+optionally one row per recorded optimizer step (``History.steps``: step, epoch, loss, lr, ...).
+
+Per-step rows are filled by ``optiloop.loggers.StepHistory`` (``optiloop train`` always adds it):
+collected on the device during an epoch and read once at its end, so recording them costs no
+host sync per step.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +30,9 @@ class History:
         2
     """
 
-    def __init__(self, rows: Iterable[dict[str, Any]] = ()):
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), steps: Iterable[dict[str, Any]] = ()):
         self.rows: list[dict[str, Any]] = [dict(r) for r in rows]
+        self.steps = Steps(steps)  # per-step rows; empty unless a StepHistory recorded them
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(dict(row))
@@ -93,17 +100,48 @@ class History:
         with open(path, encoding="utf-8") as f:
             return cls(json.load(f))
 
-    def plot(self, path: str | os.PathLike) -> None:
-        """Write loss, metrics and LR per epoch as one PNG (see optiloop.plots)."""
+    def plot(self, path: str | os.PathLike, *, lr_log: bool = False) -> None:
+        """Write loss, metrics and LR per epoch as one PNG (see optiloop.plots): with per-step
+        rows of a schedule stepped per step, the per-step LR and loss. ``lr_log``: log LR axis."""
         from .plots import plot_history
 
-        plot_history(self, path)
+        plot_history(self, path, lr_log=lr_log)
 
     def state_dict(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.rows]
 
     def load_state_dict(self, rows: list[dict[str, Any]]) -> None:
         self.rows = [dict(r) for r in rows]
+
+
+class Steps(History):
+    """Per-step rows, one per recorded optimizer step, indexable by key like a History.
+
+    Columns: ``step`` (the run's optimizer step, from 1), ``epoch`` (epochs done after that step:
+    ``step / steps_per_epoch``, so it lines up with history.csv's ``epoch``), ``loss`` (the
+    step's training loss; under gradient accumulation the group's weighted mean), ``lr`` (param
+    group 0's LR used by the step) and ``lr_group<i>`` for every group when the groups' LRs differ,
+    ``grad_norm`` (total L2 norm of the unscaled gradients before clipping) when recorded.
+
+    Example:
+        >>> s = Steps([{"step": 1, "epoch": 0.5, "loss": 2.0, "lr": 0.1},
+        ...            {"step": 2, "epoch": 1.0, "loss": 1.5, "lr": 0.05}])
+        >>> s["lr"], s.steps_per_epoch()
+        ([0.1, 0.05], 2)
+    """
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = ()):
+        self.rows = [dict(r) for r in rows]  # no .steps of its own
+
+    def __repr__(self) -> str:
+        return f"Steps({len(self.rows)} steps, keys={self.keys()})"
+
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per epoch, read back from ``step / epoch`` (None: no rows)."""
+        for r in self.rows:
+            if r.get("epoch"):
+                return max(1, round(r["step"] / r["epoch"]))
+        return None
 
 
 def _parse(v: str) -> Any:

@@ -6,8 +6,9 @@
   metrics. ``optiloop train``, ``eval``, ``predict``, ``compare`` and ``lr-find`` all start there.
 - :class:`TrainingRun` is ``optiloop train`` as a library: everything built and checked first,
   then the folder, ``fit``, and the run's files.
-- :class:`RunFolder` is the one writer of a run's files (config.toml, history.csv, curves.png,
-  summary.json) into a folder that was new or empty: runs are never overwritten.
+- :class:`RunFolder` is the one writer of a run's files (config.toml, history.csv, steps.csv,
+  curves.png, summary.json, and for classification confusion_matrix.png / .csv and
+  per_class.csv) into a folder that was new or empty: runs are never overwritten.
 - :func:`load` brings a run back as a :class:`Run` that predicts on new rows. Everything it needs
   (preprocessing statistics, feature names and order, the original labels, the task, the model's
   constructor and arguments) travels in the checkpoint, under ``config["inference"]``, as plain
@@ -253,6 +254,15 @@ class RunFolder:
 
         plot_history(history, self.path / "curves.png", best_epoch=best_epoch, title=title)
 
+    def write_steps(self, history: Any) -> None:
+        """steps.csv: the recorded per-step rows (``History.steps``), when there are any."""
+        if len(history.steps):
+            history.steps.to_csv(self.path / "steps.csv")
+
+    def write_class_report(self, report: Any, *, title: str | None = None) -> list[str]:
+        """confusion_matrix.png / .csv and per_class.csv of a ``classification.ClassReport``."""
+        return report.write(self.path, title=title)
+
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         write_text(self.path / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
 
@@ -313,6 +323,7 @@ class _RunFiles(Callback):
 
     def on_epoch_end(self, state, logs):
         self.folder.write_history(state.history)
+        self.folder.write_steps(state.history)  # StepHistory (order 90) has handed the epoch's steps over
 
     def on_exception(self, state, error):
         from .errors import TrainingInterrupted
@@ -324,7 +335,8 @@ class _RunFiles(Callback):
 
 # Settings a resume may change, by what they change: how the run is carried out (applied and
 # recorded), what each step computes (only with force_resume), or what the saved state is.
-_FREE = {"train.device", "train.checkpoint_every", "train.checkpoint_seconds", "train.nonfinite"}
+_FREE = {"train.device", "train.checkpoint_every", "train.checkpoint_seconds", "train.nonfinite",
+         "train.tensorboard", "train.grad_norm"}
 _FORCED_SECTIONS = ("data",)
 _FORCED = {"train.epochs", "train.early_stopping", "train.batch_size", "train.grad_accum",
            "train.clip_grad_norm", "train.amp", "train.strategy"}
@@ -426,6 +438,10 @@ class TrainingRun:
         self.device = with_key("train.device", resolve_device, t["device"])
         self.strategy = t.get("strategy") or "auto"
         with_key("train.strategy", lambda s: resolve_strategy(s, launched_world()), self.strategy)
+        if t.get("tensorboard"):  # a missing package fails now, before the run folder exists
+            from .loggers import require_tensorboard
+
+            with_key("train.tensorboard", lambda _: require_tensorboard(), True)
         seed_everything(t["seed"])  # the model's initial weights follow the run's seed
         self.model = task.new_model()
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
@@ -494,6 +510,7 @@ class TrainingRun:
     def _train(self, progress: bool) -> TrainingResult:
         from .callbacks import EarlyStopping
         from .checkpoint import Checkpoint
+        from .loggers import StepHistory, TensorBoard
         from .loop import fit
 
         folder = self.open_folder()
@@ -502,7 +519,11 @@ class TrainingRun:
                           every_seconds=t["checkpoint_seconds"])
         info = RunInfo()
         files = _RunFiles(folder, self.cfg if self.changed else None, self._CONFIG_NOTE)
-        callbacks: list[Any] = [ckpt, info, files]
+        # Per-step loss and LR (and the gradient norm when asked, or free from clipping): steps.csv.
+        norm = bool(t.get("grad_norm"))
+        callbacks: list[Any] = [ckpt, info, files, StepHistory(grad_norm=norm)]
+        if t.get("tensorboard"):
+            callbacks.append(TensorBoard(folder.path / "tensorboard", grad_norm=norm))
         if self.patience:
             callbacks.insert(0, EarlyStopping(monitor=t["monitor"], patience=self.patience))
         t0 = time.perf_counter()
@@ -525,8 +546,23 @@ class TrainingRun:
             lr = f"{o['lr']:g}" if "lr" in o else "default"
             folder.write_curves(history, best_epoch=ckpt.best_epoch,
                                 title=f"{folder.path.name}: {o['name']} lr {lr}, {self.cfg['scheduler']['name']}")
-            folder.write_summary(self._summary(history, best, info, seconds))
+            summary = self._summary(history, best, info, seconds)
+            if self.task.preprocessing.task == "classification":
+                summary["validation_classes"] = self._class_report(folder)
+            folder.write_summary(summary)
         return TrainingResult(folder, history, dict(best), info.stop_reason, seconds, info.is_main)
+
+    def _class_report(self, folder: RunFolder) -> dict[str, Any]:
+        """Confusion matrix and per-class figures on the validation split, with the weights
+        ``predict`` uses (best.pt): written as files, returned for summary.json."""
+        from .classification import run_class_report
+
+        raw, classes = self.task.raw, self.task.preprocessing.classes
+        run = load(folder.path)
+        report = run_class_report(run, raw.X_val, np.asarray(classes, dtype=object)[raw.y_val], where="validation")
+        folder.write_class_report(report, title=f"{folder.path.name}: validation split, epoch {run.epoch} "
+                                  f"({run.checkpoint.name}), accuracy {report.accuracy:.4f}")
+        return {"checkpoint": run.checkpoint.name, "epoch": run.epoch, **report.to_dict()}
 
     def _summary(self, history, best, info, seconds) -> dict[str, Any]:
         cfg, task, prep = self.cfg, self.task, self.task.preprocessing

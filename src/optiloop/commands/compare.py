@@ -1,4 +1,5 @@
-"""``optiloop compare``: every optimizer x scheduler (x seed) from the same start, one report."""
+"""``optiloop compare``: every optimizer x LR x scheduler (x seed) from the same start, each
+optimizer judged at its best LR, one report; ``--jobs N`` runs N at a time."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ DEFAULT_EPOCHS = 10
 
 @command("compare")
 class CompareCommand(Command):
-    help = ("train every optimizer x scheduler (x seed) from the same initial weights and write a "
-            "comparison report (table, curves, report.md / report.html)")
+    help = ("train every optimizer x LR x scheduler (x seed) from the same initial weights, pick each "
+            "optimizer's best LR on the validation figure and write a comparison report (tables, curves, "
+            "report.md / report.html)")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         from ..optim import OPTIMIZERS
@@ -33,19 +35,36 @@ class CompareCommand(Command):
                        help=f"epochs per run, no early stopping (default {DEFAULT_EPOCHS})")
         p.add_argument("--seeds", type=int, default=1, help="seeds per combination; the table "
                        "shows mean ± std (default 1)")
-        p.add_argument("--lr", metavar="LR or NAME=LR,...", help="one LR for all, or per optimizer "
-                       f"(sgd=0.1,adam=1e-3); default per optimizer (optiloop list): {lrs}; sgd "
-                       "also momentum 0.9")
+        p.add_argument("--lr", action="append", metavar="LR or NAME=LR[,LR...]",
+                       help="the LRs to try: one or more for all (0.01 or 0.01,0.1), or per optimizer "
+                       "(sgd=0.03,0.1,0.3,adam=1e-3; repeatable); default per optimizer (optiloop list): "
+                       f"{lrs}; sgd also momentum 0.9")
+        p.add_argument("--lr-grid", type=int, metavar="N", help="try each optimizer at N LRs half a decade "
+                       "apart around its LR (given or default), e.g. 3: sgd 0.0316, 0.1, 0.316")
+        p.add_argument("--monitor", metavar="KEY", help="the validation figure that picks each run's best "
+                       "epoch and each optimizer's best LR (default: the first metric's, e.g. val_acc; "
+                       "else val_loss)")
         p.add_argument("--target", metavar="KEY=VALUE", help="also report epochs to reach it, e.g. "
                        "val_acc=0.95")
         p.add_argument("--out", metavar="DIR", help="report folder (default runs/compare-<data>-"
                        "<time>); must not exist or be empty")
         p.add_argument("--checkpoints", action="store_true",
                        help="also write best.pt / last.pt in each run folder (off: saves time)")
+        p.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="run N runs at a time in separate processes; results equal --jobs 1's, only "
+                       "the timings differ (default 1)")
         add_task_arguments(p)
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..comparison import compare, parse_lrs, parse_names, parse_target, summarize
+        from ..comparison import (
+            compare,
+            describe_target,
+            parse_lrs,
+            parse_names,
+            parse_target,
+            pick_best,
+            summarize,
+        )
         from ..config import resolve
         from ..optim import OPTIMIZERS
         from ..report import format_table
@@ -56,30 +75,43 @@ class CompareCommand(Command):
         # it creates the folder.
         optimizers = parse_names(args.optimizers, "optimizer", OPTIMIZERS)
         schedulers = parse_names(args.schedulers, "scheduler", SCHEDULERS)
-        lrs = parse_lrs(args.lr, optimizers, what="--lr")
-        parse_target(args.target, what="--target")
-        if args.epochs < 1 or args.seeds < 1:
-            raise OptiloopError("--epochs and --seeds: must be >= 1")
+        if args.lr_grid is not None and args.lr_grid < 1:
+            raise OptiloopError(f"--lr-grid: must be >= 1 (got {args.lr_grid})")
+        lrs = parse_lrs(args.lr, optimizers, what="--lr", grid=args.lr_grid)
+        goal = parse_target(args.target, what="--target")
+        if args.epochs < 1 or args.seeds < 1 or args.jobs < 1:
+            raise OptiloopError("--epochs, --seeds and --jobs: must be >= 1")
         cfg = resolve(args.config, args.set, task_flags(args))
         if args.out is not None:
             out = ensure_empty(args.out, "--out")
         else:
             out = free_name(Path("runs") / f"compare-{short(cfg['data']['name'])}-{stamp()}")
-        runs = len(optimizers) * len(schedulers) * args.seeds
+        runs = sum(len(v) for v in lrs.values()) * len(schedulers) * args.seeds
         t0 = time.perf_counter()
         # compare() checks the rest (out folder, target key, device, each optimizer's LR) before
         # its first progress line, which is the header printed here.
         try:
             rows = compare(config=cfg, optimizers=optimizers, schedulers=schedulers,
-                           epochs=args.epochs, seeds=args.seeds, lrs=lrs, target=args.target, out=out,
-                           checkpoints=args.checkpoints, device=cfg["train"]["device"],
+                           epochs=args.epochs, seeds=args.seeds, lrs=lrs, monitor=args.monitor,
+                           target=args.target, out=out, checkpoints=args.checkpoints,
+                           device=cfg["train"]["device"], jobs=args.jobs,
                            progress=lambda line: print(line, flush=True))
         except OptiloopError as e:  # the library names its argument; the user typed the flag
             message = str(e)
-            raise OptiloopError("--" + message if message.startswith("target ") else message) from None
+            raise OptiloopError("--" + message if message.startswith(("target ", "monitor ")) else message) from None
         print(f"\ndone: {runs} runs in {time.perf_counter() - t0:.1f} s"
               + (f"; mean ± std over {args.seeds} seeds" if args.seeds > 1 else ""))
-        print(format_table(summarize(rows)))
+        summary = summarize(rows)
+        best = pick_best(summary)
+        target, monitor = describe_target(goal), rows[0]["monitor"]
+        if any(len(v) > 1 for v in lrs.values()):
+            print(f"\nevery LR tried (* = each optimizer's best mean {monitor} @best):")
+            print(format_table(summary, target=target, marked={(r["optimizer"], r["scheduler"], r["lr"])
+                                                               for r in best}))
+            print("\neach optimizer at its best LR ((edge): the best is the smallest or largest tried):")
+            print(format_table(best, target=target))
+        else:
+            print(format_table(summary, target=target))
         files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
         print(f"\nfiles in {out}/: {', '.join(files)}, runs/ ({runs} run folders)")
         return 0

@@ -71,10 +71,14 @@ class LRFindCommand(Command):
             else:
                 folder = RunFolder.create(Path("runs") / f"lr-find-{short(cfg['data']['name'])}-"
                                           f"{short(cfg['model']['name'])}-{o['name']}-{stamp()}", unique=True)
+            # Held while the files are written: two lr-finds into one --out would mix their files.
+            folder.lock(new=True, what="--out")
             plot = folder.path / "lr_find.png"
             result.to_csv(folder.path / "lr_find.csv")
         result.plot(plot, title=f"LR range test: {short(cfg['data']['name'])}, "
                     f"{cfg['model']['name']}, {o['name']}")
+        if args.plot is None:
+            folder.release()
         other = [f"{r} {lr:.2e}" for r, lr in result.suggestions.items() if r != result.rule]
         how = {"valley": "middle of the longest stretch of falling loss",
                "steepest": "fastest fall of the loss per decade of LR"}[result.rule]

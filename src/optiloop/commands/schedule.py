@@ -1,4 +1,10 @@
-"""``optiloop schedule``: the LR per epoch of one or more schedulers, printed and plotted."""
+"""``optiloop schedule``: the LR of one or more schedulers, printed per epoch and plotted.
+
+A schedule stepped per optimizer step (onecycle, any warmup, ``interval=step``) is previewed per
+step, with ``PER_STEP_DEFAULT`` steps per epoch unless ``--steps-per-epoch`` says how many the
+run has: its curve is drawn as the line it is, not as one value per epoch. The LR axis is
+linear (a linear warmup looks linear); ``--log`` asks for a log axis.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from ..errors import OptiloopError, choices
 from . import Command, command
 from .common import fmt
 
+PER_STEP_DEFAULT = 100  # steps per epoch a per-step schedule is previewed with when none is given
 MAX_STEPS = 1_000_000
 
 
@@ -28,12 +35,15 @@ class ScheduleCommand(Command):
                        "list); several overlay on one plot")
         p.add_argument("--lr", type=float, default=0.1, help="base learning rate (default 0.1)")
         p.add_argument("--epochs", type=int, default=30, help="epochs (default 30)")
-        p.add_argument("--steps-per-epoch", type=int, default=1,
-                       help="optimizer steps per epoch; > 1 plots per-step curves (default 1)")
+        p.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="optimizer steps per epoch (default: 1, or "
+                       f"{PER_STEP_DEFAULT} when a schedule is stepped per step: onecycle, warmup, "
+                       "interval=step, so its per-step curve shows)")
         p.add_argument("--set", action="append", default=[], metavar="[NAME.]KEY=VALUE",
                        help="a scheduler argument (TOML value) for all names, or NAME.KEY for one;"
                        " e.g. --set gamma=0.5 --set step.step_size=5 --set warmup_epochs=3")
         p.add_argument("--plot", metavar="FILE", help="write the plot (PNG) here")
+        p.add_argument("--log", action="store_true", help="log-scale LR axis in the plot (default linear)")
 
     def run(self, args: argparse.Namespace) -> int:
         from ..config import parse_value
@@ -48,18 +58,20 @@ class ScheduleCommand(Command):
             raise OptiloopError("each scheduler name once, please")
         if not (args.lr > 0 and math.isfinite(args.lr)):
             raise OptiloopError(f"--lr: must be > 0 (got {args.lr})")
-        if args.epochs < 1 or args.steps_per_epoch < 1:
+        if args.epochs < 1 or (args.steps_per_epoch is not None and args.steps_per_epoch < 1):
             raise OptiloopError("--epochs and --steps-per-epoch: must be >= 1")
-        if args.epochs * args.steps_per_epoch > MAX_STEPS:  # a typo must not run for ever
-            raise OptiloopError(f"--epochs x --steps-per-epoch: at most {MAX_STEPS:,} steps to preview "
-                                f"(got {args.epochs * args.steps_per_epoch:,})")
         if args.plot:
             from ..files import check_writable
 
             check_writable(args.plot, "--plot")
         common, scoped = self._sets(args.set, names, parse_value)
 
-        spe, per_step = args.steps_per_epoch, args.steps_per_epoch > 1
+        stepped = [n for n in names if _per_step({**common, **scoped.get(n, {})}, SCHEDULERS[n].interval)]
+        spe = args.steps_per_epoch or (PER_STEP_DEFAULT if stepped else 1)
+        per_step = spe > 1
+        if args.epochs * spe > MAX_STEPS:  # a typo must not run for ever
+            raise OptiloopError(f"--epochs x --steps-per-epoch: at most {MAX_STEPS:,} steps to preview "
+                                f"(got {args.epochs * spe:,})")
         curves: dict[str, list[float]] = {}
         table: dict[str, list[float]] = {}
         note = None
@@ -90,6 +102,10 @@ class ScheduleCommand(Command):
             print(label)
         if note:
             print(note)
+        if stepped and args.steps_per_epoch is None:
+            print(f"{', '.join(stepped)}: the LR moves every optimizer step (a per-step schedule or warmup); "
+                  f"previewed with {spe} steps per epoch (--steps-per-epoch to match your run); the table "
+                  "shows each epoch's first step")
         print()
         width = max(10, *(len(n) for n in names))
         print("epoch  " + "  ".join(f"{n:>{width}}" for n in names))
@@ -100,7 +116,7 @@ class ScheduleCommand(Command):
 
             title = f"LR schedule{'s' if len(names) > 1 else ''}: base lr {args.lr:g}, " \
                     f"{args.epochs} epochs"
-            plot_schedules(curves, args.plot, steps_per_epoch=spe, title=title, note=note)
+            plot_schedules(curves, args.plot, steps_per_epoch=spe, title=title, note=note, log=args.log)
             print(f"plot: {args.plot}")
         return 0
 
@@ -127,3 +143,9 @@ class ScheduleCommand(Command):
             else:
                 common[key] = parse_value(value.strip())
         return common, scoped
+
+
+def _per_step(given: dict[str, Any], default_interval: str) -> bool:
+    """Whether a schedule with these arguments moves the LR within an epoch."""
+    return given.get("interval", default_interval) == "step" or bool(given.get("warmup_epochs")
+                                                                     or given.get("warmup_steps"))

@@ -47,6 +47,14 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
                    "processes; checkpoints become sharded folders); none for one process"),
 }
 
+# flag -> (train key, help): on/off switches (given: true; absent: the config's value).
+TRAIN_SWITCHES: dict[str, tuple[str, str]] = {
+    "--tensorboard": ("tensorboard", "also write TensorBoard event files into RUN/tensorboard: per epoch every "
+                      "logged figure, per step the loss, LR and gradient norm (needs: pip install tensorboard)"),
+    "--grad-norm": ("grad_norm", "record the gradient norm of every step in steps.csv (and TensorBoard); "
+                    "free with clip_grad_norm, otherwise a few extra kernels per step"),
+}
+
 
 @command("train")
 class TrainCommand(Command):
@@ -68,6 +76,9 @@ class TrainCommand(Command):
         for flag, (section, key, typ, text) in TRAIN_FLAGS.items():
             p.add_argument(flag, type=typ, dest=f"{section}__{key}",
                            help=f"{text} ({section}.{key})")
+        for flag, (key, text) in TRAIN_SWITCHES.items():
+            p.add_argument(flag, action="store_true", default=None, dest=f"train__{key}",
+                           help=f"{text} (train.{key})")
 
     def run(self, args: argparse.Namespace) -> int:
         from ..config import resolve
@@ -77,6 +88,8 @@ class TrainCommand(Command):
         flags: dict[str, dict[str, Any]] = {}
         for section, key, _, _ in TRAIN_FLAGS.values():
             flags.setdefault(section, {})[key] = getattr(args, f"{section}__{key}")
+        for key, _ in TRAIN_SWITCHES.values():
+            flags["train"][key] = getattr(args, f"train__{key}")
         resume = self._resume_dir(args)
         if args.out is not None and torchrun_rank() is None:  # (under torchrun every rank names it)
             check_writable(args.out, "--out")
@@ -149,6 +162,8 @@ def header(run: Any, folder: Path) -> str:
         lines.append(f"  resuming {run.resume}/" + (f": changed {'; '.join(run.changed)}" if run.changed else ""))
         if any(c.startswith(("train.epochs ", "train.batch_size ", "train.grad_accum ")) for c in run.changed):
             lines.append("  (the schedule continues with the lengths it was built with)")
+    if cfg["train"].get("tensorboard"):
+        lines.append(f"  TensorBoard: tensorboard --logdir {folder}/tensorboard")
     return "\n".join(lines)
 
 
