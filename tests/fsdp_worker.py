@@ -12,17 +12,16 @@ an exact restart needs each rank's own RNG state back.
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import optiloop as ol
 from optiloop.distributed import current_world
 
 sys.path.insert(0, str(Path(__file__).parent))
+from ddp_worker import StepLog, fit_kwargs  # noqa: E402  (the same dict-batch step and LR log)
 from fsdp_model import Block, Net  # noqa: E402
 
 N, B, EPOCHS = 96, 8, 3  # per-rank batch B; the 1-process reference uses 2B
@@ -40,33 +39,8 @@ def model(dropout=0.0):
     return Net(dropout)
 
 
-def custom_step(model, batch):
-    logits = model(batch["inputs"])
-    loss = nn.functional.cross_entropy(logits, batch["labels"])
-    return ol.StepOutput(loss, outputs=logits, targets=batch["labels"])
-
-
-def fit_kwargs(custom: bool, X, y) -> dict:
-    """--custom-step: dict batches, step=, two micro-batches per optimizer step (weighed by count)."""
-    if not custom:
-        return {"train_data": (X, y), "val_data": (X, y)}
-    return {"train_data": {"inputs": X, "labels": y}, "val_data": {"inputs": X, "labels": y},
-            "step": custom_step, "grad_accum": 2}
-
-
 def scheduler(name):
     return {"name": "plateau", "patience": 0, "factor": 0.5, "threshold": 0.5} if name == "plateau" else name
-
-
-class StepLog(ol.Callback):
-    def __init__(self, die_at):
-        self.lrs, self.die_at = [], die_at
-
-    def on_step_end(self, state, logs):
-        self.lrs.append(state.optimizer.param_groups[0]["lr"])
-        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-        if self.die_at and first_attempt and state.world.rank == 1 and state.step == self.die_at:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main():

@@ -15,21 +15,6 @@ import tomli_w
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from optiloop.cli import main
-
-
-@pytest.fixture
-def run_cli(tmp_path, monkeypatch, capsys):
-    """``optiloop ARGS`` in-process in an empty folder: (exit code, stdout, stderr)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str):
-        code = main(list(args))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
 
 def assert_refused(code: int, err: str, *needles: str) -> None:
     assert code == 2, err
@@ -76,12 +61,12 @@ CASES = [
 
 
 @pytest.mark.parametrize("args, needle", CASES, ids=[" ".join(a)[:40] for a, _ in CASES])
-def test_train_refuses_bad_input_in_one_line_and_writes_nothing(run_cli, tmp_path, monkeypatch, args, needle):
+def test_train_refuses_bad_input_in_one_line_and_writes_nothing(run_main, tmp_path, monkeypatch, args, needle):
     _inputs(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # input-mod is importable as a user's module
     args = [a.replace("input-mod:", "input_mod:") for a in args]
     (tmp_path / "input_mod.py").write_text((tmp_path / "input-mod.py").read_text())
-    code, _, err = run_cli("train", "--set", "train.epochs=1", *args)
+    code, _, err = run_main("train", "--set", "train.epochs=1", *args)
     assert_refused(code, err, needle)
     assert [w for w in written(tmp_path) if not w.startswith(("input_mod", "__pycache__"))] == []
 
@@ -91,8 +76,8 @@ def test_train_refuses_bad_input_in_one_line_and_writes_nothing(run_cli, tmp_pat
     (["schedule", "cosine", "--plot", "/proc/lr.png"], "--plot /proc/lr.png: cannot create anything"),
     (["lr-find", "--plot", "/proc/lr.png"], "--plot /proc/lr.png: cannot create anything"),
 ])
-def test_other_commands_check_their_outputs_before_working(run_cli, tmp_path, args, needle):
-    code, _, err = run_cli(*args)
+def test_other_commands_check_their_outputs_before_working(run_main, tmp_path, args, needle):
+    code, _, err = run_main(*args)
     assert_refused(code, err, needle)
     assert written(tmp_path) == []
 
@@ -159,13 +144,13 @@ CASE = itertools.count()
 
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cfg=configs())
-def test_any_config_trains_or_is_refused_in_one_line_with_nothing_written(run_cli, tmp_path, cfg):
+def test_any_config_trains_or_is_refused_in_one_line_with_nothing_written(run_main, tmp_path, cfg):
     case = tmp_path / f"case{next(CASE)}"  # hypothesis reuses tmp_path across examples
     case.mkdir()
     config = case / "input.toml"
     config.write_text(tomli_w.dumps(cfg))
     # wine is small, and the run length comes from a short list
-    code, _, err = run_cli("train", "--config", str(config), "--set", "data.name=wine", "--out", str(case / "run"))
+    code, _, err = run_main("train", "--config", str(config), "--set", "data.name=wine", "--out", str(case / "run"))
     assert code in (0, 2), err
     event(f"exit {code}")  # --hypothesis-show-statistics: how many trained, how many were refused
     event(err.split(":")[1].strip() if code == 2 else "trained")

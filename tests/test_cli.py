@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from optiloop.cli import COMMANDS, main
+from optiloop.cli import COMMANDS
 from optiloop.config import tomllib  # the stdlib one, or tomli on Python 3.10
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -49,19 +49,6 @@ def assert_one_line_error(proc, *needles: str) -> None:
     assert "Traceback" not in proc.stderr
     for n in needles:
         assert n in lines[0], lines[0]
-
-
-@pytest.fixture
-def run_main(tmp_path, monkeypatch, capsys):
-    """The same command line in-process (no interpreter start-up: keeps the suite fast)."""
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str):
-        code = main(list(args))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def test_registry_holds_every_subcommand():

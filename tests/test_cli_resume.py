@@ -117,18 +117,9 @@ def test_trust_settings_are_validated_before_anything_is_written(tmp_path):
 
 
 @pytest.fixture
-def cli(tmp_path, monkeypatch, capsys):
+def cli(run_main):
     """``optiloop ARGS`` in-process (no interpreter start-up), in tmp_path: a CompletedProcess."""
-    from optiloop.cli import main
-
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str) -> subprocess.CompletedProcess:
-        code = main(list(args))
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-    return run
+    return lambda *args: subprocess.CompletedProcess(args, *run_main(*args))
 
 
 def test_resume_decides_per_setting_and_writes_config_only_once_accepted(cli, tmp_path):

@@ -12,21 +12,8 @@ import pytest
 from matplotlib.image import imread
 
 import optiloop as ol
-from optiloop.cli import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture
-def run_main(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args: str):
-        code = main(list(args))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
 
 
 def assert_picture(path, min_width=400):

@@ -147,27 +147,31 @@ def test_warmup_in_front_of_plateau_multiplies_the_lr_it_sets():
     assert lrs[4:] == plain[4:]
 
 
-def test_state_dict_round_trip_continues_identically():
-    def run(split):
-        opt = _opt()
-        s = ol.build_scheduler("cosine_restarts", opt, T_0=3, warmup_steps=2, steps_per_epoch=2)
-        lrs = []
-        for e in range(8):
-            if e == split:
-                state = s.state_dict()
-                opt2 = _opt()
-                opt2.load_state_dict(opt.state_dict())
-                s = ol.build_scheduler("cosine_restarts", opt2, T_0=3, warmup_steps=2, steps_per_epoch=2)
-                s.load_state_dict(state)
-                opt = opt2
-            for _ in range(2):
-                lrs.append(opt.param_groups[0]["lr"])
-                opt.step()
-                s.step_end()
-            s.epoch_end()
-        return lrs
+def _lrs_resumed_at(split, build, epochs=8, steps_per_epoch=2):
+    """The LR of every step of ``epochs`` epochs; at epoch ``split`` the schedule and optimizer are
+    rebuilt and loaded from their state dicts, as a resume does (None: never)."""
+    opt = _opt()
+    s = build(opt)
+    lrs = []
+    for e in range(epochs):
+        if e == split:
+            state, opt2 = s.state_dict(), _opt()
+            opt2.load_state_dict(opt.state_dict())
+            s, opt = build(opt2), opt2
+            s.load_state_dict(state)
+        for _ in range(steps_per_epoch):
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            s.step_end()
+        s.epoch_end()
+    return lrs
 
-    assert run(split=5) == run(split=None)
+
+def test_state_dict_round_trip_continues_identically():
+    def build(opt):
+        return ol.build_scheduler("cosine_restarts", opt, T_0=3, warmup_steps=2, steps_per_epoch=2)
+
+    assert _lrs_resumed_at(5, build) == _lrs_resumed_at(None, build)
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -406,26 +410,12 @@ def test_frequency_per_step_matches_torch_stepped_every_n_steps():
 
 
 def test_frequency_and_warmup_survive_a_state_dict_round_trip():
-    def run(split):
-        opt = _opt()
-        spec = {"name": "step", "step_size": 1, "gamma": 0.5, "frequency": 2, "warmup_steps": 3}
-        s = ol.build_scheduler(spec, opt, epochs=8, steps_per_epoch=2)
-        lrs = []
-        for e in range(8):
-            if e == split:
-                state, opt2 = s.state_dict(), _opt()
-                opt2.load_state_dict(opt.state_dict())
-                s = ol.build_scheduler(spec, opt2, epochs=8, steps_per_epoch=2)
-                s.load_state_dict(state)
-                opt = opt2
-            for _ in range(2):
-                lrs.append(opt.param_groups[0]["lr"])
-                opt.step()
-                s.step_end()
-            s.epoch_end()
-        return lrs
+    spec = {"name": "step", "step_size": 1, "gamma": 0.5, "frequency": 2, "warmup_steps": 3}
 
-    assert run(split=3) == run(split=None)
+    def build(opt):
+        return ol.build_scheduler(spec, opt, epochs=8, steps_per_epoch=2)
+
+    assert _lrs_resumed_at(3, build) == _lrs_resumed_at(None, build)
 
 
 # --- argument values: one line naming the argument and its range (issue 13's catalogue) ----------

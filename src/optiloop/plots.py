@@ -56,6 +56,16 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
         fig.savefig(f, format="png", dpi=110)
 
 
+def _finish_overlay(fig: Figure, ax: Any, path: str | os.PathLike, title: str | None) -> Figure:
+    """Legend, title and file of a picture overlaying many runs."""
+    # Outside the axes: with ten combinations a legend inside would cover the curves.
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+    return fig
+
+
 def moves_within_epochs(steps: Rows) -> bool:
     """Whether per-step rows show the LR changing inside an epoch: the schedule (or its warmup)
     is stepped per optimizer step, so a per-epoch value would hide its shape.
@@ -277,12 +287,7 @@ def plot_overlay(curves: Mapping[str, Sequence[Sequence[float]]], path: str | os
     ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs: no "2.5"
     ax.grid(True, alpha=0.3)
-    # Outside the axes: with ten combinations a legend inside would cover the curves.
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    if title:
-        ax.set_title(title)
-    _save(fig, path)
-    return fig
+    return _finish_overlay(fig, ax, path, title)
 
 
 def plot_lr_runs(runs: Mapping[str, Rows], path: str | os.PathLike, *, base: Mapping[str, float] | None = None,
@@ -324,11 +329,7 @@ def plot_lr_runs(runs: Mapping[str, Rows], path: str | os.PathLike, *, base: Map
     ax.set_ylabel("LR / the optimizer's LR" if base else "learning rate")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    if title:
-        ax.set_title(title)
-    _save(fig, path)
-    return fig
+    return _finish_overlay(fig, ax, path, title)
 
 
 def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, float]]], path: str | os.PathLike, *,
@@ -372,11 +373,7 @@ def plot_lr_sensitivity(points: Mapping[str, Sequence[tuple[float, float, float]
     ax.set_xlabel("learning rate (log scale; filled: the LR chosen)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    if title:
-        ax.set_title(title)
-    _save(fig, path)
-    return fig
+    return _finish_overlay(fig, ax, path, title)
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[Any], path: str | os.PathLike, *,
