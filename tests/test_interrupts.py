@@ -49,6 +49,15 @@ def train(model, folder, epochs=3, resume=None, callbacks=()):
                   callbacks=[ol.Checkpoint(folder, every_seconds=3600), *callbacks])
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, even where the suite was started in the
+    background (a shell's `&` starts it with SIGINT ignored, and an ignored signal stays ignored)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def same(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -86,6 +95,18 @@ def test_a_second_ctrl_c_during_the_save_is_ignored(tmp_path, monkeypatch):
         train(net(), tmp_path, callbacks=[SignalAt(3, signal.SIGINT)])
     assert e.value.signal_name == "SIGINT" and during  # the second press came, during the write
     assert C.load_checkpoint(tmp_path / "last.pt")["step"] == 3  # and the write finished
+
+
+def test_an_ignored_signal_stays_ignored(tmp_path):
+    """`optiloop train &` from a script: the shell ignores SIGINT for it, so a Ctrl-C meant for the
+    foreground job must not stop the training in the background."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the fixture restores it
+    try:
+        h = train(net(), tmp_path, callbacks=[SignalAt(3, signal.SIGINT)])
+    except ol.TrainingInterrupted as e:  # a KeyboardInterrupt: uncaught, it would end the whole session
+        pytest.fail(f"an ignored SIGINT stopped training: {e}")
+    assert len(h) == 3 and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert C.load_checkpoint(tmp_path / "last.pt")["epoch_done"]  # the run's normal end
 
 
 def test_training_in_another_thread_keeps_the_processes_handlers(tmp_path):

@@ -699,7 +699,8 @@ class _Signals:
     to stop after the current optimizer step instead of dying in the middle of one. The first
     signal is recorded; later ones are ignored until training has saved and returned, so a
     second Ctrl-C cannot cut the checkpoint write short. The previous handlers come back at the
-    end. Only the main thread can install handlers: elsewhere signals keep their own effect."""
+    end. Only the main thread can install handlers: elsewhere signals keep their own effect; an
+    ignored signal stays ignored."""
 
     NAMES = ("SIGTERM", "SIGINT", "SIGUSR1")
 
@@ -715,7 +716,9 @@ class _Signals:
         if threading.current_thread() is threading.main_thread():
             for name in self.NAMES:
                 num = getattr(signal, name, None)
-                if num is not None:
+                # An ignored signal stays ignored (a shell's `&` ignores SIGINT, nohup SIGHUP): the
+                # process that started us decided it must not stop training.
+                if num is not None and signal.getsignal(num) is not signal.SIG_IGN:
                     self._previous[num] = signal.signal(num, self._handle)
         return self
 
