@@ -21,17 +21,9 @@ import optiloop as ol
 from optiloop.distributed import current_world
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_worker import StepLog, fit_kwargs  # noqa: E402  (the same dict-batch step and LR log)
+# the same data, sizes, dict-batch step and LR log as the DDP worker
+from ddp_worker import EPOCHS, B, N, StepLog, dataset, fit_kwargs  # noqa: E402, F401 (N: for tests)
 from fsdp_model import Block, Net  # noqa: E402
-
-N, B, EPOCHS = 96, 8, 3  # per-rank batch B; the 1-process reference uses 2B
-
-
-def dataset():
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(N, 6, generator=g)
-    y = (X[:, 0] + X[:, 1] > 0).long()
-    return X, y
 
 
 def model(dropout=0.0):

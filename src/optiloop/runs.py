@@ -739,6 +739,18 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
 
 
 # --- new rows from files (the command line's --data) ------------------------------------------
+def rows_to_use(run: Run, data: str | None, *, target: str | None, need_labels: bool = False,
+                hint: str) -> tuple[Any, np.ndarray | None]:
+    """The command line's rows: ``--data``'s, or without it the run's own validation split; ``hint``
+    ends the error when that split cannot be rebuilt (its data has moved)."""
+    if data is None:
+        try:
+            return run.validation_rows()
+        except OptiloopError as e:
+            raise OptiloopError(f"cannot rebuild the validation split of {run.checkpoint} ({e}); {hint}") from None
+    return read_rows(data, run, target=target, need_labels=need_labels, what="--data", target_arg="--target")
+
+
 def read_rows(spec: str, run: Run, *, target: str | None = None, need_labels: bool = False,
               what: str = "data", target_arg: str = "target") -> tuple[Any, np.ndarray | None]:
     """Rows to apply ``run`` to, from a CSV (columns by name; the label column optional), an

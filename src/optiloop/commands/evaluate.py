@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import OptiloopError
 from . import Command, command
 
 
@@ -31,22 +30,14 @@ class EvalCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from ..files import write_text
-        from ..runs import RunFolder, ensure_empty, load, read_rows
+        from ..runs import RunFolder, ensure_empty, load, rows_to_use
 
         if args.out is not None:
             ensure_empty(args.out, "--out")
         run = load(args.checkpoint)
-        if args.data is None:
-            try:
-                X, y = run.validation_rows()
-            except OptiloopError as e:
-                raise OptiloopError(f"cannot rebuild the validation split of {run.checkpoint} ({e}); "
-                                    "evaluate on other rows with --data FILE") from None
-            what = f"validation split of {run.config['data']['name']}"
-        else:
-            X, y = read_rows(args.data, run, target=args.target, need_labels=True, what="--data",
-                             target_arg="--target")
-            what = f"all of {args.data}"
+        X, y = rows_to_use(run, args.data, target=args.target, need_labels=True,
+                           hint="evaluate on other rows with --data FILE")
+        what = f"validation split of {run.config['data']['name']}" if args.data is None else f"all of {args.data}"
         results = run.evaluate(X, y, batch_size=args.batch_size, device=args.device,
                                where=f"--data {args.data}" if args.data else what)
         units = run.task == "regression" and run.preprocessing.y_scaler is not None

@@ -27,7 +27,7 @@ class PredictCommand(Command):
         p.add_argument("--batch-size", type=int, default=1024)
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..runs import load, prediction_table, read_rows, write_csv_rows
+        from ..runs import load, prediction_table, rows_to_use, write_csv_rows
 
         out = Path(args.out) if args.out is not None else None
         if out is not None and out.exists():
@@ -35,14 +35,7 @@ class PredictCommand(Command):
         if args.batch_size < 1:
             raise OptiloopError(f"--batch-size: must be >= 1 (got {args.batch_size})")
         run = load(args.run)
-        if args.data is None:
-            try:
-                X, _ = run.validation_rows()
-            except OptiloopError as e:
-                raise OptiloopError(f"cannot rebuild the validation split of {run.checkpoint} ({e}); "
-                                    "give the rows with --data FILE") from None
-        else:
-            X, _ = read_rows(args.data, run, target=args.target, what="--data")
+        X, _ = rows_to_use(run, args.data, target=args.target, hint="give the rows with --data FILE")
         where = f"--data {args.data}" if args.data else "the validation split"
         header, rows = prediction_table(run, X, batch_size=args.batch_size, where=where)
         if out is None:
