@@ -10,6 +10,7 @@ from torch import nn
 
 import optiloop as ol
 from optiloop import checkpoint as C
+from optiloop import training_state as TS
 
 
 def data(n=48):
@@ -166,7 +167,7 @@ class Touch:
 def test_code_in_a_checkpoint_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"format": C.FORMAT, "model": Touch(marker)}, evil)
+    torch.save({"format": TS.FORMAT, "model": Touch(marker)}, evil)
     with pytest.raises(ol.CheckpointError, match="refused: it holds objects that are not plain data"):
         ol.load_checkpoint(evil)
     with pytest.raises(ol.CheckpointError, match="refused"):
@@ -178,7 +179,7 @@ def test_model_shape_mismatch_lists_keys(tmp_path):
     train(tmp_path, epochs=1)
     other = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2), nn.Linear(2, 2))
     with pytest.raises(ol.CheckpointError) as e:
-        C.load_model_weights(other, ol.load_checkpoint(tmp_path / "best.pt")["model"])
+        TS.load_model_weights(other, ol.load_checkpoint(tmp_path / "best.pt")["model"])
     msg = str(e.value)
     assert "missing: 3.weight, 3.bias" in msg and "0.weight (8, 4) vs (16, 4)" in msg
 

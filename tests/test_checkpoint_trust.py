@@ -17,6 +17,7 @@ from torch import nn
 import optiloop as ol
 from optiloop import checkpoint as C
 from optiloop import files as F
+from optiloop import training_state as TS
 
 
 def run(tmp_path, epochs=2, **kw):
@@ -182,7 +183,7 @@ def test_a_crafted_last_is_damage_the_resume_falls_back_from(tmp_path):
 
 def test_code_in_a_crafted_checkpoint_never_runs_and_a_model_mismatch_is_not_damage(tmp_path):
     net, data = run(tmp_path)
-    torch.save({"format": C.FORMAT, "model": Code()}, tmp_path / "evil.pt")
+    torch.save({"format": TS.FORMAT, "model": Code()}, tmp_path / "evil.pt")
     with pytest.raises(ol.CheckpointError, match="refused: it holds objects that are not plain data"):
         C.load_resumable(tmp_path / "evil.pt")
     with pytest.raises(ol.CheckpointError, match="checkpoint does not fit the model; shape mismatch"):

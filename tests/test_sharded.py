@@ -13,8 +13,8 @@ from torch.distributed.checkpoint import FileSystemWriter
 
 import optiloop as ol
 from optiloop import sharded as S
-from optiloop.checkpoint import FORMAT, rng_state
 from optiloop.files import TEMP_SUFFIX
+from optiloop.training_state import FORMAT, rng_state
 
 # A ShardedFolder in one process: DCP notes from its writer thread that it saves in one process
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -221,7 +221,7 @@ def test_fsdp_under_torchrun_with_one_process_says_so(monkeypatch):
 
 
 def test_what_fsdp_cannot_take_is_refused_before_anything_is_sharded():
-    from optiloop.loop import check_fsdp
+    from optiloop.distributed import check_fsdp
 
     model = torch.nn.Linear(4, 2)
     cases = [

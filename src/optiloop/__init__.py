@@ -19,7 +19,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # re-exported: optiloop.__version__
 
 # public name -> the module (under optiloop) that defines it
 _WHERE: dict[str, str] = {
@@ -34,8 +34,7 @@ _WHERE: dict[str, str] = {
     "TrainingInterrupted": "errors",
     "History": "history", "Steps": "history",
     "Logger": "loggers", "StepHistory": "loggers", "TensorBoard": "loggers",
-    "evaluate": "loop", "fit": "loop", "resolve_device": "loop",
-    "seed_everything": "loop",
+    "evaluate": "loop", "fit": "loop", "resolve_device": "distributed", "seed_everything": "distributed",
     "LRFindResult": "lr_finder", "lr_find": "lr_finder",
     "OPTIMIZERS": "optim", "build_optimizer": "optim", "optimizer_defaults": "optim",
     "SCHEDULERS": "schedules", "Schedule": "schedules", "build_scheduler": "schedules",
@@ -77,13 +76,13 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
     from .comparison import compare, summarize, to_frame
     from .data import Batches
-    from .distributed import FSDP
+    from .distributed import FSDP, resolve_device, seed_everything
     from .doctor import watch
     from .errors import CheckpointError, DiskError, NonFiniteLossError, OptiloopError, TrainingInterrupted
     from .history import History, Steps
     from .inference import predict
     from .loggers import Logger, StepHistory, TensorBoard
-    from .loop import evaluate, fit, resolve_device, seed_everything
+    from .loop import evaluate, fit
     from .lr_finder import LRFindResult, lr_find
     from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
     from .runs import Run, load

@@ -16,7 +16,6 @@ import contextlib
 import io
 import os
 import pickle
-import random
 import shutil
 import time
 import warnings
@@ -25,15 +24,12 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
 
-import numpy as np
 import torch
 
 from .callbacks import Callback, Monitor
 from .errors import CheckpointError, DiskError, OptiloopError, TrainingInterrupted
 from .files import TEMP_SUFFIX, atomic_open, fsync_dir
-
-FORMAT = "optiloop.checkpoint"
-VERSION = 1
+from .training_state import check_training_state
 
 
 # --- files -----------------------------------------------------------------------------------------
@@ -203,58 +199,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return obj
 
 
-# The shape of a training checkpoint: each key and the types its value may have.
-_REQUIRED: dict[str, tuple[type, ...]] = {
-    "model": (dict,), "optimizer": (dict,), "scheduler": (dict,), "scaler": (dict, type(None)),
-    "epoch": (int,), "epoch_done": (bool,), "batch": (int,), "step": (int,), "data_seed": (int,),
-    "epoch_lr": (float, int), "partial_train": (dict, type(None)), "rng": (dict,), "callbacks": (dict,),
-    "history": (list,), "settings": (dict,), "config": (dict, type(None)),
-}
-
-
-def check_training_state(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
-    """A loaded file is an optiloop training checkpoint this version can resume: its format,
-    version, every key with a value of the right type, tensors as model weights. One line names
-    the first problem; nothing of it is used before this passes."""
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} is not an optiloop training checkpoint (no whole "
-                              "training state in it)")
-    version = ckpt.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {version!r}; this optiloop reads "
-                              f"version 1 to {VERSION}")
-    for key, types in _REQUIRED.items():
-        if key not in ckpt:
-            raise CheckpointError(f"checkpoint {path} is incomplete: no {key!r}")
-        value = ckpt[key]
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            want = " or ".join(t.__name__ for t in types)
-            raise CheckpointError(f"checkpoint {path}: {key!r} must be {want}, got {type(value).__name__}")
-    if min(ckpt["epoch"], ckpt["batch"], ckpt["step"]) < 0:
-        raise CheckpointError(f"checkpoint {path}: negative epoch, batch or step")
-    bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"checkpoint {path}: model weights must be tensors by name; {bad[0]!r} is not")
-    if not all(isinstance(r, dict) for r in ckpt["history"]):
-        raise CheckpointError(f"checkpoint {path}: history must be a list of rows (dicts)")
-    return ckpt
-
-
-def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load weights, or raise one line listing missing, unexpected and mismatched keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-                  for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        parts = [f"{name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for name, keys in (("missing", missing), ("unexpected", unexpected),
-                                    ("shape mismatch (checkpoint vs model)", mismatched)) if keys]
-        raise CheckpointError("checkpoint does not fit the model; " + "; ".join(parts))
-    model.load_state_dict(state_dict)
-
-
 def find_resumable(run_dir: str | os.PathLike) -> Path:
     """The newest valid whole-state checkpoint of a run folder (or the file itself): see
     ``load_resumable``, which also returns it loaded."""
@@ -283,34 +227,6 @@ def load_resumable(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if errors:
         raise CheckpointError("; ".join(errors) + "; no valid checkpoint to resume from")
     raise CheckpointError(f"nothing to resume in {run_dir}: no last.pt")
-
-
-# --- RNG ----------------------------------------------------------------------------------------------
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state(legacy=False)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        # numpy's key array becomes a tensor: weights_only loading takes tensors, not ndarrays
-        "numpy": {"bit_generator": np_state["bit_generator"],
-                  "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-                  "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"],
-                  "gauss": np_state["gauss"]},
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-    }
-
-
-def set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"].cpu())  # RNG states are CPU byte tensors, wherever loaded
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
-    n = s["numpy"]
-    np.random.set_state({"bit_generator": n["bit_generator"],
-                         "state": {"key": n["key"].cpu().numpy().astype(np.uint32), "pos": n["pos"]},
-                         "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
-    random.setstate((s["python_version"], tuple(s["python"]), s["python_gauss"]))
 
 
 # --- where: a folder of atomic files ---------------------------------------------------------------

@@ -337,7 +337,8 @@ def compare(
         ``summarize(rows)`` folds the seeds (mean and std per optimizer, scheduler and LR);
         ``pick_best(summarize(rows))`` keeps each optimizer's best LR.
     """
-    from .loop import logged_keys, resolve_device, seed_everything
+    from .distributed import resolve_device, seed_everything
+    from .loop import logged_keys
 
     # -- check everything before anything is trained or written
     opt_names = parse_names(optimizers, "optimizer", OPTIMIZERS)
@@ -499,7 +500,7 @@ def _init_worker(setup: _Setup, threads: int) -> None:
 
 
 def _work(o: str, s: str, lr: float, seed: int, run_dir: Path | None) -> tuple[dict[str, Any], Any]:
-    from .loop import seed_everything
+    from .distributed import seed_everything
 
     w = _WORKER
     seed_everything(seed)  # the same initial weights as jobs=1 builds for this seed

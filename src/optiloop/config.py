@@ -33,7 +33,7 @@ import math
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -76,6 +76,17 @@ def _finite(value: Any, path: str) -> None:
             _finite(v, path)
 
 
+# What a resume (``optiloop train --resume``) may change, declared on each key below: "free" (how
+# the run is carried out: applied and recorded), "forced" (what each step computes: only with
+# force_resume), "fixed" (what the saved state is: a new run). A key says so itself, or its
+# section's ``resume`` does.
+FREE, FORCED, FIXED = "free", "forced", "fixed"
+
+
+def _resume(policy: str) -> dict[str, Any]:
+    return {"json_schema_extra": {"resume": policy}}
+
+
 class _Closed(BaseModel):
     # strict: no "5" -> 5 or 3.7 -> 3 coercion; a TOML int is still accepted where a float goes.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
@@ -86,6 +97,7 @@ class _Open(BaseModel):
 
 
 class DataConfig(_Closed):
+    resume: ClassVar[str] = FORCED  # other data: only with force_resume
     name: str  # a built-in data set, a .csv / .npz path, or package.module:function
     target: str | None = None
     task: Literal["auto", "classification", "regression"] = "auto"
@@ -95,10 +107,12 @@ class DataConfig(_Closed):
 
 
 class ModelConfig(_Open):
+    resume: ClassVar[str] = FIXED
     name: str
 
 
 class OptimizerConfig(_Open):
+    resume: ClassVar[str] = FIXED
     name: str
     lr: float | None = Field(None, gt=0)
     weight_decay: float | None = Field(None, ge=0)
@@ -114,6 +128,7 @@ class OptimizerConfig(_Open):
 
 
 class SchedulerConfig(_Open):
+    resume: ClassVar[str] = FIXED
     name: str
 
     @field_validator("name")
@@ -127,28 +142,30 @@ class SchedulerConfig(_Open):
 
 
 class TrainConfig(_Closed):
-    epochs: int = Field(30, ge=1, le=EPOCHS_MAX)
-    batch_size: int = Field(64, ge=1, le=2**31 - 1)
-    early_stopping: int = Field(5, ge=0, description="patience in epochs; 0 turns it off")
+    resume: ClassVar[str] = FIXED  # monitor, seed, loss, metrics: they define the saved state
+    epochs: int = Field(30, ge=1, le=EPOCHS_MAX, **_resume(FORCED))
+    batch_size: int = Field(64, ge=1, le=2**31 - 1, **_resume(FORCED))
+    early_stopping: int = Field(5, ge=0, description="patience in epochs; 0 turns it off", **_resume(FORCED))
     monitor: str = "val_loss"
     seed: int = Field(0, ge=0, le=SEED_MAX)
-    device: str = "auto"
+    device: str = Field("auto", **_resume(FREE))
     loss: str | None = None  # None: cross_entropy for classes, mse for regression
     metrics: list[str] | None = None  # None: ["accuracy"] for classes, ["mae"] for regression
-    grad_accum: int = Field(1, ge=1, le=2**31 - 1)
-    clip_grad_norm: float | None = Field(None, gt=0)
-    amp: Literal["bf16", "fp16"] | None = None
+    grad_accum: int = Field(1, ge=1, le=2**31 - 1, **_resume(FORCED))
+    clip_grad_norm: float | None = Field(None, gt=0, **_resume(FORCED))
+    amp: Literal["bf16", "fp16"] | None = Field(None, **_resume(FORCED))
     checkpoint_every: int | None = Field(None, ge=1, description="also write last.pt every N optimizer "
-                                         "steps: a crash then costs at most N steps")
+                                         "steps: a crash then costs at most N steps", **_resume(FREE))
     checkpoint_seconds: float = Field(60.0, ge=0, description="write last.pt at an epoch's end once this "
                                       "many seconds passed since the last save (and at the end); "
-                                      "0 = every epoch")
-    nonfinite: Literal["stop", "skip", "ignore"] = "stop"
+                                      "0 = every epoch", **_resume(FREE))
+    nonfinite: Literal["stop", "skip", "ignore"] = Field("stop", **_resume(FREE))
     # None: "auto" (ddp under torchrun with several processes, else none); fsdp shards the model
-    strategy: Literal["auto", "none", "ddp", "fsdp"] | None = None
-    tensorboard: bool = Field(False, description="also write TensorBoard event files into the run folder")
+    strategy: Literal["auto", "none", "ddp", "fsdp"] | None = Field(None, **_resume(FORCED))
+    tensorboard: bool = Field(False, description="also write TensorBoard event files into the run folder",
+                              **_resume(FREE))
     grad_norm: bool = Field(False, description="record the gradient norm per step (free with clip_grad_norm; "
-                            "otherwise a few kernels per step)")
+                            "otherwise a few kernels per step)", **_resume(FREE))
 
 
 class RunConfig(_Closed):
@@ -165,6 +182,24 @@ class RunConfig(_Closed):
             for section, values in raw.items():
                 _finite(values, str(section))  # pass-through keys too (momentum, betas ...)
         return raw
+
+
+def resume_policy(key: str) -> str:
+    """What a resume may do to ``section.key``: FREE, FORCED or FIXED (declared on the key, else
+    on its section; a section of its own name's keys, like ``optimizer.momentum``, is its section's).
+
+    Example:
+        >>> resume_policy("train.device"), resume_policy("train.epochs"), resume_policy("optimizer.lr")
+        ('free', 'forced', 'fixed')
+    """
+    section, _, name = key.partition(".")
+    field = RunConfig.model_fields.get(section)
+    if field is None:
+        return FIXED
+    model = field.annotation
+    own = model.model_fields.get(name)
+    extra = own.json_schema_extra if own is not None and isinstance(own.json_schema_extra, dict) else {}
+    return extra.get("resume", model.resume)
 
 
 # --- one-line errors ------------------------------------------------------------------------------

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .errors import OptiloopError, choices
+from .optim import OPTIMIZERS
 
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
 
@@ -274,3 +278,60 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+# --- device and process policy ----------------------------------------------------------------
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: cuda, then mps, then cpu. Anything else is passed to torch.device."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OptiloopError("device 'cuda' asked for but CUDA is not available; use device='auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise OptiloopError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptiloopError("device 'mps' asked for but MPS is not available on this machine; "
+                            "use device='auto' or 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_fsdp(optimizer: Any, scheduler: Any = None, amp_dtype: torch.dtype | None = None,
+               compile: Any = False) -> None:
+    """Refuse, in one line, what strategy='fsdp' cannot take (fit calls it before sharding; a
+    command line calls it before writing anything)."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        raise OptiloopError("under strategy='fsdp' pass the optimizer by name or dict: it must be built on "
+                            "the sharded parameters, which do not exist before fit shards the model")
+    name = str(optimizer.get("name") if isinstance(optimizer, Mapping) else optimizer).lower()
+    reason = OPTIMIZERS[name].unsharded_only if name in OPTIMIZERS else None
+    if reason:
+        raise OptiloopError(f"optimizer {name!r} is not supported under strategy='fsdp' ({reason}); use adamw, "
+                            "or strategy='ddp'")
+    if scheduler is not None and not isinstance(scheduler, (str, Mapping)):
+        raise OptiloopError("under strategy='fsdp' pass the scheduler by name or dict: a built one drives an "
+                            "optimizer of the unsharded parameters")
+    if amp_dtype == torch.float16:
+        raise OptiloopError("amp='fp16' is not supported under strategy='fsdp' (its loss scaler would see "
+                            "only this rank's shards); use amp='bf16'")
+    if compile:
+        raise OptiloopError("compile= is not supported under strategy='fsdp' yet; use strategy='ddp' to compile")

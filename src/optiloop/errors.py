@@ -1,5 +1,7 @@
 """The one exception type a user sees: a single line naming the problem and the valid choices."""
 
+from __future__ import annotations
+
 
 class OptiloopError(ValueError):
     """Bad input or an unrecoverable training fault. The CLI turns it into exit code 2."""
@@ -16,6 +18,18 @@ class NonFiniteLossError(OptiloopError):
 class DiskError(OptiloopError):
     """A file could not be written (disk full, read-only, permission, I/O error): not bad input,
     so the CLI exits with code 1. The previous files are intact and no temporary is left."""
+
+
+class SettingsChanged(OptiloopError):
+    """A resume whose settings differ from the saved run's in a way allowed only when forced.
+    ``remedy`` says how to force it, in the words of whoever asked (a keyword, a flag)."""
+
+    def __init__(self, path, changes: str, remedy: str = "pass force_resume=True to continue anyway"):
+        self.path, self.changes, self.remedy = path, changes, remedy
+        super().__init__(f"cannot resume {path}: settings changed ({changes}); {remedy}")
+
+    def with_remedy(self, remedy: str) -> SettingsChanged:
+        return SettingsChanged(self.path, self.changes, remedy)
 
 
 def choices(names) -> str:

@@ -48,7 +48,7 @@ def predict(model: nn.Module, data: Any, *, batch_size: int = 1024,
         first = next(model.parameters(), None)
         dev = first.device if first is not None else torch.device("cpu")
     else:
-        from .loop import resolve_device
+        from .distributed import resolve_device
 
         dev = resolve_device(device)
         model.to(dev)

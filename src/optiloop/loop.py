@@ -17,69 +17,32 @@ opt-in per-step syncs are ``nonfinite="skip"`` (must know before stepping) and f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-import random
 import signal
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import distributed as D
+from . import training_state as TS
 from .callbacks import Callback, CallbackList, TrainState, check_logged
-from .checkpoint import (
-    FORMAT,
-    VERSION,
-    CheckpointFolder,
-    load_model_weights,
-    load_resumable,
-    rng_state,
-    set_rng_state,
-)
+from .checkpoint import CheckpointFolder, load_resumable
 from .data import make_batches, map_batch
-from .errors import CheckpointError, NonFiniteLossError, OptiloopError, TrainingInterrupted, choices
+from .distributed import check_fsdp, resolve_device, seed_everything
+from .errors import CheckpointError, NonFiniteLossError, OptiloopError, SettingsChanged, TrainingInterrupted
 from .history import History
 from .metrics import Metrics, MetricSet, metric_keys
 from .optim import build_optimizer
 from .schedules import build_scheduler
+from .settings import FitSettings
 from .steps import check_loss, default_count, resolve_step, user_step
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-NONFINITE = ("stop", "skip", "ignore")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: cuda, then mps, then cpu. Anything else is passed to torch.device."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OptiloopError("device 'cuda' asked for but CUDA is not available; use device='auto' or 'cpu'")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise OptiloopError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise OptiloopError("device 'mps' asked for but MPS is not available on this machine; "
-                            "use device='auto' or 'cpu'")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise OptiloopError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, cuda:N, mps")
-    return dev
 
 
 def logged_keys(metrics: Metrics, validation: bool = True) -> list[str]:
@@ -88,25 +51,6 @@ def logged_keys(metrics: Metrics, validation: bool = True) -> list[str]:
     keys = ["loss", *metric_keys(metrics)]
     return ["epoch", *(f"train_{k}" for k in keys), *(f"val_{k}" for k in keys if validation),
             "lr", "seconds"]
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-@dataclass(frozen=True)
-class _Options:
-    """How each optimizer step is taken."""
-
-    grad_accum: int = 1
-    clip_grad_norm: float | None = None
-    clip_grad_value: float | None = None
-    amp_dtype: torch.dtype | None = None
-    nonfinite: str = "stop"
-    channels_last: bool = False
 
 
 def fit(
@@ -198,27 +142,19 @@ def fit(
         >>> len(h["train_loss"])
         2
     """
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise OptiloopError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not isinstance(grad_accum, int) or grad_accum < 1:
-        raise OptiloopError(f"grad_accum must be an integer >= 1, got {grad_accum!r}")
-    if nonfinite not in NONFINITE:
-        raise OptiloopError(f"unknown nonfinite={nonfinite!r}; choose one of: {choices(NONFINITE)}")
-    if amp is not None and amp not in AMP_DTYPES:
-        raise OptiloopError(f"unknown amp={amp!r}; choose one of: {choices(AMP_DTYPES)} or None")
+    args = locals()  # fit's keywords by name: the settings take theirs
+    settings = FitSettings(**{f.name: args[f.name] for f in dataclasses.fields(FitSettings)})
+    return run_fit(model, train_data, val_data, settings, callbacks=callbacks, resume=resume,
+                   force_resume=force_resume)
+
+
+def run_fit(model: nn.Module, train_data: Any, val_data: Any, settings: FitSettings, *,
+            callbacks: Iterable[Callback] = (), resume: str | None = None,
+            force_resume: bool = False) -> History:
+    """``fit`` with its settings made already (``runs.TrainingRun`` makes them from a config)."""
     if not isinstance(model, nn.Module):
         raise OptiloopError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if step is not None and loss not in ("cross_entropy", None):
-        raise OptiloopError("give step= or loss=, not both: a step computes its own loss")
-    if eval_step is not None and not callable(eval_step):
-        raise OptiloopError(f"eval_step must be a function (model, batch) -> loss, got {type(eval_step).__name__}")
-    options = _Options(grad_accum, clip_grad_norm, clip_grad_value, AMP_DTYPES.get(amp), nonfinite,
-                       channels_last)
-    run = _Loop(model, train_data, val_data, loss=loss, step=step, eval_step=eval_step, optimizer=optimizer,
-                lr=lr, weight_decay=weight_decay, scheduler=scheduler, epochs=epochs, batch_size=batch_size,
-                metrics=metrics if isinstance(metrics, Mapping) else list(metrics), callbacks=callbacks,
-                device=device, seed=seed, progress=progress, compile=compile, fast=fast, strategy=strategy,
-                config=config, options=options)
+    run = _Loop(model, train_data, val_data, settings, callbacks)
     if resume is not None:
         run.resume(resume, force_resume)
     return run.run()
@@ -227,54 +163,53 @@ def fit(
 class _Loop:
     """One fit() call: the built run, its position, and the loop that advances it."""
 
-    def __init__(self, model, train_data, val_data, *, loss, step, eval_step, optimizer, lr, weight_decay,
-                 scheduler, epochs, batch_size, metrics, callbacks, device, seed, progress, compile, fast,
-                 strategy, config, options: _Options):
-        self.options = opts = options
-        dev = resolve_device(device)
+    def __init__(self, model: nn.Module, train_data: Any, val_data: Any, settings: FitSettings,
+                 callbacks: Iterable[Callback]):
+        self.options = opts = settings
+        dev = resolve_device(opts.device)
         world = D.setup(dev)
         dev = D.local_device(dev, world)
-        self.strategy, fsdp = D.resolve_strategy(strategy, world)
+        self.strategy, fsdp = D.resolve_strategy(opts.strategy, world)
         if opts.nonfinite == "skip" and world.distributed:
             raise OptiloopError(f"nonfinite='skip' is not supported under {self.strategy.upper()} (ranks would "
                                 "step apart); use 'stop'")
         if fsdp is not None:
-            check_fsdp(optimizer, scheduler, opts.amp_dtype, compile)
-        if seed is not None:
-            seed_everything(seed)
-        data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+            check_fsdp(opts.optimizer, opts.scheduler, opts.amp_dtype, opts.compile)
+        if opts.seed is not None:
+            seed_everything(opts.seed)
+        data_seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         self.data_seed = D.broadcast_int(data_seed, dev)  # every rank must shard the same permutation
-        self.step_fn = resolve_step(step, loss)
-        self.eval_fn = user_step(eval_step) if eval_step is not None else self.step_fn
+        self.step_fn = resolve_step(opts.step, opts.loss)
+        self.eval_fn = user_step(opts.eval_step) if opts.eval_step is not None else self.step_fn
         model.to(dev, memory_format=torch.channels_last) if opts.channels_last else model.to(dev)
 
         self._make_train = lambda seed: make_batches(
-            train_data, batch_size=batch_size, shuffle=True, seed=seed, device=dev, rank=world.rank,
+            train_data, batch_size=opts.batch_size, shuffle=True, seed=seed, device=dev, rank=world.rank,
             world_size=world.world_size, role="training")
         self.train = self._make_train(self.data_seed)
         self.val = None if val_data is None else make_batches(
-            val_data, batch_size=batch_size, shuffle=False, seed=self.data_seed, device=dev, rank=world.rank,
+            val_data, batch_size=opts.batch_size, shuffle=False, seed=self.data_seed, device=dev, rank=world.rank,
             world_size=world.world_size, role="validation")
         batches_per_epoch = len(self.train)
         steps_per_epoch = math.ceil(batches_per_epoch / opts.grad_accum)
 
-        if isinstance(optimizer, torch.optim.Optimizer) and (lr is not None or weight_decay is not None):
-            raise OptiloopError("lr/weight_decay go to build_optimizer; a built optimizer is used as is")
         if fsdp is not None:  # before the optimizer: it must hold the sharded parameters
             D.shard(model, dev, world, fsdp, param_dtype=opts.amp_dtype)
         # FSDP casts parameters itself (its MixedPrecisionPolicy); autocast is for the others.
         self.autocast_dtype = opts.amp_dtype if fsdp is None else None
-        opt_kwargs = {} if isinstance(optimizer, torch.optim.Optimizer) else {"lr": lr, "weight_decay": weight_decay}
-        opt = build_optimizer(optimizer, model, fast=fast, **opt_kwargs)
-        schedule = build_scheduler(scheduler, opt, epochs=epochs, steps_per_epoch=steps_per_epoch)
+        built = isinstance(opts.optimizer, torch.optim.Optimizer)
+        opt_kwargs = {} if built else {"lr": opts.lr, "weight_decay": opts.weight_decay}
+        opt = build_optimizer(opts.optimizer, model, fast=opts.fast, **opt_kwargs)
+        schedule = build_scheduler(opts.scheduler, opt, epochs=opts.epochs, steps_per_epoch=steps_per_epoch)
         scaler = torch.amp.GradScaler(dev.type) if opts.amp_dtype == torch.float16 else None
 
+        metrics = opts.metrics
         self.train_metrics = MetricSet(metrics, dev)
         self.val_metrics = MetricSet(metrics, dev) if self.val is not None else None
         log_keys = logged_keys(metrics, validation=self.val is not None)
         if schedule.interval == "metric":
             check_logged(schedule.monitor or "val_loss", log_keys)
-        self.callbacks = CallbackList(callbacks, progress=progress, is_main=world.is_main,
+        self.callbacks = CallbackList(callbacks, progress=opts.progress, is_main=world.is_main,
                                       sharded=fsdp is not None)
         self.callbacks.reset()  # each fit starts every callback afresh; a resume then restores them
         if fsdp is not None:
@@ -285,21 +220,22 @@ class _Loop:
         self.gather_every = D.broadcast_int(self.callbacks.snapshot_every(), dev) if world.distributed else 0
 
         run_model = D.wrap(model, dev, world) if self.strategy == "ddp" else model
-        if compile:
-            run_model = torch.compile(run_model, **(dict(compile) if isinstance(compile, Mapping) else {}))
+        if opts.compile:
+            compile_kwargs = dict(opts.compile) if isinstance(opts.compile, Mapping) else {}
+            run_model = torch.compile(run_model, **compile_kwargs)
         self.state = TrainState(
             model=run_model, unwrapped_model=model, optimizer=opt, schedule=schedule, scaler=scaler,
-            history=History(), device=dev, world=world, epochs=epochs, batches_per_epoch=batches_per_epoch,
-            steps_per_epoch=steps_per_epoch, log_keys=log_keys, config=config, strategy=self.strategy,
+            history=History(), device=dev, world=world, epochs=opts.epochs, batches_per_epoch=batches_per_epoch,
+            steps_per_epoch=steps_per_epoch, log_keys=log_keys, config=opts.config, strategy=self.strategy,
             _loop=self)
-        self.settings = {"batch_size": batch_size, "grad_accum": opts.grad_accum, "world_size": world.world_size,
-                         "train_data": self.train.fingerprint()}
+        # What a resume must not change silently (saved as the checkpoint's "settings").
+        self.resume_guard = {"batch_size": opts.batch_size, "grad_accum": opts.grad_accum,
+                             "world_size": world.world_size, "train_data": self.train.fingerprint()}
         # Accumulation weights known before the epoch (the default step on batches of known
         # sizes); otherwise each micro-batch is weighted by the count its step reports.
         sizes = self.train.batch_sizes()
-        default_step = step is None and loss != "model"
         self.weights = (_accumulation_weights(sizes, batches_per_epoch, opts.grad_accum)
-                        if opts.grad_accum > 1 and default_step and sizes else None)
+                        if opts.grad_accum > 1 and opts.default_step and sizes else None)
         self.params = [p for g in opt.param_groups for p in g["params"]]
         # Where the run stands, besides the public position in self.state.
         self.epoch_done = True  # False while an epoch is under way (mid-epoch checkpoints)
@@ -309,6 +245,26 @@ class _Loop:
         self.gathered: tuple[int, list] | None = None  # DDP: (step, every rank's partial figures)
         self.final_weights: Mapping[str, Any] | None = None  # loaded once fit ends (restore_best)
         self.signals = _Signals()  # installed while run() runs
+        self.saved = self._training_state()
+
+    def _training_state(self) -> TS.TrainingState:
+        """The checkpoint's parts, in the order a resume loads them (see optiloop.training_state)."""
+        state, gather = self.state, None
+        if self.strategy == "fsdp":  # parameter-name keys, this rank's shards: for sharded.ShardedFolder
+            from .sharded import state_dicts as gather  # torch.distributed.checkpoint: FSDP runs only
+        weights = TS.Weights(state.unwrapped_model, state.optimizer, gather)
+        return TS.TrainingState(_Position(self), {
+            "model": weights,
+            "optimizer": TS.OptimizerState(weights),
+            "scheduler": state.schedule,
+            "scaler": TS.MaybeAbsent(state.scaler),
+            "partial_train": _PartialEpoch(self),
+            "callbacks": self.callbacks,
+            "history": state.history,
+            "settings": TS.Fixed(lambda: dict(self.resume_guard)),
+            "config": TS.Fixed(lambda: state.config),
+            "rng": TS.RNG(),  # last: loading the rest must not draw from the restored generators
+        })
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> History:
@@ -566,34 +522,7 @@ class _Loop:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue exactly (the checkpoint format)."""
-        state = self.state
-        partial = self._partial_figures()
-        if self.strategy == "fsdp":  # parameter-name keys, this rank's shards: for sharded.ShardedFolder
-            from .sharded import state_dicts
-
-            model_state, optimizer_state = state_dicts(state.unwrapped_model, state.optimizer)
-        else:
-            model_state, optimizer_state = state.unwrapped_model.state_dict(), state.optimizer.state_dict()
-        return {
-            "format": FORMAT,
-            "version": VERSION,
-            "model": model_state,
-            "optimizer": optimizer_state,
-            "scheduler": state.schedule.state_dict(),
-            "scaler": state.scaler.state_dict() if state.scaler is not None else None,
-            "epoch": state.epoch,
-            "epoch_done": self.epoch_done,
-            "batch": state.batch,
-            "step": state.step,
-            "data_seed": self.data_seed,
-            "epoch_lr": self.epoch_lr,
-            "partial_train": {"ranks": partial} if isinstance(partial, list) else partial,
-            "rng": rng_state(),  # this rank's (a plain checkpoint keeps rank 0's; a sharded one every rank's)
-            "callbacks": self.callbacks.state_dict(),
-            "history": state.history.state_dict(),
-            "settings": dict(self.settings),
-            "config": state.config,
-        }
+        return self.saved.state_dict()
 
     # -- resume ------------------------------------------------------------------------------------
     def resume(self, path: str, force: bool) -> None:
@@ -606,7 +535,7 @@ class _Loop:
 
             source = S.find_resumable(path)
             ckpt = S.read_train_state(source)
-            if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+            if not isinstance(ckpt, dict) or ckpt.get("format") != TS.FORMAT:
                 raise CheckpointError("not an optiloop training checkpoint (no whole training state in it)")
         elif self.strategy == "fsdp":
             raise CheckpointError(f"{path} holds whole-state .pt checkpoints; strategy='fsdp' resumes sharded "
@@ -614,46 +543,63 @@ class _Loop:
         else:  # verified, loaded and its shape checked: nothing of it is used before that
             source, ckpt = load_resumable(path)
         saved = ckpt.get("settings", {})
-        changed = [f"{k} {saved[k]} -> {v}" for k, v in self.settings.items() if k in saved and saved[k] != v]
+        changed = [f"{k} {saved[k]} -> {v}" for k, v in self.resume_guard.items() if k in saved and saved[k] != v]
         if changed and not force:
-            raise OptiloopError(f"cannot resume {path}: settings changed ({'; '.join(changed)}); "
-                                "pass force_resume=True to continue anyway")
+            raise SettingsChanged(path, "; ".join(changed))
         if sharded:  # resharded to this run's processes by DCP, whatever their number then
             state = self.state
             own = S.load_into(source, state.unwrapped_model, state.optimizer, state.world.rank)
             ckpt["rng"] = own["rng"] if own is not None else None  # a rank the saved run did not have keeps its own
-        self._load(ckpt)
+        self.saved.load_state_dict(ckpt)
         if self.data_seed != ckpt["data_seed"]:  # resumed a run whose seed was drawn: replay its order
             self.data_seed = ckpt["data_seed"]
             self.train = self._make_train(self.data_seed)
         if not self.epoch_done and not self.train.replayable:
             warnings.warn("resuming mid-epoch with your own shuffling DataLoader: its order cannot be "
                           "replayed, so the rest of this epoch may repeat or miss samples; pass the "
-                          "Dataset or (X, y) and optiloop makes the order reproducible", stacklevel=3)
+                          "Dataset or (X, y) and optiloop makes the order reproducible", stacklevel=4)
 
-    def _load(self, ckpt: dict[str, Any]) -> None:
-        state = self.state
-        if "model" in ckpt:  # a sharded checkpoint's weights and optimizer state are loaded already
-            load_model_weights(state.unwrapped_model, ckpt["model"])
-            state.optimizer.load_state_dict(ckpt["optimizer"])
-        state.schedule.load_state_dict(ckpt["scheduler"])
-        if state.scaler is not None and ckpt["scaler"] is not None:
-            state.scaler.load_state_dict(ckpt["scaler"])
-        state.epoch, self.epoch_done = ckpt["epoch"], ckpt["epoch_done"]
-        state.batch, state.step = ckpt["batch"], ckpt["step"]
-        self.epoch_lr = ckpt["epoch_lr"]
-        partial = ckpt["partial_train"]
+
+
+class _Position:
+    """Where the run stands: epoch, batch and step (public, on TrainState), whether the epoch is
+    done, its first LR and the data order's seed (the loop's own)."""
+
+    def __init__(self, loop: _Loop):
+        self.loop = loop
+
+    def state_dict(self) -> dict[str, Any]:
+        loop, state = self.loop, self.loop.state
+        return {"epoch": state.epoch, "epoch_done": loop.epoch_done, "batch": state.batch, "step": state.step,
+                "data_seed": loop.data_seed, "epoch_lr": loop.epoch_lr}
+
+    def load_state_dict(self, position: Mapping[str, Any]) -> None:
+        loop, state = self.loop, self.loop.state
+        state.epoch, loop.epoch_done = position["epoch"], position["epoch_done"]
+        state.batch, state.step = position["batch"], position["step"]
+        loop.epoch_lr = position["epoch_lr"]  # data_seed: resume() replays the saved order itself
+
+
+class _PartialEpoch:
+    """The partial epoch's per-batch training figures (None at an epoch's end): this rank's, or
+    under DDP every rank's (``{"ranks": [...]}``), so a mid-epoch resume averages exactly."""
+
+    def __init__(self, loop: _Loop):
+        self.loop = loop
+
+    def state_dict(self) -> dict | None:
+        partial = self.loop._partial_figures()
+        return {"ranks": partial} if isinstance(partial, list) else partial
+
+    def load_state_dict(self, partial: dict | None) -> None:
+        world = self.loop.state.world
         if partial is not None and "ranks" in partial:
-            if len(partial["ranks"]) != state.world.world_size:
+            if len(partial["ranks"]) != world.world_size:
                 raise CheckpointError(f"a mid-epoch checkpoint of {len(partial['ranks'])} processes cannot "
-                                      f"resume on {state.world.world_size}; resume from an epoch's end")
-            partial = partial["ranks"][state.world.rank]
+                                      f"resume on {world.world_size}; resume from an epoch's end")
+            partial = partial["ranks"][world.rank]
         if partial is not None:
-            self.train_metrics.load_state_dict(partial)
-        self.callbacks.load_state_dict(ckpt["callbacks"])
-        state.history.load_state_dict(ckpt["history"])
-        if ckpt["rng"] is not None:
-            set_rng_state(ckpt["rng"])
+            self.loop.train_metrics.load_state_dict(partial)
 
 
 def _sharded_run(path: str) -> bool:
@@ -661,27 +607,6 @@ def _sharded_run(path: str) -> bool:
     p = Path(path)
     return p.is_dir() and ((p / "last").is_dir() or (p / "last.prev").is_dir() or (p / ".metadata").exists()
                            or any(p.glob("*.distcp")))
-
-
-def check_fsdp(optimizer: Any, scheduler: Any = None, amp_dtype: torch.dtype | None = None,
-               compile: Any = False) -> None:
-    """Refuse, in one line, what strategy='fsdp' cannot take (fit calls it before sharding; a
-    command line calls it before writing anything)."""
-    if isinstance(optimizer, torch.optim.Optimizer):
-        raise OptiloopError("under strategy='fsdp' pass the optimizer by name or dict: it must be built on "
-                            "the sharded parameters, which do not exist before fit shards the model")
-    name = optimizer.get("name") if isinstance(optimizer, Mapping) else optimizer
-    if str(name).lower() == "muon":
-        raise OptiloopError("optimizer 'muon' is not supported under strategy='fsdp' (it orthogonalises "
-                            "whole matrices, and each rank holds a shard); use adamw, or strategy='ddp'")
-    if scheduler is not None and not isinstance(scheduler, (str, Mapping)):
-        raise OptiloopError("under strategy='fsdp' pass the scheduler by name or dict: a built one drives an "
-                            "optimizer of the unsharded parameters")
-    if amp_dtype == torch.float16:
-        raise OptiloopError("amp='fp16' is not supported under strategy='fsdp' (its loss scaler would see "
-                            "only this rank's shards); use amp='bf16'")
-    if compile:
-        raise OptiloopError("compile= is not supported under strategy='fsdp' yet; use strategy='ddp' to compile")
 
 
 def _check_same_savers(callbacks: CallbackList) -> None:

@@ -178,7 +178,7 @@ def lr_find(
         An LRFindResult; ``.suggestion`` is the LR, ``.plot(path)`` draws the curve.
     """
     from .data import make_batches
-    from .loop import resolve_device
+    from .distributed import resolve_device
     from .optim import build_optimizer
 
     if rule not in RULES:

@@ -48,6 +48,7 @@ class OptimizerInfo:
         fused_on: device types where torch has a fused kernel (torch does not expose this).
         builder: ``"module:Class"`` built as ``Class(model, fast=..., **kwargs)`` instead of
             ``torch_class(params, **kwargs)`` (Muon's pair needs the model's structure).
+        unsharded_only: why it cannot step FSDP's sharded parameters (None: it can).
     """
 
     torch_class: str
@@ -57,6 +58,7 @@ class OptimizerInfo:
     decoupled_switch: str | None = None
     fused_on: tuple[str, ...] = ()
     builder: str | None = None
+    unsharded_only: str | None = None
 
     @property
     def cls(self) -> type[torch.optim.Optimizer]:
@@ -88,7 +90,8 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
     "adafactor": OptimizerInfo("Adafactor", "factored second moments: little optimizer memory",
                                {"lr": 1e-2}, decoupled=True),
     "muon": OptimizerInfo("Muon", "Muon on 2-D hidden weights, AdamW on the rest", {"lr": 1e-3},
-                          decoupled=True, builder="optiloop.muon:MuonWithAdamW"),
+                          decoupled=True, builder="optiloop.muon:MuonWithAdamW",
+                          unsharded_only="it orthogonalises whole matrices, and each rank holds a shard"),
 }
 
 # Keys optiloop sets itself; a user may still pass them to override.

@@ -41,7 +41,7 @@ from torch import nn
 
 from .callbacks import Callback
 from .datasets import Dataset, Split, is_user_function, labels, load_dataset, read_table, split
-from .errors import OptiloopError
+from .errors import OptiloopError, SettingsChanged
 from .files import LOCK_NAME, TEMP_SUFFIX, FolderLock, check_writable, write_text
 from .preprocessing import Preprocessing
 
@@ -333,13 +333,6 @@ class _RunFiles(Callback):
                                      f"(stopped by {error.signal_name} at epoch {error.epoch})")
 
 
-# Settings a resume may change, by what they change: how the run is carried out (applied and
-# recorded), what each step computes (only with force_resume), or what the saved state is.
-_FREE = {"train.device", "train.checkpoint_every", "train.checkpoint_seconds", "train.nonfinite",
-         "train.tensorboard", "train.grad_norm"}
-_FORCED_SECTIONS = ("data",)
-_FORCED = {"train.epochs", "train.early_stopping", "train.batch_size", "train.grad_accum",
-           "train.clip_grad_norm", "train.amp", "train.strategy"}
 
 
 def _flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -349,7 +342,7 @@ def _flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def resume_changes(run_dir: Path, cfg: Mapping[str, Any], force: bool) -> list[str]:
     """The settings ``cfg`` changes from the run's own config.toml, checked before anything is
     written: refused when they define the saved state (or need ``force``); else returned."""
-    from .config import resolve
+    from .config import FIXED, FREE, resolve, resume_policy
 
     saved_file = run_dir / "config.toml"
     if not saved_file.is_file():
@@ -357,14 +350,14 @@ def resume_changes(run_dir: Path, cfg: Mapping[str, Any], force: bool) -> list[s
     old, new = _flat(resolve(saved_file)), _flat(cfg)
     diffs = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     what = {k: f"{k} {a!r} -> {b!r}" for k, (a, b) in diffs.items()}
-    fixed = [k for k in diffs if k not in _FREE and k not in _FORCED and not k.startswith(_FORCED_SECTIONS)]
+    policy = {k: resume_policy(k) for k in diffs}  # declared on each config key (optiloop.config)
+    fixed = [k for k in diffs if policy[k] == FIXED]
     if fixed:
         raise OptiloopError(f"cannot resume {run_dir}: {'; '.join(what[k] for k in fixed)}: these define the "
                             f"saved state; start a new run from {run_dir}/config.toml with the new values")
-    forced = [k for k in diffs if k not in _FREE]
+    forced = [k for k in diffs if policy[k] != FREE]
     if forced and not force:
-        raise OptiloopError(f"cannot resume {run_dir}: settings changed ({'; '.join(what[k] for k in forced)}); "
-                            "pass force_resume=True to continue anyway")
+        raise SettingsChanged(run_dir, "; ".join(what[k] for k in forced))
     return [what[k] for k in diffs]
 
 
@@ -409,10 +402,11 @@ class TrainingRun:
                  resume: str | os.PathLike | None = None, force_resume: bool = False):
         from .callbacks import Monitor
         from .config import extras
-        from .distributed import launched_world, resolve_strategy
-        from .loop import AMP_DTYPES, check_fsdp, logged_keys, resolve_device, seed_everything
+        from .distributed import check_fsdp, launched_world, resolve_device, resolve_strategy, seed_everything
+        from .loop import logged_keys
         from .optim import build_optimizer
         from .schedules import build_scheduler
+        from .settings import AMP_DTYPES
 
         cfg = copy.deepcopy(dict(cfg))
         self.resume = Path(resume) if resume is not None else None
@@ -698,8 +692,9 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
         >>> model = ol.load("runs/NAME")                               # doctest: +SKIP
         >>> model.predict(df), model.predict_proba(df), model.classes  # doctest: +SKIP
     """
-    from .checkpoint import load_checkpoint, load_model_weights
+    from .checkpoint import load_checkpoint
     from .models import build_model
+    from .training_state import load_model_weights
 
     path = Path(run)
     sharded = (path / ".metadata").is_file()  # a sharded (FSDP) checkpoint folder itself

@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import OptiloopError, choices
+from .intervals import INTERVALS, TORCH_SCHEDULERS, torch_interval
 
 if TYPE_CHECKING:
     import torch
     from torch.optim import lr_scheduler as tls
 
-INTERVALS = ("epoch", "step", "metric")
 
 
 # --- our own schedules: step -> multiplier of the group's LR ------------------------------------
@@ -224,43 +224,53 @@ class SchedulerInfo:
 SCHEDULERS: dict[str, SchedulerInfo] = {
     "constant": SchedulerInfo("epoch", "the optimizer's LR throughout", None),
     "step": SchedulerInfo(
-        "epoch", "StepLR: x gamma every step_size epochs", _torch("StepLR"), ("step_size",),
+        TORCH_SCHEDULERS["StepLR"],
+        "StepLR: x gamma every step_size epochs", _torch("StepLR"), ("step_size",),
         recorded=lambda n: {"step_size": max(1, n // 3)},  # a drop every third of the run
         shown=lambda lr, n, epochs: {"gamma": 0.1}),
     "multistep": SchedulerInfo(
-        "epoch", "MultiStepLR: x gamma at each milestone", _torch("MultiStepLR"), ("milestones",),
+        TORCH_SCHEDULERS["MultiStepLR"],
+        "MultiStepLR: x gamma at each milestone", _torch("MultiStepLR"), ("milestones",),
         recorded=lambda n: {"milestones": sorted({max(1, n // 2), max(1, n * 3 // 4)})},
         shown=lambda lr, n, epochs: {"gamma": 0.1}),
     "exponential": SchedulerInfo(
-        "epoch", "ExponentialLR: x gamma every epoch", _torch("ExponentialLR"), ("gamma",),
+        TORCH_SCHEDULERS["ExponentialLR"],
+        "ExponentialLR: x gamma every epoch", _torch("ExponentialLR"), ("gamma",),
         recorded=lambda n: {"gamma": 0.9}),
     "cosine": SchedulerInfo(
-        "epoch", "CosineAnnealingLR: half cosine to eta_min over T_max", _torch("CosineAnnealingLR"),
+        TORCH_SCHEDULERS["CosineAnnealingLR"],
+        "CosineAnnealingLR: half cosine to eta_min over T_max", _torch("CosineAnnealingLR"),
         ("T_max",), lengths=lambda n: {"T_max": n},
         shown=lambda lr, n, epochs: {"T_max": n, "eta_min": 0.0}),
     "cosine_restarts": SchedulerInfo(
-        "epoch", "CosineAnnealingWarmRestarts: cosine restarted every T_0 (x T_mult)",
+        TORCH_SCHEDULERS["CosineAnnealingWarmRestarts"],
+        "CosineAnnealingWarmRestarts: cosine restarted every T_0 (x T_mult)",
         _torch("CosineAnnealingWarmRestarts"), ("T_0",), lengths=lambda n: {"T_0": max(1, n // 4)},
         shown=lambda lr, n, epochs: {"T_0": max(1, n // 4)}),
     "plateau": SchedulerInfo(
-        "metric", "ReduceLROnPlateau: x factor when the monitored metric stalls (mode follows it)",
+        TORCH_SCHEDULERS["ReduceLROnPlateau"],
+        "ReduceLROnPlateau: x factor when the monitored metric stalls (mode follows it)",
         _torch("ReduceLROnPlateau"),
         shown=lambda lr, n, epochs: {"factor": 0.5, "patience": max(1, epochs // 10)}, only="metric"),
     "onecycle": SchedulerInfo(
-        "step", "OneCycleLR: up to max_lr then down, per optimizer step", _onecycle, ("total_steps",),
+        TORCH_SCHEDULERS["OneCycleLR"],
+        "OneCycleLR: up to max_lr then down, per optimizer step", _onecycle, ("total_steps",),
         lengths=lambda n: {"total_steps": n}, shown=lambda lr, n, epochs: {"max_lr": lr}, only="step"),
     "cyclic": SchedulerInfo(
-        "step", "CyclicLR: base_lr <-> max_lr triangles (4 cycles per run), per optimizer step",
+        TORCH_SCHEDULERS["CyclicLR"],
+        "CyclicLR: base_lr <-> max_lr triangles (4 cycles per run), per optimizer step",
         _cyclic, lengths=lambda n: {"step_size_up": max(1, n // 8)},
         shown=lambda lr, n, epochs: {"base_lr": lr / 10, "max_lr": lr, "step_size_up": max(1, n // 8)},
         only="step"),
     "linear": SchedulerInfo(
-        "epoch", "LinearLR: linear from start_factor to end_factor over total_iters",
+        TORCH_SCHEDULERS["LinearLR"],
+        "LinearLR: linear from start_factor to end_factor over total_iters",
         _torch("LinearLR", start_factor=1.0, end_factor=0.0), ("total_iters",),
         lengths=lambda n: {"total_iters": n},
         shown=lambda lr, n, epochs: {"start_factor": 1.0, "end_factor": 0.0}),
     "polynomial": SchedulerInfo(
-        "epoch", "PolynomialLR: (1 - t/total_iters)^power decay to eta_min (default 0)", _polynomial,
+        TORCH_SCHEDULERS["PolynomialLR"],
+        "PolynomialLR: (1 - t/total_iters)^power decay to eta_min (default 0)", _polynomial,
         ("total_iters",), lengths=lambda n: {"total_iters": n},
         shown=lambda lr, n, epochs: {"power": 1.0, "eta_min": 0.0}),
     "wsd": SchedulerInfo(
@@ -701,22 +711,17 @@ def build_scheduler(
 def _wrap_built(spec, optimizer, interval, frequency, warmup_epochs, warmup_steps, steps_per_epoch,
                 monitor) -> Schedule:
     """A scheduler the user built: its interval inferred or given, checked against its kind."""
-    from torch.optim import lr_scheduler as tls
-
     name = type(spec).__name__
     check_arguments(name, {"interval": interval, "frequency": frequency, "warmup_epochs": warmup_epochs,
                            "warmup_steps": warmup_steps, "monitor": monitor})
-    if isinstance(spec, tls.ReduceLROnPlateau):
-        inferred = "metric"
+    inferred = torch_interval([c.__name__ for c in type(spec).__mro__])
+    if inferred == "metric":
         _check_plateau_mode(spec, monitor)
-    elif isinstance(spec, (tls.OneCycleLR, tls.CyclicLR)):
-        inferred = "step"
+    elif inferred == "step":
         if interval == "epoch":
             warnings.warn(f"{name} is meant to be stepped after every optimizer step; with interval='epoch' "
                           "it moves once per epoch and its cycle spans total_steps epochs", UserWarning,
                           stacklevel=3)
-    else:
-        inferred = "epoch"
     warm = _warmup(warmup_epochs, warmup_steps, steps_per_epoch)
     return Schedule(spec, optimizer, interval or inferred, warmup=warm, monitor=monitor, name=name,
                     frequency=frequency or 1)

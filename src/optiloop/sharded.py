@@ -44,9 +44,10 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorS
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from . import distributed as D
-from .checkpoint import FORMAT, load_checkpoint
+from .checkpoint import load_checkpoint
 from .errors import CheckpointError, OptiloopError
 from .files import TEMP_SUFFIX, atomic_open, fsync_dir
+from .training_state import FORMAT
 
 METADATA = ".metadata"  # DCP's commit file, written last
 _SHARED = "train"  # the blob of the run's own state, written by rank 0

@@ -33,7 +33,7 @@ class LRFindCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from ..config import extras, resolve
-        from ..loop import resolve_device, seed_everything
+        from ..distributed import resolve_device, seed_everything
         from ..lr_finder import lr_find
         from ..runs import RunFolder, build_task, ensure_empty, short, stamp, with_key
 

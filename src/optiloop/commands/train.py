@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import OptiloopError, TrainingInterrupted
+from ..errors import OptiloopError, SettingsChanged, TrainingInterrupted
 from . import Command, command
 from .common import keywords
 
@@ -109,8 +109,8 @@ class TrainCommand(Command):
                 print(f"{e}; " + (f"saved {run.folder.path}/last.pt; continue with: optiloop train --resume "
                                   f"{run.folder.path}" if saved else "nothing was saved yet"), file=sys.stderr)
             return e.exit_code
-        except OptiloopError as e:  # the library names its argument; a user here typed the flag
-            raise type(e)(str(e).replace("force_resume=True", "--force-resume")) from None
+        except SettingsChanged as e:  # the library names its keyword; a user here types the flag
+            raise e.with_remedy("pass --force-resume to continue anyway") from None
         if not result.is_main:
             return 0
         best = result.best

@@ -23,14 +23,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..intervals import classes_stepped_per
 from .timeline import OptimizerRecord, SchedulerRecord, Timeline, median_int
 
-# Schedulers whose lengths torch documents in epochs (stepped once per epoch).
-EPOCH_BASED = ("StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "CosineAnnealingWarmRestarts",
-               "LinearLR", "PolynomialLR")
-# Schedulers meant to step after every optimizer step.
-STEP_BASED = ("OneCycleLR", "CyclicLR")
-PLATEAU = "ReduceLROnPlateau"
+# When each torch scheduler class is meant to step: the loop's own table (optiloop.intervals).
+EPOCH_BASED = classes_stepped_per("epoch")  # lengths torch documents in epochs
+STEP_BASED = classes_stepped_per("step")  # meant to step after every optimizer step
+(PLATEAU,) = classes_stepped_per("metric")
 
 # Thresholds (docs/doctor.md explains each).
 PER_STEP_MIN_RATIO = 0.8  # scheduler steps / optimizer steps at or above this: stepped once per optimizer step
