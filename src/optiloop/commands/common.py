@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..errors import OptiloopError
+
 
 def fmt(v: Any) -> str:
     """A value as a person reads it: floats to 4 significant digits, lists bracketed."""
@@ -38,3 +40,17 @@ def task_flags(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """The config layer those arguments make (None: not given)."""
     return {"data": {"name": args.data}, "model": {"name": args.model},
             "train": {"batch_size": args.batch_size, "device": args.device}}
+
+
+def rows_to_use(run: Any, data: str | None, *, target: str | None, need_labels: bool = False,
+                hint: str) -> tuple[Any, Any]:
+    """The rows eval and predict apply a run to: ``--data``'s, or without it the run's own
+    validation split; ``hint`` ends the error when that split cannot be rebuilt (its data has moved)."""
+    from ..runs import read_rows  # torch: only a command that applies a run reads rows
+
+    if data is None:
+        try:
+            return run.validation_rows()
+        except OptiloopError as e:
+            raise OptiloopError(f"cannot rebuild the validation split of {run.checkpoint} ({e}); {hint}") from None
+    return read_rows(data, run, target=target, need_labels=need_labels, what="--data", target_arg="--target")

@@ -30,7 +30,8 @@ class EvalCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from ..files import write_text
-        from ..runs import RunFolder, ensure_empty, load, rows_to_use
+        from ..runs import RunFolder, ensure_empty, load
+        from .common import rows_to_use
 
         if args.out is not None:
             ensure_empty(args.out, "--out")

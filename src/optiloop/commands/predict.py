@@ -27,7 +27,8 @@ class PredictCommand(Command):
         p.add_argument("--batch-size", type=int, default=1024)
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..runs import load, prediction_table, rows_to_use, write_csv_rows
+        from ..runs import load, prediction_table, write_csv_rows
+        from .common import rows_to_use
 
         out = Path(args.out) if args.out is not None else None
         if out is not None and out.exists():
