@@ -96,13 +96,17 @@ def test_every_public_name_resolves_and_all_is_complete():
 
 
 def test_help_texts_say_the_librarys_own_defaults():
-    from optiloop import comparison, lr_finder
-    from optiloop.commands import compare, lr_find
+    import inspect
 
-    assert compare.DEFAULT_OPTIMIZERS == ",".join(comparison.DEFAULT_OPTIMIZERS)
-    assert compare.DEFAULT_SCHEDULERS == ",".join(comparison.DEFAULT_SCHEDULERS)
-    assert compare.DEFAULT_EPOCHS == comparison.DEFAULT_EPOCHS
+    from optiloop import comparison, grid, lr_finder
+    from optiloop.commands import lr_find
+
     parser = optiloop.cli.build_parser()
+    compare_flags = {a.dest: a.default for a in parser._subparsers._group_actions[0].choices["compare"]._actions}
+    defaults = inspect.signature(comparison.compare).parameters
+    assert compare_flags["optimizers"] == ",".join(grid.DEFAULT_OPTIMIZERS) == ",".join(defaults["optimizers"].default)
+    assert compare_flags["schedulers"] == ",".join(grid.DEFAULT_SCHEDULERS) == ",".join(defaults["schedulers"].default)
+    assert compare_flags["epochs"] == grid.DEFAULT_EPOCHS == defaults["epochs"].default
     rules = next(a for a in parser._subparsers._group_actions[0].choices["lr-find"]._actions
                  if a.dest == "rule")
     assert tuple(rules.choices) == lr_finder.RULES

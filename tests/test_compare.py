@@ -17,8 +17,9 @@ import torch
 from matplotlib.image import imread
 
 import optiloop as ol
-from optiloop.comparison import describe_target, lr_grid, parse_lrs, parse_names, parse_target, pick_best, summarize
+from optiloop.grid import describe_target, lr_grid, parse_lrs, parse_names, parse_target
 from optiloop.report import format_table
+from optiloop.results import pick_best, summarize
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -101,7 +102,7 @@ def test_best_figures_of_a_run_come_from_its_one_best_epoch():
                     {"epoch": 2, "val_loss": 0.40, "val_acc": 0.88, "train_loss": 0.4, "seconds": 0.1},
                     {"epoch": 3, "val_loss": 0.45, "val_acc": 0.93, "train_loss": 0.3, "seconds": 0.1},
                     {"epoch": 4, "val_loss": 0.60, "val_acc": 0.93, "train_loss": 0.2, "seconds": 0.1}])
-    from optiloop.comparison import _row
+    from optiloop.results import run_row as _row
 
     row = _row(h, "sgd", "constant", 0, 0.1, "val_acc", ("val_acc", 0.92), 1.0, "x")
     # best epoch by the monitor (the first of equal values); every "best" figure is from that epoch

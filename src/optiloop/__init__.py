@@ -29,7 +29,7 @@ _WHERE: dict[str, str] = {
     "save_checkpoint": "checkpoint",
     "Batches": "data",
     "FSDP": "distributed",
-    "compare": "comparison", "summarize": "comparison", "to_frame": "comparison",
+    "compare": "comparison", "summarize": "results", "to_frame": "results",
     "CheckpointError": "errors", "DiskError": "errors", "NonFiniteLossError": "errors", "OptiloopError": "errors",
     "TrainingInterrupted": "errors",
     "History": "history", "Steps": "history",
@@ -74,7 +74,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
     from .callbacks import Callback, CallbackList, EarlyStopping, LRMonitor, Monitor, ProgressBar, TrainState
     from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
-    from .comparison import compare, summarize, to_frame
+    from .comparison import compare
     from .data import Batches
     from .distributed import FSDP, resolve_device, seed_everything
     from .doctor import watch
@@ -85,6 +85,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .loop import evaluate, fit
     from .lr_finder import LRFindResult, lr_find
     from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
+    from .results import summarize, to_frame
     from .runs import Run, load
     from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
     from .sharded import export

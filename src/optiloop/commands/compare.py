@@ -8,13 +8,9 @@ import time
 from pathlib import Path
 
 from ..errors import OptiloopError
+from ..grid import DEFAULT_EPOCHS, DEFAULT_OPTIMIZERS, DEFAULT_SCHEDULERS  # torch-free: --help stays instant
 from . import Command, command
 from .common import add_task_arguments, task_flags
-
-# Shown in --help without importing the library (a test checks they equal comparison's).
-DEFAULT_OPTIMIZERS = "sgd,adam,adamw,rmsprop,adagrad"
-DEFAULT_SCHEDULERS = "cosine"
-DEFAULT_EPOCHS = 10
 
 
 @command("compare")
@@ -27,10 +23,11 @@ class CompareCommand(Command):
         from ..optim import OPTIMIZERS
 
         lrs = ", ".join(f"{n} {o.defaults['lr']:g}" for n, o in OPTIMIZERS.items())
-        p.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS,
-                       help=f"comma-separated optimizer names (default {DEFAULT_OPTIMIZERS})")
-        p.add_argument("--schedulers", default=DEFAULT_SCHEDULERS,
-                       help=f"comma-separated scheduler names (default {DEFAULT_SCHEDULERS})")
+        optimizers, schedulers = ",".join(DEFAULT_OPTIMIZERS), ",".join(DEFAULT_SCHEDULERS)
+        p.add_argument("--optimizers", default=optimizers,
+                       help=f"comma-separated optimizer names (default {optimizers})")
+        p.add_argument("--schedulers", default=schedulers,
+                       help=f"comma-separated scheduler names (default {schedulers})")
         p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                        help=f"epochs per run, no early stopping (default {DEFAULT_EPOCHS})")
         p.add_argument("--seeds", type=int, default=1, help="seeds per combination; the table "
@@ -56,18 +53,12 @@ class CompareCommand(Command):
         add_task_arguments(p)
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..comparison import (
-            compare,
-            describe_target,
-            parse_lrs,
-            parse_names,
-            parse_target,
-            pick_best,
-            summarize,
-        )
+        from ..comparison import compare
         from ..config import resolve
+        from ..grid import describe_target, parse_lrs, parse_names, parse_target
         from ..optim import OPTIMIZERS
         from ..report import format_table
+        from ..results import pick_best, summarize
         from ..runs import ensure_empty, free_name, short, stamp
         from ..schedules import SCHEDULERS
 
