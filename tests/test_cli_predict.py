@@ -20,8 +20,9 @@ from sklearn.datasets import load_diabetes, load_wine
 from sklearn.preprocessing import StandardScaler
 
 from optiloop.cli import main
-from optiloop.datasets import load_dataset, split
+from optiloop.datasets import split
 from optiloop.models import build_model
+from optiloop.sources import load_dataset
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 CULTIVARS = np.array(["barolo", "grignolino", "barbera"])

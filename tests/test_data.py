@@ -76,3 +76,44 @@ def test_dataset_and_dataloader_inputs():
 def test_bad_data(data, match):
     with pytest.raises(ol.OptiloopError, match=match):
         make_batches(data, batch_size=2, shuffle=True, seed=0, device=CPU)
+
+
+class FixedOrder:
+    """A user's own ``ol.Batches``: fixed batches in a fixed order, recording the epochs it is set to."""
+
+    replayable = True
+
+    def __init__(self, X, y, size):
+        self.pairs = [(X[i:i + size], y[i:i + size]) for i in range(0, len(X), size)]
+        self.num_samples, self.epochs = len(X), []
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __iter__(self):
+        return iter(self.pairs)
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+    def batch_sizes(self):
+        return [len(x) for x, _ in self.pairs]
+
+    def fingerprint(self):
+        return f"fixed:{self.num_samples}"
+
+
+def test_fit_takes_a_users_own_batches_as_they_are():
+    torch.manual_seed(0)
+    X, y = torch.randn(50, 4), torch.randint(0, 3, (50,))
+    own = FixedOrder(X, y, 16)
+    assert isinstance(own, ol.Batches)
+    nets = [torch.nn.Linear(4, 3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    kw = dict(optimizer="sgd", lr=0.1, epochs=3, progress=False, seed=0)
+    h = ol.fit(nets[0], own, val_data=own, **kw)
+    # The same batches in the same order through an unshuffled DataLoader: the same training.
+    ol.fit(nets[1], DataLoader(TensorDataset(X, y), batch_size=16, shuffle=False), **kw)
+    assert own.epochs == [1, 2, 3] and len(h) == 3
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optiloop.datasets import BUILTIN, load_dataset, split
+from optiloop.datasets import BUILTIN, split
 from optiloop.errors import OptiloopError
+from optiloop.sources import load_dataset
 
 
 @pytest.mark.parametrize("name", list(BUILTIN))

@@ -16,9 +16,10 @@ from sklearn.preprocessing import StandardScaler
 
 import optiloop as ol
 from optiloop.config import resolve
-from optiloop.datasets import load_dataset, split
+from optiloop.datasets import split
 from optiloop.preprocessing import Preprocessing
 from optiloop.runs import RunFolder, TrainingRun, build_task, ensure_empty, free_name
+from optiloop.sources import load_dataset
 
 CULTIVARS = np.array(["barolo", "grignolino", "barbera"])
 

@@ -325,7 +325,9 @@ def make_batches(data: Any, *, batch_size: int, shuffle: bool, seed: int, device
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptiloopError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     batches: Batches
-    if isinstance(data, DataLoader):
+    if isinstance(data, Batches) and not isinstance(data, (DataLoader, Dataset)):
+        batches = data  # the user's own: it orders, shards (under DDP) and moves its batches itself
+    elif isinstance(data, DataLoader):
         if world_size > 1 and not isinstance(data.sampler, DistributedSampler):
             raise OptiloopError(
                 f"under DDP the {role} DataLoader needs a DistributedSampler; "
@@ -354,8 +356,8 @@ def make_batches(data: Any, *, batch_size: int, shuffle: bool, seed: int, device
         if isinstance(data, (list, tuple)) and data:
             what += f" of {type(data[0]).__name__}"
         raise OptiloopError(
-            f"{role} data must be a DataLoader, a Dataset, a tensor / array, an (X, y) pair or a tuple "
-            f"or dict of equal-length tensors / arrays; got a {what}"
+            f"{role} data must be a DataLoader, a Dataset, a tensor / array, an (X, y) pair, a tuple "
+            f"or dict of equal-length tensors / arrays, or an optiloop.Batches; got a {what}"
         )
     if batches.num_samples == 0 or len(batches) == 0:
         raise OptiloopError(f"{role} data is empty")

@@ -1,11 +1,13 @@
 """Data sets for the command line: scikit-learn's embedded ones, CSV / .npz files, user functions.
 
-Every source becomes a :class:`Dataset` of numpy arrays plus its task, its feature names and its
-class labels (the original values). :func:`split` makes the train / validation split with a fixed
-seed; preprocessing (standardization fitted on the train split) is ``optiloop.runs``'s.
+Every source (``optiloop.sources``: one file each) becomes a :class:`Dataset` of numpy arrays
+plus its task, its feature names and its class labels (the original values). :func:`split`
+makes the train / validation split with a fixed seed; preprocessing (standardization fitted on
+the train split) is ``optiloop.runs``'s.
 
 Example:
-    >>> from optiloop.datasets import load_dataset, split
+    >>> from optiloop.datasets import split
+    >>> from optiloop.sources import load_dataset
     >>> ds = load_dataset("wine")
     >>> ds.X.shape, ds.task, ds.classes, ds.features[:2]
     ((178, 13), 'classification', [0, 1, 2], ['alcohol', 'malic_acid'])
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OptiloopError, choices
+from .errors import OptiloopError
 
 TASKS = ("auto", "classification", "regression")
 
@@ -106,49 +108,6 @@ def import_function(spec: str, what: str) -> Callable[..., Any]:
     return fn
 
 
-def load_dataset(spec: str, *, target: str | None = None, task: str = "auto") -> Dataset:
-    """Load a data set by built-in name, ``.csv`` / ``.npz`` path, or ``package.module:function``.
-
-    Args:
-        spec: one of :data:`BUILTIN`, a CSV file (header row; ``target`` names the label column,
-            default the last one), an ``.npz`` with arrays ``X`` and ``y``, or a function returning
-            ``(X, y)`` arrays.
-        target: the CSV column holding the target.
-        task: "classification", "regression", or "auto" (integer-valued targets, or text labels,
-            with at most 100 distinct values are classes; anything else is regression).
-    """
-    if task not in TASKS:
-        raise OptiloopError(f"data.task: unknown {task!r}; choose one of: {choices(TASKS)}")
-    if target is not None and not str(spec).lower().endswith(".csv"):
-        raise OptiloopError("data.target names a CSV column; it applies to .csv files only")
-    features: list[str] | None = None
-    if spec in BUILTIN:
-        loader, builtin_task, _ = BUILTIN[spec]
-        X, y, features = loader()
-        task = builtin_task if task == "auto" else task
-    elif is_user_function(spec):
-        out = call_user_function(import_function(spec, "data"), f"data {spec!r}")
-        if not (isinstance(out, (tuple, list)) and len(out) == 2):
-            raise OptiloopError(f"data {spec!r} must return (X, y) arrays, "
-                                f"got {type(out).__name__}")
-        X, y = out
-        if hasattr(X, "columns"):  # a pandas DataFrame: keep its column names
-            features = [str(c) for c in X.columns]
-    elif spec.lower().endswith(".csv"):
-        X, y, features, target = read_csv(Path(spec), target)
-    elif spec.lower().endswith(".npz"):
-        X, y = _read_npz(Path(spec))
-    else:
-        raise OptiloopError(
-            f"data.name: unknown data set {spec!r}; choose one of: {choices(BUILTIN)}, "
-            "a .csv or .npz file, or package.module:function"
-        )
-    ds = _finish(spec, X, y, task)
-    ds.features = features or [f"x{i}" for i in range(ds.X.shape[1])]
-    ds.target = target or "target"
-    return ds
-
-
 def call_user_function(fn: Callable[..., Any], what: str, **kwargs: Any) -> Any:
     """Call a user's ``package.module:function``; whatever it raises becomes one line naming it."""
     try:
@@ -226,7 +185,7 @@ def read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, li
     return X, labels(table[target]), features, target
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise OptiloopError(f"data.name: no .npz file at {path}")
     try:
@@ -243,7 +202,18 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise OptiloopError(f"{path}: not a readable .npz of arrays X and y ({first[:160]})") from None
 
 
-def _finish(name: str, X: Any, y: Any, task: str) -> Dataset:
+def finish(name: str, X: Any, y: Any, task: str, features: list[str] | None = None,
+           target: str | None = None) -> Dataset:
+    """A source's arrays as a checked :class:`Dataset`: X 2-D float32, the task decided ("auto":
+    integer-valued or text targets with at most 100 distinct values are classes), class labels
+    kept in their original values, features named (``x0``, ``x1`` ... when the source has no names)."""
+    ds = _checked(name, X, y, task)
+    ds.features = features or [f"x{i}" for i in range(ds.X.shape[1])]
+    ds.target = target or "target"
+    return ds
+
+
+def _checked(name: str, X: Any, y: Any, task: str) -> Dataset:
     X, y = np.asarray(X), np.asarray(y)
     if X.ndim == 1:
         X = X[:, None]

@@ -8,7 +8,8 @@ with ``torch.load(weights_only=True)``, and the scaler is rebuilt with the very 
 
 Example:
     >>> import numpy as np
-    >>> from optiloop.datasets import load_dataset, split
+    >>> from optiloop.datasets import split
+    >>> from optiloop.sources import load_dataset
     >>> ds = load_dataset("wine"); raw = split(ds)
     >>> prep = Preprocessing.fit(ds, raw.X_train, raw.y_train)
     >>> again = Preprocessing.from_state_dict(prep.state_dict())

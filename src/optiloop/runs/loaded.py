@@ -20,13 +20,14 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint
 from ..config import validate
-from ..datasets import labels, load_dataset, read_table, split
+from ..datasets import split
 from ..errors import OptiloopError
 from ..files import atomic_open
 from ..inference import predict
 from ..loop import evaluate
 from ..models import build_model
 from ..preprocessing import Preprocessing
+from ..sources import find_source, load_dataset
 from ..training_state import load_model_weights
 from .task import INFERENCE, build_task
 
@@ -174,40 +175,16 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
 # --- new rows from files -----------------------------------------------------------------------
 def read_rows(spec: str, run: Run, *, target: str | None = None, need_labels: bool = False,
               what: str = "data", target_arg: str = "target") -> tuple[Any, np.ndarray | None]:
-    """Rows to apply ``run`` to, from a CSV (columns by name; the label column optional), an
-    ``.npz`` (``X`` by position, ``y`` optional), a built-in data set or ``package.module:function``.
+    """Rows to apply ``run`` to, read by the spec's source (``optiloop.sources``): a CSV (columns by
+    name; the label column optional), an ``.npz`` (``X`` by position, ``y`` optional), a built-in
+    data set or ``package.module:function``.
     ``what`` and ``target_arg`` name the arguments in error messages (the CLI: --data, --target).
 
     Returns:
         (the features: a mapping of columns or an array, the labels in original values or None).
     """
-    target = target or run.preprocessing.target
-    where = f"{what} {spec}"
-    if spec.lower().endswith(".csv"):
-        table = read_table(Path(spec), what)
-        y = labels(table.pop(target)) if target in table else None
-        if need_labels and y is None:
-            raise OptiloopError(f"{where}: no label column {target!r} to evaluate against; columns: "
-                                f"{', '.join(table)} (name it with {target_arg})")
-        return table, y
-    if spec.lower().endswith(".npz"):
-        path = Path(spec)
-        if not path.is_file():
-            raise OptiloopError(f"{what}: no .npz file at {path}")
-        with np.load(path, allow_pickle=False) as z:  # no pickles: loading data runs no code
-            if "X" not in z.files or (need_labels and "y" not in z.files):
-                raise OptiloopError(f"{where}: needs array X{' and y' if need_labels else ''}; it has: "
-                                    f"{', '.join(z.files) or 'none'}")
-            X = z["X"].reshape(len(z["X"]), -1) if z["X"].ndim > 2 else z["X"]
-            return X, (z["y"].reshape(-1) if "y" in z.files else None)
-    ds = load_dataset(spec, task=run.task)
-    if len(ds.features) != len(run.features) or set(ds.features) != set(run.features):
-        missing = [f for f in run.features if f not in ds.features]
-        raise OptiloopError(f"{where} has {len(ds.features)} features but not the run's {len(run.features)}"
-                            f" (missing: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})")
-    table = {f: ds.X[:, i] for i, f in enumerate(ds.features)}
-    y = np.asarray(ds.classes, dtype=object)[ds.y] if ds.task == "classification" else ds.y
-    return table, y
+    return find_source(spec).rows(spec, run.features, run.task, target=target or run.preprocessing.target,
+                                  need_labels=need_labels, what=what, target_arg=target_arg)
 
 
 def prediction_table(run: Run, X: Any, *, batch_size: int = 1024, where: str = "X"

@@ -24,11 +24,12 @@ import numpy as np
 from torch import nn
 
 from ..config import extras
-from ..datasets import Dataset, Split, is_user_function, load_dataset, split
+from ..datasets import Dataset, Split, is_user_function, split
 from ..errors import OptiloopError
 from ..metrics import get_loss, resolve_metric
 from ..models import build_model
 from ..preprocessing import Preprocessing
+from ..sources import load_dataset
 
 INFERENCE = "inference"  # the key of the checkpoint config that holds what applying the model needs
 
