@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .directions import mode_for
 from .errors import OptiloopError
 
 if TYPE_CHECKING:
@@ -226,8 +227,6 @@ class Monitor:
     """
 
     def __init__(self, monitor: str = "val_loss", mode: str = "auto", min_delta: float = 0.0):
-        from .directions import mode_for
-
         self.monitor, self.mode, self.min_delta = monitor, mode_for(monitor, mode), abs(min_delta)
         self.best: float | None = None
 
@@ -440,7 +439,7 @@ class ProgressBar(Callback):
         self._last = 0.0
 
     def on_epoch_start(self, state, logs):
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # the bar's library: only a run that shows one
 
         desc = f"epoch {state.epoch}/{state.epochs}"
         if self.bar is None:  # one bar for the whole fit, reset per epoch: cheaper than a new one
@@ -463,7 +462,7 @@ class ProgressBar(Callback):
             self.bar.set_postfix_str(format_logs(running), refresh=False)
 
     def on_epoch_end(self, state, logs):
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # (as above)
 
         tqdm.write(f"epoch {state.epoch}/{state.epochs}  {format_logs(logs)}", file=self.file or sys.stdout)
 

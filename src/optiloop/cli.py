@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every registered subcommand."""
-    from ._version import __version__
+    from ._version import __version__  # only --version reads it
 
     parser = _Parser(prog="optiloop", description="Train, inspect and compare PyTorch optimizers "
                      "and LR schedules; predict with a trained run.")

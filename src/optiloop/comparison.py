@@ -31,9 +31,12 @@ import contextlib
 import copy
 import hashlib
 import math
+import multiprocessing
 import os
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ from .grid import (
     parse_target,
     scheduler_spec,
 )
+from .loggers import StepHistory
 from .loop import fit, logged_keys
 from .optim import OPTIMIZERS, build_optimizer
 from .results import headline, pick_best, run_row, summarize, to_frame
@@ -332,8 +336,6 @@ def _report(plan: _Plan, rows: list[dict[str, Any]], histories: Mapping[tuple, A
 def _fit_one(setup: _Setup, train_data: Any, val_data: Any, net: nn.Module, init_hash: str,
              o: str, s: str, lr: float, seed: int, run_dir: Path | None) -> tuple[dict[str, Any], Any]:
     """Train one run; the same code in this process (jobs=1) and in a worker (jobs > 1)."""
-    from .loggers import StepHistory
-
     callbacks: list[Any] = [StepHistory()]  # per-step LR and loss: steps.csv, per-step LR curves
     if setup.checkpoints and run_dir is not None:
         from .checkpoint import Checkpoint  # only a comparison that keeps checkpoints
@@ -374,9 +376,6 @@ def _work(o: str, s: str, lr: float, seed: int, run_dir: Path | None) -> tuple[d
 def _run_parallel(setup: _Setup, runs: list[tuple], jobs: int, finished: Callable[..., None]) -> None:
     """Run in ``jobs`` fresh processes (spawned: no state inherited from this one, and no fork of
     a process whose thread pools are running); report each run as it finishes."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
     threads = max(1, torch.get_num_threads() // jobs)
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(setup, threads))
@@ -392,8 +391,6 @@ def _run_parallel(setup: _Setup, runs: list[tuple], jobs: int, finished: Callabl
 
 
 def _check_picklable(setup: _Setup) -> None:
-    import pickle
-
     try:
         pickle.dumps(setup)
     except Exception as e:  # noqa: BLE001 - pickle raises several kinds; the message says which part

@@ -120,7 +120,7 @@ class OptimizerConfig(_Open):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .optim import OPTIMIZERS
+        from .optim import OPTIMIZERS  # the registry module: kept out of config's import
 
         if v.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {v!r}; choose one of: {choices(OPTIMIZERS)}")
@@ -134,7 +134,7 @@ class SchedulerConfig(_Open):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .schedules import SCHEDULERS
+        from .schedules import SCHEDULERS  # torch: a config of known names needs no scheduler
 
         if v.lower() not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {v!r}; choose one of: {choices(SCHEDULERS)}")
@@ -355,7 +355,7 @@ def with_optimizer_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
         >>> with_optimizer_defaults({"optimizer": {"name": "sgd", "lr": 0.05}})["optimizer"]
         {'name': 'sgd', 'lr': 0.05, 'momentum': 0.9}
     """
-    from .optim import OPTIMIZERS
+    from .optim import OPTIMIZERS  # (as above)
 
     o = cfg["optimizer"]
     return {**cfg, "optimizer": {"name": o["name"], **OPTIMIZERS[o["name"]].defaults, **extras(o)}}

@@ -182,7 +182,7 @@ def shard(model: nn.Module, device: torch.device, world: World, options: FSDP,
     optimizer state stay float32, and the root's output is cast back to float32 for the loss.
     """
     try:
-        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.device_mesh import init_device_mesh  # FSDP2: only when sharding
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     except ImportError:  # pragma: no cover - torch < 2.6
         raise OptiloopError(f"strategy='fsdp' needs torch >= 2.6 (fully_shard); this is torch "

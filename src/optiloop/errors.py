@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class OptiloopError(ValueError):
     """Bad input or an unrecoverable training fault. The CLI turns it into exit code 2."""
@@ -46,8 +48,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     """
 
     def __init__(self, signum: int, epoch: int, step: int):
-        import signal
-
         self.signum, self.epoch, self.step = signum, epoch, step
         self.signal_name = signal.Signals(signum).name
         self.exit_code = 128 + signum

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from .errors import DiskError, OptiloopError
+
 TEMP_SUFFIX = ".optiloop-tmp"  # only optiloop's own temporaries end so: safe to clean up
 _UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it) ...
 os.umask(_UMASK)  # ... and put back at once
@@ -28,8 +30,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *,
     A failure of the file system (disk full, read-only, permission, I/O error) becomes a one-line
     ``DiskError`` naming the file; the temporary is removed and ``path`` is left as it was.
     """
-    from .errors import DiskError
-
     path = Path(path)
     tmp = None
     try:
@@ -76,8 +76,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def check_writable(path: str | os.PathLike, what: str) -> Path:
     """Fail now, in one line, if ``path`` could not be created and written (a name too long, a
     read-only or missing parent): before any work starts, not after it. Returns ``path``."""
-    from .errors import OptiloopError
-
     path = Path(path)
     for part in path.parts:  # first: a too-long name makes even exists() raise
         if len(os.fsencode(part)) > 255:
@@ -117,9 +115,8 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
-        import fcntl
+        import fcntl  # POSIX only: the lock is taken where the module exists
 
-        from .errors import OptiloopError
 
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)

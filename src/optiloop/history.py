@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .directions import mode_for
 from .errors import OptiloopError
 from .files import atomic_open
 
@@ -70,8 +71,6 @@ class History:
         (``optiloop.directions``): lowest ``val_loss``, highest ``val_r2``; a name it cannot place
         needs ``mode="min"`` or ``"max"``.
         """
-        from .directions import mode_for
-
         mode = mode_for(key, mode)
         values = [(v, i) for i, v in enumerate(self[key]) if isinstance(v, (int, float)) and math.isfinite(v)]
         if not values:
@@ -103,7 +102,7 @@ class History:
     def plot(self, path: str | os.PathLike, *, lr_log: bool = False) -> None:
         """Write loss, metrics and LR per epoch as one PNG (see optiloop.plots): with per-step
         rows of a schedule stepped per step, the per-step LR and loss. ``lr_log``: log LR axis."""
-        from .plots import plot_history
+        from .plots import plot_history  # matplotlib: imported when a picture is drawn
 
         plot_history(self, path, lr_log=lr_log)
 

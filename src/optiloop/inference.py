@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import resolve_device
 from .errors import OptiloopError
 
 
@@ -48,8 +49,6 @@ def predict(model: nn.Module, data: Any, *, batch_size: int = 1024,
         first = next(model.parameters(), None)
         dev = first.device if first is not None else torch.device("cpu")
     else:
-        from .distributed import resolve_device
-
         dev = resolve_device(device)
         model.to(dev)
     was_training = model.training

@@ -39,12 +39,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .callbacks import Callback
 from .errors import OptiloopError
 
 if TYPE_CHECKING:
-    import torch
-
     from .callbacks import TrainState
 
 DEFAULT_MAX_POINTS = 10_000  # per run: ~1 MB of host rows, and plots still show every wiggle
@@ -60,8 +60,6 @@ def _check_count(name: str, value: Any, allow_none: bool = False) -> None:
 def grad_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
     """Total L2 norm of the optimizer's gradients, as a device tensor (no host sync); None when
     no parameter has a gradient. The same figure ``clip_grad_norm_`` returns."""
-    import torch
-
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if not grads or any(_sharded(g) for g in grads):  # FSDP: the norm of shards is a collective
         return None
@@ -100,8 +98,6 @@ class _StepBuffer:
 
     def take(self, steps_per_epoch: int) -> tuple[list[dict[str, Any]], list[float]]:
         """The rows and their wall times; empties the buffer. One host sync (when not empty)."""
-        import torch
-
         if not self.steps:
             return [], []
         tensors = [t for t in self.losses if isinstance(t, torch.Tensor)]
@@ -356,7 +352,7 @@ class TensorBoard(Logger):
 
 def require_tensorboard() -> Any:
     try:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # the optional tensorboard package: only when asked
     except ImportError:
         raise OptiloopError("TensorBoard logging needs the tensorboard package: pip install tensorboard "
                             "(or optiloop[tensorboard])") from None

@@ -506,7 +506,7 @@ class _Loop:
 
     def checkpoint_folder(self, dirpath: Any, async_save: bool) -> Any:
         if self.strategy == "fsdp":
-            from .sharded import ShardedFolder
+            from .sharded import ShardedFolder  # torch.distributed.checkpoint: FSDP runs only
 
             return ShardedFolder(dirpath, self.state.device, async_save=async_save)
         return CheckpointFolder(dirpath)
@@ -531,7 +531,7 @@ class _Loop:
         # rest to where the parameters live.
         sharded = _sharded_run(path)
         if sharded:  # DCP folders: first the run's own state, weights only once settings agree
-            from . import sharded as S
+            from . import sharded as S  # (as above)
 
             source = S.find_resumable(path)
             ckpt = S.read_train_state(source)

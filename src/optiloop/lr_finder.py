@@ -37,7 +37,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import make_batches
+from .distributed import resolve_device
 from .errors import OptiloopError, choices
+from .files import atomic_open
+from .optim import build_optimizer
 from .steps import check_loss, resolve_step
 
 RULES = ("valley", "steepest")
@@ -67,15 +71,13 @@ class LRFindResult:
 
     def plot(self, path: str | os.PathLike, title: str | None = None) -> None:
         """Write the loss-vs-LR plot (log x axis) with the suggestions marked."""
-        from .plots import plot_lr_find
+        from .plots import plot_lr_find  # matplotlib: imported when a picture is drawn
 
         plot_lr_find(self.lrs, self.losses, path, smoothed=self.smoothed,
                      suggestions=self.suggestions, chosen=self.rule, title=title)
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """One row per step: step, lr, loss, smoothed_loss."""
-        from .files import atomic_open
-
         with atomic_open(path, "w") as f:
             f.write("step,lr,loss,smoothed_loss\n")
             for i, (lr, loss, s) in enumerate(zip(self.lrs, self.losses, self.smoothed, strict=True)):
@@ -177,10 +179,6 @@ def lr_find(
     Returns:
         An LRFindResult; ``.suggestion`` is the LR, ``.plot(path)`` draws the curve.
     """
-    from .data import make_batches
-    from .distributed import resolve_device
-    from .optim import build_optimizer
-
     if rule not in RULES:
         raise OptiloopError(f"unknown rule {rule!r}; choose one of: {choices(RULES)}")
     for name, v in (("min_lr", min_lr), ("max_lr", max_lr)):

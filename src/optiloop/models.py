@@ -108,7 +108,7 @@ def build_model(name: str, in_features: int, out_features: int, **options: Any) 
         fn = import_function(name, "model")
         model = call_user_function(fn, f"model {name!r}", in_features=in_features, out_features=out_features,
                                    **options)
-        from torch import nn
+        from torch import nn  # torch: only when a model is built (list stays torch-free)
 
         if not isinstance(model, nn.Module):
             raise OptiloopError(f"model {name!r} must return a torch.nn.Module, "

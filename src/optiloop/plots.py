@@ -20,10 +20,12 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .errors import OptiloopError
+from .files import atomic_open
 
 
 class Rows(Protocol):
@@ -50,8 +52,6 @@ def _use_log(values: Sequence[float]) -> bool:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
-    from .files import atomic_open
-
     with atomic_open(path, "wb") as f:  # a crash never leaves a half-written PNG
         fig.savefig(f, format="png", dpi=110)
 
@@ -261,8 +261,6 @@ def plot_overlay(curves: Mapping[str, Sequence[Sequence[float]]], path: str | os
         >>> fig = plot_overlay({"sgd": [[1.0, 0.5]], "adam": [[1.0, 0.3], [0.9, 0.4]]},
         ...              "/tmp/optiloop-doctest-overlay.png", ylabel="validation loss")
     """
-    import math
-
     if not curves:
         raise OptiloopError("no curves to plot")
     fig = Figure(figsize=(9.5, 4.8), layout="constrained")
@@ -396,8 +394,6 @@ def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[Any], path:
         >>> len(fig.axes[0].texts)
         4
     """
-    import numpy as np
-
     m = np.asarray(matrix, dtype=float)
     if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels) or m.shape[0] == 0:
         raise OptiloopError(f"a confusion matrix must be square with one row per label ({len(labels)}), "

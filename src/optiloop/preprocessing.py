@@ -42,7 +42,7 @@ def _scaler_from(state: Mapping[str, Any] | None) -> Any:
     """The StandardScaler ``_scaler_state`` described, rebuilt with the very same statistics."""
     if state is None:
         return None
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import StandardScaler  # scikit-learn: imported when fitting
 
     scaler = StandardScaler()
     dtype = np.dtype(state["dtype"])
@@ -81,7 +81,7 @@ class Preprocessing:
         A feature with zero spread is only centred (StandardScaler's own rule)."""
         x_scaler = y_scaler = None
         if standardize:
-            from sklearn.preprocessing import StandardScaler
+            from sklearn.preprocessing import StandardScaler  # (as above)
 
             x_scaler = StandardScaler().fit(X_train)
             if ds.task == "regression":

@@ -131,7 +131,7 @@ def pick_best(summary: Sequence[Mapping[str, Any]], monitor: str | None = None) 
 def to_frame(rows: Sequence[Mapping[str, Any]]) -> Any:
     """The rows as a pandas DataFrame (pandas is optional: ``pip install pandas``)."""
     try:
-        import pandas as pd
+        import pandas as pd  # optional: only for a DataFrame
     except ImportError:
         raise OptiloopError("as_frame / to_frame need pandas, which is not installed "
                             "(pip install pandas); the rows are plain dicts without it") from None

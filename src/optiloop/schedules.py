@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .directions import mode_for
 from .errors import OptiloopError, choices
 from .intervals import INTERVALS, TORCH_SCHEDULERS, torch_interval
 
@@ -694,8 +695,6 @@ def build_scheduler(
                             "schedule; shorten the warmup or train longer")
     if interval == "metric" and "mode" not in kwargs:
         try:
-            from .directions import mode_for
-
             kwargs["mode"] = mode_for(monitor)
         except OptiloopError as e:
             raise OptiloopError(f"scheduler {name!r}: {e}") from None
@@ -730,8 +729,6 @@ def _wrap_built(spec, optimizer, interval, frequency, warmup_epochs, warmup_step
 def _check_plateau_mode(spec: Any, monitor: str) -> None:
     """A built ReduceLROnPlateau whose mode contradicts a monitor of known direction would cut the
     LR while the metric improves: refuse it."""
-    from .directions import mode_for
-
     try:
         expected = mode_for(monitor)
     except OptiloopError:

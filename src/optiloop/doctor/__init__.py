@@ -39,7 +39,7 @@ from .rules import Finding, diagnose
 from .timeline import Timeline
 
 if TYPE_CHECKING:
-    from .recorder import Recorder
+    from .recorder import Recorder  # torch's hooks: only when watching
 
 __all__ = ["Finding", "Timeline", "Watch", "diagnose", "watch"]
 
@@ -59,7 +59,7 @@ class Watch:
         self._findings: list[Finding] | None = None
 
     def __enter__(self) -> Watch:
-        from .recorder import Recorder
+        from .recorder import Recorder  # (as above)
 
         recorder = Recorder()
         recorder.install()  # refuses a second watch in the same process
@@ -97,13 +97,13 @@ class Watch:
 
     def report(self, name: str | None = None) -> str:
         """The diagnosis as text, as ``optiloop doctor`` prints it."""
-        from .report import format_report
+        from .report import format_report  # matplotlib, through the report: at the end only
 
         return format_report(self.timeline, self.findings, name=name)
 
     def save(self, out: str | os.PathLike, name: str | None = None) -> list[Path]:
         """Write doctor.json and doctor.png into the folder ``out``; returns their paths."""
-        from .report import write
+        from .report import write  # (as above)
 
         return write(self.timeline, self.findings, out, name=name)
 

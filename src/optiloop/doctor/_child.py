@@ -73,7 +73,7 @@ def _strip_doctor_frames(e: BaseException | None, seen: set[int]) -> None:
 
 def main(argv: list[str]) -> int:
     record, script, *args = argv
-    from .recorder import Recorder
+    from .recorder import Recorder  # torch: after the script's own imports are set up
 
     recorder = Recorder()
     recorder.install()

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         code = _run_child(str(script), list(args.args), record)
         data = _read(record)
 
-    from .report import format_report, write
+    from .report import format_report, write  # after the script ran: its start stays light
     from .rules import diagnose
     from .timeline import Timeline
 

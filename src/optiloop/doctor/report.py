@@ -91,7 +91,7 @@ def plot(tl: Timeline, findings: list[Finding], path: str | os.PathLike, *, name
     One panel per optimizer that stepped (up to three), and one for ReduceLROnPlateau's metric
     next to the training and validation losses when the script used one.
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # matplotlib: imported when a picture is drawn
 
     run = Run(tl)
     opts = [o for o in tl.optimizers if o.steps][:3]
@@ -165,7 +165,7 @@ def _lr_panel(ax, run: Run, o) -> None:
 
 
 def _plateau_panel(ax, run: Run, evidence) -> None:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # (as above)
 
     n = list(range(1, len(evidence) + 1))
     for phase, color, text in (("train", "#1f77b4", "mean training loss"), ("eval", "#d62728", "validation loss")):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -566,8 +567,6 @@ def plateau_verdict(run: Run, e) -> tuple[str | None, str, float | None]:
 
 
 def _display(path: str) -> str:
-    import os
-
     try:
         rel = os.path.relpath(path)
     except ValueError:
