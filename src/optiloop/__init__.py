@@ -40,7 +40,7 @@ _WHERE: dict[str, str] = {
     "SCHEDULERS": "schedules", "Schedule": "schedules", "build_scheduler": "schedules",
     "preview_schedule": "schedules",
     "StepOutput": "steps",
-    "predict": "inference",
+    "predict": "inference", "make_model": "recipes",
     "Run": "runs", "load": "runs",
     "watch": "doctor",
     "export": "sharded",
@@ -51,7 +51,7 @@ __all__ = [
     "CheckpointFolder", "DiskError", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Logger", "Monitor",
     "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepHistory", "StepOutput", "Steps",
     "TensorBoard", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler", "compare", "evaluate",
-    "fit", "load", "load_checkpoint", "lr_find", "optimizer_defaults", "predict", "preview_schedule",
+    "fit", "load", "load_checkpoint", "lr_find", "make_model", "optimizer_defaults", "predict", "preview_schedule",
     "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch", "export",
 ]  # static, for tools; tests check it names exactly the keys of _WHERE
 
@@ -85,6 +85,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .loop import evaluate, fit
     from .lr_finder import LRFindResult, lr_find
     from .optim import OPTIMIZERS, build_optimizer, optimizer_defaults
+    from .recipes import make_model
     from .results import summarize, to_frame
     from .runs import Run, load
     from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule

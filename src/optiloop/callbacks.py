@@ -125,6 +125,11 @@ class Callback:
         """Forget everything from an earlier fit. Called when each fit starts, before a resume
         loads ``state_dict``: a callback reused for a second fit starts fresh."""
 
+    def watches(self) -> Monitor | None:
+        """The value this callback acts on (EarlyStopping's, Checkpoint's): the run's monitor, which
+        ``History.best()`` defaults to. None: it watches nothing."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -175,6 +180,15 @@ class CallbackList:
                 cb.on_exception(state, error)
             except Exception as e:  # noqa: BLE001 - never hide the error training raised
                 warnings.warn(f"{type(cb).__name__}.on_exception failed: {e}", stacklevel=2)
+
+    def monitor(self) -> Monitor | None:
+        """The run's monitored value: the first (in order) that a callback watches, or None.
+
+        Example:
+            >>> CallbackList([EarlyStopping(monitor="val_acc")]).monitor().mode
+            'max'
+        """
+        return next((m for m in (cb.watches() for cb in self.callbacks) if m is not None), None)
 
     def snapshot_every(self) -> int:
         """Every how many steps some callback snapshots mid-epoch (the gcd of their declarations; 0: never)."""
@@ -325,6 +339,9 @@ class EarlyStopping(Callback):
         self.monitor.check_available(state.log_keys)
         if self.stop_reason:  # resumed after it had stopped the run: nothing more to train
             state.request_stop(self.stop_reason)
+
+    def watches(self) -> Monitor:
+        return self.monitor
 
     def _stop(self, state, reason: str) -> None:
         self.stop_reason = reason

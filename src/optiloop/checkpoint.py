@@ -323,6 +323,9 @@ class Checkpoint(Callback):
         self._pending_best: dict[str, Any] | None = None  # a best state not yet on disk (CPU)
         self._saved_at: tuple[int, int, int] | None = None  # (epoch, step, batch) last.pt holds
 
+    def watches(self) -> Monitor | None:
+        return self.monitor
+
     @property
     def snapshot_every_n_steps(self) -> int | None:  # declared to the CallbackList
         return self.every_n_steps if self.save_last else None

@@ -29,11 +29,24 @@ class History:
         [0.5, 0.4]
         >>> h.best("val_loss")["epoch"]
         2
+
+    ``monitor`` / ``mode``: the value the run watched and its direction (``fit`` records the
+    first that its EarlyStopping or Checkpoint watch); ``best()`` with no key uses them.
     """
 
-    def __init__(self, rows: Iterable[dict[str, Any]] = (), steps: Iterable[dict[str, Any]] = ()):
+    monitor: str | None = None
+    mode: str = "auto"
+
+    def __init__(self, rows: Iterable[dict[str, Any]] = (), steps: Iterable[dict[str, Any]] = (), *,
+                 monitor: str | None = None, mode: str = "auto"):
         self.rows: list[dict[str, Any]] = [dict(r) for r in rows]
         self.steps = Steps(steps)  # per-step rows; empty unless a StepHistory recorded them
+        self.monitor, self.mode = monitor, mode
+
+    @classmethod
+    def watching(cls, monitor: Any) -> History:
+        """An empty History of a run that watches ``monitor`` (a ``callbacks.Monitor``, or None)."""
+        return cls(monitor=monitor.monitor, mode=monitor.mode) if monitor is not None else cls()
 
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(dict(row))
@@ -64,13 +77,24 @@ class History:
     def __repr__(self) -> str:
         return f"History({len(self.rows)} epochs, keys={self.keys()})"
 
-    def best(self, key: str, mode: str = "auto") -> dict[str, Any]:
+    def best(self, key: str | None = None, mode: str = "auto") -> dict[str, Any]:
         """The row with the best finite value of ``key`` (the earliest on a tie).
 
         ``mode="auto"`` follows the direction rule EarlyStopping and Checkpoint use
         (``optiloop.directions``): lowest ``val_loss``, highest ``val_r2``; a name it cannot place
-        needs ``mode="min"`` or ``"max"``.
+        needs ``mode="min"`` or ``"max"``. With no ``key``: the run's monitored value in its
+        direction (``self.monitor``, ``self.mode``), else ``val_loss`` (``train_loss`` without
+        validation), lowest first: the epoch best.pt holds.
+
+        Example:
+            >>> History([{"epoch": 1, "val_acc": 0.8}, {"epoch": 2, "val_acc": 0.7}], monitor="val_acc").best()
+            {'epoch': 1, 'val_acc': 0.8}
         """
+        if key is None:
+            if self.monitor is not None:
+                key, mode = self.monitor, (self.mode if mode == "auto" else mode)
+            else:
+                key = "val_loss" if "val_loss" in self.keys() else "train_loss"
         mode = mode_for(key, mode)
         values = [(v, i) for i, v in enumerate(self[key]) if isinstance(v, (int, float)) and math.isfinite(v)]
         if not values:

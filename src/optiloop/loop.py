@@ -79,6 +79,7 @@ def fit(
     nonfinite: str = "stop",
     resume: str | None = None,
     force_resume: bool = False,
+    out: str | None = None,
     compile: bool | Mapping[str, Any] = False,
     channels_last: bool = False,
     fast: bool = True,
@@ -121,7 +122,13 @@ def fit(
             checkpoint), "skip" (drop batches whose loss is NaN/inf; one sync per step), "ignore".
         resume: a checkpoint file or run folder to continue from (see optiloop.checkpoint).
             Refused if batch size, accumulation, world size or the training data changed,
-            unless ``force_resume=True``.
+            unless ``force_resume=True``. A run folder ``out=`` made is continued in place.
+        out: a new (or empty) run folder to train into, as ``optiloop train`` does: config.toml,
+            history.csv after every epoch, steps.csv, best.pt / last.pt (at an epoch's end once
+            60 s passed, and at the end; an ``ol.Checkpoint(out, ...)`` of yours sets when),
+            curves.png, summary.json, and for classification the confusion matrix and per-class
+            figures. ``optiloop predict`` / ``eval`` apply it to new rows when the model can be
+            rebuilt (see ``ol.make_model``) and the data were ``(X, y)`` arrays.
         compile: wrap the model in torch.compile; a dict passes its keywords (e.g.
             ``{"mode": "max-autotune"}``). Checkpoints hold the uncompiled module's weights.
         channels_last: NHWC memory format for the model and 4-D inputs (faster convs on GPUs).
@@ -144,6 +151,12 @@ def fit(
     """
     args = locals()  # fit's keywords by name: the settings take theirs
     settings = FitSettings(**{f.name: args[f.name] for f in dataclasses.fields(FitSettings)})
+    if out is not None or resume is not None:
+        from .runs import fitted  # the run folder's writers import this module
+
+        if fitted.wants_folder(out, resume):
+            return fitted.fit_in_folder(model, train_data, val_data, settings, callbacks=callbacks, out=out,
+                                        resume=resume, force_resume=force_resume)
     return run_fit(model, train_data, val_data, settings, callbacks=callbacks, resume=resume,
                    force_resume=force_resume)
 
@@ -225,8 +238,9 @@ class _Loop:
             run_model = torch.compile(run_model, **compile_kwargs)
         self.state = TrainState(
             model=run_model, unwrapped_model=model, optimizer=opt, schedule=schedule, scaler=scaler,
-            history=History(), device=dev, world=world, epochs=opts.epochs, batches_per_epoch=batches_per_epoch,
-            steps_per_epoch=steps_per_epoch, log_keys=log_keys, config=opts.config, strategy=self.strategy,
+            history=History.watching(self.callbacks.monitor()), device=dev, world=world, epochs=opts.epochs,
+            batches_per_epoch=batches_per_epoch, steps_per_epoch=steps_per_epoch, log_keys=log_keys,
+            config=opts.config, strategy=self.strategy,
             _loop=self)
         # What a resume must not change silently (saved as the checkpoint's "settings").
         self.resume_guard = {"batch_size": opts.batch_size, "grad_accum": opts.grad_accum,

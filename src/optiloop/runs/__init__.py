@@ -8,13 +8,18 @@ One module per subject:
   :func:`ensure_empty`, the one "results are never overwritten" check.
 - ``runs.training``: :class:`TrainingRun`, ``optiloop train`` as a library.
 - ``runs.loaded``: :func:`load` brings a run back as a :class:`Run` that predicts on new rows.
+- ``runs.record``: what a run folder records as training goes and at its end, shared by
+  ``TrainingRun`` and ``fit(out=...)``.
+- ``runs.fitted``: ``fit(out=...)`` / ``fit(resume=...)`` on a run folder.
 """
 
 from .folder import RunFolder, ensure_empty, free_name, short, stamp, versions
 from .loaded import Run, load, prediction_table, read_rows, write_csv_rows
+from .record import RunCallbacks, RunFiles, RunInfo, files_so_far, finish_run, run_callbacks
 from .task import INFERENCE, Task, build_task, with_key
-from .training import RunInfo, TrainingResult, TrainingRun, resume_changes, torchrun_rank
+from .training import TrainingResult, TrainingRun, resume_changes, torchrun_rank
 
-__all__ = ["INFERENCE", "Run", "RunFolder", "RunInfo", "Task", "TrainingResult", "TrainingRun", "build_task",
-           "ensure_empty", "free_name", "load", "prediction_table", "read_rows", "resume_changes", "short", "stamp",
-           "torchrun_rank", "versions", "with_key", "write_csv_rows"]
+__all__ = ["INFERENCE", "Run", "RunCallbacks", "RunFiles", "RunFolder", "RunInfo", "Task", "TrainingResult",
+           "TrainingRun", "build_task", "ensure_empty", "files_so_far", "finish_run", "free_name", "load",
+           "prediction_table", "read_rows", "resume_changes", "run_callbacks", "short", "stamp", "torchrun_rank",
+           "versions", "with_key", "write_csv_rows"]

@@ -27,6 +27,7 @@ from ..inference import predict
 from ..loop import evaluate
 from ..models import build_model
 from ..preprocessing import Preprocessing
+from ..recipes import rebuild
 from ..sources import find_source, load_dataset
 from ..training_state import load_model_weights
 from .task import INFERENCE, build_task
@@ -54,9 +55,10 @@ class Run:
     """
 
     def __init__(self, model: nn.Module, preprocessing: Preprocessing, config: dict[str, Any],
-                 checkpoint: Path, epoch: int | None):
+                 checkpoint: Path, epoch: int | None, input_shape: Sequence[int] | None = None):
         self.model, self.preprocessing, self.config = model.eval(), preprocessing, config
         self.checkpoint, self.epoch = checkpoint, epoch
+        self.input_shape = tuple(input_shape) if input_shape else None  # per row, when not flat (fit's images)
 
     @property
     def task(self) -> str:
@@ -75,7 +77,11 @@ class Run:
                 + (f", classes {self.classes}" if self.classes else "") + ")")
 
     def _outputs(self, X: Any, batch_size: int, where: str = "X") -> torch.Tensor:
-        return predict(self.model, self.preprocessing.inputs(X, where), batch_size=batch_size)
+        return predict(self.model, self._inputs(X, where), batch_size=batch_size)
+
+    def _inputs(self, X: Any, where: str) -> np.ndarray:
+        rows = self.preprocessing.inputs(X, where)
+        return rows.reshape(len(rows), *self.input_shape) if self.input_shape else rows
 
     def predict(self, X: Any, *, batch_size: int = 1024) -> np.ndarray:
         """Predicted labels (the original values) for classification, the value in the target's
@@ -99,7 +105,7 @@ class Run:
         """The run's loss and metrics on rows ``X`` with labels ``y`` (original values).
         Regression figures are in the target's original units."""
         prep = self.preprocessing
-        inputs, targets = prep.inputs(X, where), prep.targets(y, where)
+        inputs, targets = self._inputs(X, where), prep.targets(y, where)
         model: nn.Module = self.model
         if prep.y_scaler is not None:  # compare in the user's units, not the standardized ones
             targets = np.asarray(y, dtype=np.float32).reshape(-1)
@@ -116,7 +122,9 @@ class Run:
     def validation_rows(self) -> tuple[np.ndarray, np.ndarray]:
         """The run's own validation split, rebuilt from its data (which must still be there):
         raw features and original labels."""
-        d = self.config["data"]
+        d = self.config.get("data")
+        if d is None:
+            raise OptiloopError("it was trained by fit() on data of its own, which optiloop cannot load again")
         ds = load_dataset(d["name"], target=d.get("target"), task=d["task"])
         raw = split(ds, val_fraction=d["val_fraction"], seed=d["seed"])
         y = np.asarray(ds.classes, dtype=object)[raw.y_val] if ds.task == "classification" else raw.y_val
@@ -167,9 +175,17 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
         task = build_task(validate(cfg))
         info, cfg = task.inference(), task.config
     m = info["model"]
-    model = build_model(m["name"], m["in_features"], m["out_features"], **m["options"])
+    if "name" in m:  # optiloop train's model: a built-in name or package.module:function
+        model = build_model(m["name"], m["in_features"], m["out_features"], **m["options"])
+    else:  # fit(out=...)'s: an import path and its arguments, or why there is none
+        model = rebuild(m, path)
+    if info.get("preprocessing") is None:
+        raise OptiloopError(f"{path}: {info.get('no_rows', 'its inputs are not rows of features')}, so optiloop "
+                            "cannot apply it to rows of a file; in Python: ol.load_checkpoint(...)['model'] holds "
+                            "the weights")
     load_model_weights(model, ckpt["model"])
-    return Run(model, Preprocessing.from_state_dict(info["preprocessing"]), cfg, path, ckpt.get("epoch"))
+    return Run(model, Preprocessing.from_state_dict(info["preprocessing"]), cfg, path, ckpt.get("epoch"),
+               info.get("input_shape"))
 
 
 # --- new rows from files -----------------------------------------------------------------------

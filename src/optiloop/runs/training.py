@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..callbacks import Callback, EarlyStopping, Monitor
-from ..checkpoint import Checkpoint
+from ..callbacks import EarlyStopping, Monitor
 from ..config import FIXED, FREE, extras, resolve, resume_policy
 from ..distributed import (
     check_fsdp,
@@ -27,15 +26,16 @@ from ..distributed import (
     resolve_strategy,
     seed_everything,
 )
-from ..errors import OptiloopError, SettingsChanged, TrainingInterrupted
+from ..errors import OptiloopError, SettingsChanged
 from ..files import check_writable
-from ..loggers import StepHistory, TensorBoard, require_tensorboard
+from ..loggers import TensorBoard, require_tensorboard
 from ..loop import logged_keys, run_fit
 from ..optim import build_optimizer
 from ..schedules import build_scheduler
 from ..settings import AMP_DTYPES, FitSettings
 from .folder import RunFolder, ensure_empty, short, stamp, versions
 from .loaded import load
+from .record import best_row, files_so_far, finish_run, run_callbacks
 from .task import INFERENCE, build_task, with_key
 
 
@@ -48,49 +48,6 @@ def torchrun_rank() -> int | None:
 
 def _restarted_by_torchrun() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
-
-
-class RunInfo(Callback):
-    """Notes what only the loop knows: device, world size, why it stopped."""
-
-    order = 200  # after Checkpoint; it only reads
-
-    def __init__(self):
-        self.device, self.world_size, self.is_main = "cpu", 1, True
-        self.stop_reason: str | None = None
-
-    def on_fit_start(self, state, logs):
-        self.device, self.world_size = str(state.device), state.world.world_size
-        self.is_main = state.world.is_main
-
-    def on_fit_end(self, state, logs):
-        self.stop_reason = logs.get("stop_reason")
-
-
-class _RunFiles(Callback):
-    """The run's files as training goes: config.toml once a resume is accepted (with the settings
-    it changed), history.csv after every epoch (a killed run keeps its epochs)."""
-
-    order = 150  # after Checkpoint: history.csv never lists an epoch that last.pt cannot resume
-    main_process_only = True
-
-    def __init__(self, folder: RunFolder, config: Mapping[str, Any] | None, note: str):
-        self.folder, self.config, self.note = folder, config, note
-
-    def on_fit_start(self, state, logs):
-        if self.config is not None:  # fit has loaded the checkpoint: the resume is accepted
-            self.folder.write_config(self.config, self.note)
-
-    def on_epoch_end(self, state, logs):
-        self.folder.write_history(state.history)
-        self.folder.write_steps(state.history)  # StepHistory (order 90) has handed the epoch's steps over
-
-    def on_exception(self, state, error):
-        if isinstance(error, TrainingInterrupted) and len(state.history):  # a stop asked for: show it
-            self.folder.write_curves(state.history, best_epoch=None, title=f"{self.folder.path.name} "
-                                     f"(stopped by {error.signal_name} at epoch {error.epoch})")
-
-
 
 
 def _flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -258,36 +215,29 @@ class TrainingRun:
     def _train(self, progress: bool) -> TrainingResult:
         folder = self.open_folder()
         t, o = self.cfg["train"], self.cfg["optimizer"]
-        ckpt = Checkpoint(folder.path, monitor=t["monitor"], every_n_steps=t.get("checkpoint_every"),
-                          every_seconds=t["checkpoint_seconds"])
-        info = RunInfo()
-        files = _RunFiles(folder, self.cfg if self.changed else None, self._CONFIG_NOTE)
         # Per-step loss and LR (and the gradient norm when asked, or free from clipping): steps.csv.
         norm = bool(t.get("grad_norm"))
-        callbacks: list[Any] = [ckpt, info, files, StepHistory(grad_norm=norm)]
-        if t.get("tensorboard"):
-            callbacks.append(TensorBoard(folder.path / "tensorboard", grad_norm=norm))
+        extra: list[Any] = [TensorBoard(folder.path / "tensorboard", grad_norm=norm)] if t.get("tensorboard") else []
         if self.patience:
-            callbacks.insert(0, EarlyStopping(monitor=t["monitor"], patience=self.patience))
+            extra.append(EarlyStopping(monitor=t["monitor"], patience=self.patience))
+        rec = run_callbacks(folder, monitor=t["monitor"], checkpoint_every=t.get("checkpoint_every"),
+                            checkpoint_seconds=t["checkpoint_seconds"], grad_norm=norm,
+                            config=self.cfg if self.changed else None, note=self._CONFIG_NOTE, extra=extra)
         t0 = time.perf_counter()
-        try:
+        with files_so_far(folder):
             history = run_fit(
                 self.model, self.task.train_data, self.task.val_data, replace(self.settings, progress=progress),
-                callbacks=callbacks, resume=None if self.resume is None or self.from_start else str(self.resume),
+                callbacks=rec.callbacks, resume=None if self.resume is None or self.from_start else str(self.resume),
                 force_resume=self.force_resume)
-        except OptiloopError as e:  # the same kind of error (a DiskError stays one), with where to look
-            raise type(e)(f"{e} (files so far are in {folder.path}/)") from None
         seconds = time.perf_counter() - t0
-        best = history.rows[ckpt.best_epoch - 1] if ckpt.best_epoch else history.rows[-1]
-        if info.is_main:
-            lr = f"{o['lr']:g}" if "lr" in o else "default"
-            folder.write_curves(history, best_epoch=ckpt.best_epoch,
-                                title=f"{folder.path.name}: {o['name']} lr {lr}, {self.cfg['scheduler']['name']}")
-            summary = self._summary(history, best, info, seconds)
-            if self.task.preprocessing.task == "classification":
-                summary["validation_classes"] = self._class_report(folder)
-            folder.write_summary(summary)
-        return TrainingResult(folder, history, dict(best), info.stop_reason, seconds, info.is_main)
+        best = best_row(history, rec)
+        lr = f"{o['lr']:g}" if "lr" in o else "default"
+        classification = self.task.preprocessing.task == "classification"
+        title = f"{folder.path.name}: {o['name']} lr {lr}, {self.cfg['scheduler']['name']}"
+        finish_run(folder, history, rec, title=title,
+                   summary=self._summary(history, best, rec.info, seconds) if rec.info.is_main else {},
+                   class_report=self._class_report if classification else None)
+        return TrainingResult(folder, history, best, rec.info.stop_reason, seconds, rec.info.is_main)
 
     def _class_report(self, folder: RunFolder) -> dict[str, Any]:
         """Confusion matrix and per-class figures on the validation split, with the weights
