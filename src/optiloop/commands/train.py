@@ -139,6 +139,11 @@ class TrainCommand(Command):
             raise OptiloopError(f"--resume {path}: no such run folder")
         if not (path / "config.toml").is_file() and args.config is None:
             raise OptiloopError(f"--resume {path}: no config.toml in it; is it an optiloop run folder?")
+        from ..runs.fitted import is_fit_run  # torch: only a resume asks
+
+        if is_fit_run(path):
+            raise OptiloopError(f"--resume {path}: made by optiloop.fit(out=...), from a model and data of its "
+                                f"own; continue it in Python: fit(model, data, ..., resume={str(path)!r})")
         return path
 
 
