@@ -426,12 +426,17 @@ class LRMonitor(Callback):
         self.steps = [list(s) for s in state.get("steps", [])]
 
 
-def format_logs(logs: dict[str, Any]) -> str:
+def format_logs(logs: dict[str, Any], lr_last: Any = None) -> str:
+    """An epoch's (or a running) logs as one line. ``lr_last``: the LR of the epoch's last step,
+    shown as the range ``lr first -> last`` when it differs from the first (a schedule stepped per
+    optimizer step, or a warmup)."""
     parts = []
     for k, v in logs.items():
         if k in ("epoch",) or not isinstance(v, (int, float)):
             continue
-        if k == "lr" or k.startswith("lr_"):
+        if k == "lr" and lr_last is not None and lr_last != v:
+            parts.append(f"lr {v:.3g} -> {lr_last:.3g}")
+        elif k == "lr" or k.startswith("lr_"):
             parts.append(f"{k} {v:.3g}")
         elif k == "seconds":
             parts.append(f"{v:.1f}s")
@@ -444,7 +449,10 @@ class ProgressBar(Callback):
     """A tqdm bar per epoch (stderr) and a one-line summary per epoch (stdout).
 
     The running loss on the bar is read at most every ``refresh`` seconds: that read is a host
-    sync, so it is throttled by wall time, never done per step.
+    sync, so it is throttled by wall time, never done per step. The epoch line shows the LR's
+    range over the epoch (its first step's -> its last step's) when it moved within the epoch;
+    the step logs' LRs are Python floats from ``param_groups``, so keeping the last costs no sync.
+    A resumed run says first where it continues.
     """
 
     main_process_only = True
@@ -454,6 +462,25 @@ class ProgressBar(Callback):
         self.refresh, self.file = refresh, file
         self.bar = None
         self._last = 0.0
+        self._lr_last: Any = None  # the LR the epoch's latest step used
+
+    def on_fit_start(self, state, logs):
+        if state.epoch == 0:  # a new run: nothing to say
+            return
+        from tqdm.auto import tqdm  # (as below)
+
+        if state.batch:  # a mid-epoch checkpoint
+            where = (f"resumed in epoch {state.epoch}/{state.epochs} at step {state.step} ({state.batch} of "
+                     f"{state.batches_per_epoch} batches done): continuing it")
+        else:
+            where = f"resumed after epoch {state.epoch}/{state.epochs} (step {state.step})"
+            if state.stop:
+                where += f": nothing left to train ({state.stop_reason})"
+            elif state.epoch >= state.epochs:
+                where += ": every epoch is done"
+            else:
+                where += f": continuing with epoch {state.epoch + 1}"
+        tqdm.write(where, file=self.file or sys.stdout)
 
     def on_epoch_start(self, state, logs):
         from tqdm.auto import tqdm  # the bar's library: only a run that shows one
@@ -467,8 +494,12 @@ class ProgressBar(Callback):
             self.bar.reset(total=state.steps_per_epoch)
             self.bar.set_description_str(desc, refresh=False)
         self._last = time.monotonic()
+        if state.batch == 0:  # (a mid-epoch resume keeps none: its first steps ran before)
+            self._lr_last = None
 
     def on_step_end(self, state, logs):
+        if logs.get("lr"):
+            self._lr_last = logs["lr"][0]
         if self.bar is None:
             return
         self.bar.update(1)
@@ -481,7 +512,8 @@ class ProgressBar(Callback):
     def on_epoch_end(self, state, logs):
         from tqdm.auto import tqdm  # (as above)
 
-        tqdm.write(f"epoch {state.epoch}/{state.epochs}  {format_logs(logs)}", file=self.file or sys.stdout)
+        line = format_logs(logs, lr_last=self._lr_last)
+        tqdm.write(f"epoch {state.epoch}/{state.epochs}  {line}", file=self.file or sys.stdout)
 
     def on_exception(self, state, error):
         self._close()

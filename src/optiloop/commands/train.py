@@ -36,6 +36,11 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
                          "patience in epochs on train.monitor (default 5 with the default epochs, "
                          "off when you set --epochs); 0 turns early stopping off"),
     "--seed": ("train", "seed", int, "seed for initialisation and data order"),
+    "--grad-accum": ("train", "grad_accum", int, "micro-batches per optimizer step (gradient accumulation): "
+                     "each step trains on N x --batch-size samples"),
+    "--clip-grad-norm": ("train", "clip_grad_norm", float, "clip the gradients' total L2 norm to X before each "
+                         "optimizer step; steps.csv records the norm before clipping"),
+    "--amp": ("train", "amp", str, "mixed precision: bf16 (autocast) or fp16 (autocast and a GradScaler)"),
     "--checkpoint-every": ("train", "checkpoint_every", int,
                            "also write last.pt every N optimizer steps (resumable mid-epoch)"),
     "--checkpoint-seconds": ("train", "checkpoint_seconds", float,
@@ -76,6 +81,9 @@ class TrainCommand(Command):
         for flag, (section, key, typ, text) in TRAIN_FLAGS.items():
             p.add_argument(flag, type=typ, dest=f"{section}__{key}",
                            help=f"{text} ({section}.{key})")
+        p.add_argument("--warmup", metavar="N|Ns", help="linear LR warmup in front of the scheduler: N epochs "
+                       "(--warmup 2) or N optimizer steps with an s (--warmup 500s) (scheduler.warmup_epochs / "
+                       "scheduler.warmup_steps)")
         for flag, (key, text) in TRAIN_SWITCHES.items():
             p.add_argument(flag, action="store_true", default=None, dest=f"train__{key}",
                            help=f"{text} (train.{key})")
@@ -90,6 +98,9 @@ class TrainCommand(Command):
             flags.setdefault(section, {})[key] = getattr(args, f"{section}__{key}")
         for key, _ in TRAIN_SWITCHES.values():
             flags["train"][key] = getattr(args, f"train__{key}")
+        if args.warmup is not None:
+            key, n = parse_warmup(args.warmup)
+            flags["scheduler"][key] = n
         resume = self._resume_dir(args)
         if args.out is not None and torchrun_rank() is None:  # (under torchrun every rank names it)
             check_writable(args.out, "--out")
@@ -147,6 +158,35 @@ class TrainCommand(Command):
         return path
 
 
+def parse_warmup(text: str) -> tuple[str, int]:
+    """``--warmup``'s value: ``"3"`` -> 3 epochs, ``"500s"`` -> 500 optimizer steps.
+
+    Example:
+        >>> parse_warmup("3"), parse_warmup("500s")
+        (('warmup_epochs', 3), ('warmup_steps', 500))
+    """
+    value = text.strip()
+    key = "warmup_steps" if value.endswith("s") else "warmup_epochs"
+    digits = value[:-1] if key == "warmup_steps" else value
+    if not digits.isdigit():
+        raise OptiloopError(f"--warmup: give epochs (--warmup 2) or optimizer steps with an s (--warmup 500s), "
+                            f"got {text!r}")
+    return key, int(digits)
+
+
+def step_line(cfg: Any) -> str:
+    """What one optimizer step is: batches accumulated, clipping, AMP (each on or off)."""
+    t = cfg["train"]
+    accum, batch = t.get("grad_accum", 1), t["batch_size"]
+    parts = [f"each optimizer step: {accum} batches of {batch} (gradient accumulation: {accum * batch} samples)"
+             if accum > 1 else f"each optimizer step: 1 batch of {batch} (no accumulation)"]
+    clip = t.get("clip_grad_norm")
+    parts.append(f"gradients clipped to norm {clip:g}" if clip else "no gradient clipping")
+    amp = t.get("amp")
+    parts.append({"bf16": "AMP bf16 (autocast)", "fp16": "AMP fp16 (autocast + GradScaler)"}.get(amp, "AMP off"))
+    return "; ".join(parts)
+
+
 def header(run: Any, folder: Path) -> str:
     """What the run will do, before it starts: data, model, device, folder; optimizer and
     schedule with the values they use; how long it can run and what can end it early."""
@@ -155,11 +195,15 @@ def header(run: Any, folder: Path) -> str:
     when = {"epoch": "stepped per epoch", "step": "stepped per optimizer step",
             "metric": f"stepped on {cfg['scheduler'].get('monitor', 'val_loss')}"}[s["interval"]]
     args = keywords(s, "interval")
+    warm = getattr(run, "warmup_steps", 0)
+    if warm:
+        when += f" after a linear warmup over {warm} optimizer step{'s' if warm > 1 else ''}"
     lines = [
         f"optiloop train: {task.description} ({run.parameters:,} parameters) on {run.device} -> {folder}/",
         f"  optimizer {cfg['optimizer']['name']}: {keywords(cfg['optimizer']) or 'torch defaults'}; "
         f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
         "  " + length_line(run.epochs, run.patience, run.monitor),
+        "  " + step_line(cfg),
     ]
     if run.resume is not None and run.from_start:
         lines.append(f"  {run.resume}/ saved nothing before it stopped: starting it from its beginning")

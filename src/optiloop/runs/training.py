@@ -156,6 +156,7 @@ class TrainingRun:
             s.setdefault(key, value)
         self.scheduler = {"name": s["name"], **extras(s)}
         self.schedule = {"name": s["name"], "interval": built.interval, **built.derived, **extras(s, "interval")}
+        self.warmup_steps = built.warmup_steps  # for the header: warmup_epochs made steps
         if self.strategy == "fsdp":  # what fit would refuse under fsdp, refused before any file exists
             amp = AMP_DTYPES.get(t.get("amp"))
             with_key("train.strategy", lambda _: check_fsdp(self.optimizer, self.scheduler, amp), "fsdp")
