@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import loggers
 from ..callbacks import Callback, EarlyStopping, Monitor
 from ..checkpoint import Checkpoint
 from ..config import FIXED, FREE, extras, resolve, resume_policy
@@ -29,7 +30,7 @@ from ..distributed import (
 )
 from ..errors import OptiloopError, SettingsChanged, TrainingInterrupted
 from ..files import check_writable
-from ..loggers import StepHistory, TensorBoard, require_tensorboard
+from ..loggers import StepHistory, TensorBoard
 from ..loop import logged_keys, run_fit
 from ..optim import build_optimizer
 from ..schedules import build_scheduler
@@ -182,7 +183,7 @@ class TrainingRun:
         self.strategy = t.get("strategy") or "auto"
         with_key("train.strategy", lambda s: resolve_strategy(s, launched_world()), self.strategy)
         if t.get("tensorboard"):  # a missing package fails now, before the run folder exists
-            with_key("train.tensorboard", lambda _: require_tensorboard(), True)
+            with_key("train.tensorboard", lambda _: loggers.require_tensorboard(), True)
         seed_everything(t["seed"])  # the model's initial weights follow the run's seed
         self.model = task.new_model()
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
