@@ -219,6 +219,10 @@ def fit(
                 metrics=metrics if isinstance(metrics, Mapping) else list(metrics), callbacks=callbacks,
                 device=device, seed=seed, progress=progress, compile=compile, fast=fast, strategy=strategy,
                 config=config, options=options)
+    run.state.fit_args = {"loss": loss, "step": step, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+                          "scheduler": scheduler, "epochs": epochs, "batch_size": batch_size, "metrics": metrics,
+                          "seed": seed, "grad_accum": grad_accum, "clip_grad_norm": clip_grad_norm,
+                          "clip_grad_value": clip_grad_value, "amp": amp, "nonfinite": nonfinite}
     if resume is not None:
         run.resume(resume, force_resume)
     return run.run()

@@ -336,7 +336,7 @@ class _RunFiles(Callback):
 # Settings a resume may change, by what they change: how the run is carried out (applied and
 # recorded), what each step computes (only with force_resume), or what the saved state is.
 _FREE = {"train.device", "train.checkpoint_every", "train.checkpoint_seconds", "train.nonfinite",
-         "train.tensorboard", "train.grad_norm"}
+         "train.tensorboard", "train.grad_norm", "train.mlflow"}
 _FORCED_SECTIONS = ("data",)
 _FORCED = {"train.epochs", "train.early_stopping", "train.batch_size", "train.grad_accum",
            "train.clip_grad_norm", "train.amp", "train.strategy"}
@@ -442,6 +442,11 @@ class TrainingRun:
             from .loggers import require_tensorboard
 
             with_key("train.tensorboard", lambda _: require_tensorboard(), True)
+        if t.get("mlflow"):  # likewise
+            from .trackers import require_mlflow
+
+            with_key("train.mlflow", lambda _: require_mlflow(), True)
+        self.tracker: Any = None  # the MLflow logger once training starts (train.mlflow)
         seed_everything(t["seed"])  # the model's initial weights follow the run's seed
         self.model = task.new_model()
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
@@ -505,6 +510,8 @@ class TrainingRun:
         try:
             return self._train(progress)
         finally:
+            if self.tracker is not None:  # the folder's files beside the MLflow run, also after a stop
+                self.tracker.log_artifacts(self.folder.path)
             self.folder.release()
 
     def _train(self, progress: bool) -> TrainingResult:
@@ -524,6 +531,12 @@ class TrainingRun:
         callbacks: list[Any] = [ckpt, info, files, StepHistory(grad_norm=norm)]
         if t.get("tensorboard"):
             callbacks.append(TensorBoard(folder.path / "tensorboard", grad_norm=norm))
+        if t.get("mlflow"):
+            from .trackers import MLflow
+
+            self.tracker = MLflow(None if t["mlflow"] is True else t["mlflow"], run_name=folder.path.name,
+                                  grad_norm=norm, tags={"optiloop.run_folder": str(folder.path.resolve())})
+            callbacks.append(self.tracker)
         if self.patience:
             callbacks.insert(0, EarlyStopping(monitor=t["monitor"], patience=self.patience))
         t0 = time.perf_counter()
