@@ -293,6 +293,7 @@ def compare(
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
     as_frame: bool = False,
+    tracker: Any = None,
 ) -> list[dict[str, Any]] | Any:
     """Train every optimizer x LR x scheduler x seed from the same initial weights and data order.
 
@@ -327,6 +328,9 @@ def compare(
         progress: called with one line once the input is checked (what will run), then one
             line per finished run with the overall ETA (the CLI prints them).
         as_frame: return a pandas DataFrame instead of a list of dicts.
+        tracker: an ``optiloop.trackers.MLflowSweep`` (or an object with its ``start``,
+            ``log_child`` and ``end``): the comparison becomes one parent run with each run as a
+            child (its config, figures, per-epoch history and folder's files) as it finishes.
 
     Returns:
         One dict per run, in a fixed order (seed, optimizer, scheduler, LR): optimizer,
@@ -419,6 +423,14 @@ def compare(
         runs = [(o, s, lr, seed, _run_dir(out_dir, o, s, lr, seed, len(lr_of[o]) > 1))
                 for seed in seed_list for o, s, lr in combos]
         results: dict[int, tuple[dict[str, Any], Any]] = {}
+        settings = {"epochs": epochs, "batch_size": batch_size, "seeds": seed_list, "loss": _name(loss),
+                    "metrics": [_name(m) for m in metrics], "target": describe_target(goal), "lrs": lr_of,
+                    "monitor": monitor, "jobs": jobs, "data": task.description if task else "given in Python",
+                    "options": {o: default_options(o) for o in opt_names},
+                    "schedulers": {s: scheduler_spec(s, epochs) for s in sched_names}}
+        if tracker is not None:
+            held.enter_context(tracker)  # a comparison that fails ends its parent run as failed
+            tracker.start(params=settings)
         t_start = time.perf_counter()
 
         def finished(i: int, row: dict[str, Any], history: Any) -> None:
@@ -427,6 +439,11 @@ def compare(
                 row["run"] = str(run_dir.relative_to(out_dir))
                 _write_run(run_dir, history, row, o, s, lr, epochs, batch_size, seed, task.config if task else None)
             results[i] = (row, history)
+            if tracker is not None:
+                cfg, _ = _run_config(o, s, lr, epochs, batch_size, seed, row["monitor"], task.config if task else None)
+                figures = {k: v for k, v in row.items() if k.startswith(("best_", "final_", "epochs_", "sec"))}
+                tracker.log_child(f"{o}-{s}-lr{lr:g}-seed{seed}", params=cfg, metrics=figures, history=history,
+                                  artifacts=run_dir, tags={"optiloop.init_hash": row["init_hash"]})
             if progress is not None:
                 done = len(results)
                 eta = (time.perf_counter() - t_start) / done * (total - done)
@@ -451,14 +468,9 @@ def compare(
             from .report import write_report
 
             summary = summarize(rows)
-            write_report(out_dir, rows, summary, pick_best(summary), histories, settings={
-                "epochs": epochs, "batch_size": batch_size, "seeds": seed_list, "loss": _name(loss),
-                "metrics": [_name(m) for m in metrics], "target": describe_target(goal), "lrs": lr_of,
-                "monitor": monitor, "jobs": jobs,
-                "data": task.description if task else "given in Python",
-                "options": {o: default_options(o) for o in opt_names},
-                "schedulers": {s: scheduler_spec(s, epochs) for s in sched_names},
-            })
+            write_report(out_dir, rows, summary, pick_best(summary), histories, settings=settings)
+        if tracker is not None:
+            tracker.end(artifacts=out_dir)
         return to_frame(rows) if as_frame else rows
 
 
@@ -696,6 +708,21 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _run_config(o: str, s: str, lr: float, epochs: int, batch_size: int, seed: int, monitor: str,
+                config: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """One run's settings as a config, and how to re-run it."""
+    opt_section = {"name": o, "lr": lr, **default_options(o)}
+    sched_section = scheduler_spec(s, epochs)
+    if config is not None:  # a config that `optiloop train --config` re-runs as this combination
+        cfg = copy.deepcopy(dict(config))
+        cfg["optimizer"], cfg["scheduler"] = opt_section, sched_section
+        cfg["train"] = {**cfg["train"], "epochs": epochs, "seed": seed, "early_stopping": 0, "monitor": monitor}
+        return cfg, "Re-run it with: optiloop train --config config.toml"
+    cfg = {"optimizer": opt_section, "scheduler": sched_section,
+           "train": {"epochs": epochs, "batch_size": batch_size, "seed": seed}}
+    return cfg, "Model and data were given in Python; only these settings are recorded"
+
+
 def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: str, lr: float,
                epochs: int, batch_size: int, seed: int, config: Mapping[str, Any] | None) -> None:
     """One run's folder, shaped like `optiloop train`'s."""
@@ -705,18 +732,7 @@ def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: s
     folder.write_history(history)
     folder.write_steps(history)
     folder.write_curves(history, best_epoch=row["best_epoch"], title=f"{o} lr {lr:g}, {s}, seed {seed}")
-    opt_section = {"name": o, "lr": lr, **default_options(o)}
-    sched_section = scheduler_spec(s, epochs)
-    if config is not None:  # a config that `optiloop train --config` re-runs as this combination
-        cfg = copy.deepcopy(dict(config))
-        cfg["optimizer"], cfg["scheduler"] = opt_section, sched_section
-        cfg["train"] = {**cfg["train"], "epochs": epochs, "seed": seed, "early_stopping": 0,
-                        "monitor": row["monitor"]}
-        head = "Re-run it with: optiloop train --config config.toml"
-    else:
-        cfg = {"optimizer": opt_section, "scheduler": sched_section,
-               "train": {"epochs": epochs, "batch_size": batch_size, "seed": seed}}
-        head = "Model and data were given in Python; only these settings are recorded"
+    cfg, head = _run_config(o, s, lr, epochs, batch_size, seed, row["monitor"], config)
     folder.write_config(cfg, f" compare: {o} lr {lr:g} + {s}, seed {seed}. {head}")
     folder.write_summary({"optimizer": o, "scheduler": s, "seed": seed, "lr": lr, **row,
                           "best": dict(history.rows[row["best_epoch"] - 1]) if row["best_epoch"] else None,
