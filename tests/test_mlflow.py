@@ -296,3 +296,29 @@ def test_compare_logs_one_parent_with_a_child_per_run(store, run_main, tmp_path)
         assert history_of(client, child.info.run_id, "val_loss") == list(zip(range(1, 3), history["val_loss"]))
         files = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.toml", "history.csv", "curves.png"} <= files
+
+
+# --- several processes ------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_torchrun_logs_one_run_from_rank_zero(store, tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    uri, client = store
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "optiloop",
+           "train", "--data", "wine", "--epochs", "2", "--mlflow", uri, "--out", "r"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    folder = str((tmp_path / "r").resolve())
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`optiloop.run_folder` = '{folder}'")
+    assert len(runs) == 1 and run_id_in(p.stdout) == runs[0].info.run_id  # rank 0's, and only one
+    run = runs[0]
+    assert run.data.tags["optiloop.processes"] == "2" and run.data.tags["optiloop.strategy"] == "ddp"
+    history = ol.History.from_csv(tmp_path / "r" / "history.csv")
+    for key in epoch_keys(history):  # the all-reduced figures the History holds
+        assert history_of(client, run.info.run_id, key) == list(zip(range(1, 3), history[key])), key
