@@ -247,7 +247,7 @@ def test_train_with_a_dead_server_warns_once_and_the_run_folder_is_complete(run_
     assert code == 0, err
     found = tracker_warnings(record)
     assert len(found) == 1 and "starting the run failed; training goes on without MLflow" in str(found[0].message)
-    assert "MLflow run" not in out
+    assert "MLflow run" not in out and "MLflow: logging stopped at an error (the warning above)" in out
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
         "best.pt", "config.toml", "confusion_matrix.csv", "confusion_matrix.png", "curves.png", "history.csv",
         "last.pt", "per_class.csv", "steps.csv", "summary.json"]
@@ -296,6 +296,20 @@ def test_compare_logs_one_parent_with_a_child_per_run(store, run_main, tmp_path)
         assert history_of(client, child.info.run_id, "val_loss") == list(zip(range(1, 3), history["val_loss"]))
         files = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.toml", "history.csv", "curves.png"} <= files
+
+
+def test_a_sweep_with_a_dead_server_warns_once_and_does_nothing_more(tmp_path):
+    (tmp_path / "config.toml").write_text("x = 1\n")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with ol.MLflowSweep(f"http://127.0.0.1:{closed_port()}", run_name="sweep") as sweep:
+            assert sweep.start(params={"epochs": 2}) is None
+            assert sweep.log_child("a", params={"optimizer": {"lr": 0.1}}, metrics={"best_val_acc": 0.9},
+                                   artifacts=tmp_path) is None
+            sweep.end(artifacts=tmp_path)
+    found = tracker_warnings(record)
+    assert len(found) == 1 and "starting the parent run failed" in str(found[0].message)
+    assert sweep.failed and sweep.child_run_ids == []
 
 
 # --- several processes ------------------------------------------------------------------------------

@@ -124,7 +124,9 @@ class CompareCommand(Command):
             print(format_table(summary, target=target))
         files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
         print(f"\nfiles in {out}/: {', '.join(files)}, runs/ ({runs} run folders)")
-        if tracker is not None and tracker.parent_run_id is not None and not tracker.failed:
+        if tracker is not None and tracker.failed:
+            print("MLflow: logging stopped at an error (the warning above); the report folder is complete")
+        elif tracker is not None and tracker.parent_run_id is not None:
             print(f"MLflow: parent run {tracker.parent_run_id} with {len(tracker.child_run_ids)} child runs "
                   f"in {tracker.uri}")
         return 0

@@ -129,7 +129,9 @@ class TrainCommand(Command):
             print(f"  (the target was standardized: val_mae {best['val_mae']:.4f} is "
                   f"{best['val_mae'] * float(y_scaler.scale_[0]):.4g} in the target's own units)")
         print(f"files in {folder.path}/: {', '.join(folder.files())}")
-        if run.tracker is not None and run.tracker.run_id is not None and not run.tracker.failed:
+        if run.tracker is not None and run.tracker.failed:
+            print("MLflow: logging stopped at an error (the warning above); the run folder is complete")
+        elif run.tracker is not None and run.tracker.run_id is not None:
             print(f"MLflow run {run.tracker.run_id} in {run.tracker.uri}")
         print(f"predict with: optiloop predict {folder.path} --data NEW.csv")
         return 0
