@@ -328,9 +328,9 @@ def compare(
         progress: called with one line once the input is checked (what will run), then one
             line per finished run with the overall ETA (the CLI prints them).
         as_frame: return a pandas DataFrame instead of a list of dicts.
-        tracker: an ``optiloop.trackers.MLflowSweep`` (or an object with its ``start``,
-            ``log_child`` and ``end``): the comparison becomes one parent run with each run as a
-            child (its config, figures, per-epoch history and folder's files) as it finishes.
+        tracker: an ``optiloop.trackers.MLflowSweep`` (or any context manager with its
+            ``start``, ``log_child`` and ``end``): the comparison becomes one parent run with each
+            run as a child (its config, figures, per-epoch history and folder's files) as it finishes.
 
     Returns:
         One dict per run, in a fixed order (seed, optimizer, scheduler, LR): optimizer,
