@@ -19,7 +19,7 @@ environment win).
 
 Example:
     >>> import optiloop as ol                                                  # doctest: +SKIP
-    >>> tracker = ol.MLflow("sqlite:///mlflow.db", experiment="digits", run_name="adamw-cosine")
+    >>> tracker = ol.MLflow("sqlite:///mlflow.db", experiment="digits", run_name="sgd")  # doctest: +SKIP
     >>> ol.fit(model, data, val_data=val, callbacks=[tracker])                 # doctest: +SKIP
     >>> tracker.run_id                                                         # doctest: +SKIP
 """
