@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import loggers
+from .. import loggers, trackers
 from ..callbacks import Callback, EarlyStopping, Monitor
 from ..checkpoint import Checkpoint
 from ..config import FIXED, FREE, extras, resolve, resume_policy
@@ -184,6 +184,9 @@ class TrainingRun:
         with_key("train.strategy", lambda s: resolve_strategy(s, launched_world()), self.strategy)
         if t.get("tensorboard"):  # a missing package fails now, before the run folder exists
             with_key("train.tensorboard", lambda _: loggers.require_tensorboard(), True)
+        if t.get("mlflow"):  # likewise
+            with_key("train.mlflow", lambda _: trackers.require_mlflow(), True)
+        self.tracker: Any = None  # the MLflow logger once training starts (train.mlflow)
         seed_everything(t["seed"])  # the model's initial weights follow the run's seed
         self.model = task.new_model()
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
@@ -254,6 +257,8 @@ class TrainingRun:
         try:
             return self._train(progress)
         finally:
+            if self.tracker is not None:  # the folder's files beside the MLflow run, also after a stop
+                self.tracker.log_artifacts(self.folder.path)
             self.folder.release()
 
     def _train(self, progress: bool) -> TrainingResult:
@@ -268,6 +273,10 @@ class TrainingRun:
         callbacks: list[Any] = [ckpt, info, files, StepHistory(grad_norm=norm)]
         if t.get("tensorboard"):
             callbacks.append(TensorBoard(folder.path / "tensorboard", grad_norm=norm))
+        if t.get("mlflow"):
+            self.tracker = trackers.MLflow(None if t["mlflow"] is True else t["mlflow"], run_name=folder.path.name,
+                                           grad_norm=norm, tags={"optiloop.run_folder": str(folder.path.resolve())})
+            callbacks.append(self.tracker)
         if self.patience:
             callbacks.insert(0, EarlyStopping(monitor=t["monitor"], patience=self.patience))
         t0 = time.perf_counter()
