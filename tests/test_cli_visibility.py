@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 
 import numpy as np
 import pytest
 from matplotlib.image import imread
 
 import optiloop as ol
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -72,6 +78,18 @@ def test_train_writes_steps_class_figures_and_tensorboard(run_main, tmp_path):
     acc.Reload()
     assert [e.value for e in acc.Scalars("epoch/val_acc")] == pytest.approx(history["val_acc"], rel=1e-6)
     assert [e.step for e in acc.Scalars("step/grad_norm")] == steps["step"]
+    # ... and its HParams tab: the run by its resolved config (config.toml), the text too.
+    from test_loggers import hparams_of
+
+    from optiloop.loggers import flatten, param_text
+
+    values, metrics, status, text = hparams_of(run / "tensorboard")
+    config = flatten(tomllib.loads((run / "config.toml").read_text()))
+    assert values == {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else param_text(v)
+                      for k, v in config.items()}  # numbers come back as doubles: 3.0 == 3
+    assert "epoch/val_acc" in metrics and status == "STATUS_SUCCESS"
+    assert tomllib.loads("\n".join(line[4:] for line in text.splitlines())) == \
+        tomllib.loads((run / "config.toml").read_text())
 
 
 def test_eval_prints_and_writes_the_class_figures(run_main, tmp_path):

@@ -161,6 +161,51 @@ def test_tensorboard_events_read_back_equal_the_history(tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in h.steps["grad_norm"])
 
 
+def hparams_of(log_dir):
+    """What TensorBoard's HParams tab reads from a run's event files, with tensorboard's own reader:
+    (the settings, the metric tags, the end status) and the Text tab's ``config``."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import api_pb2
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    acc = event_accumulator.EventAccumulator(str(log_dir), size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    content = {tag: HParamsPluginData.FromString(data) for tag, data in acc.PluginTagToContent("hparams").items()}
+    start = content["_hparams_/session_start_info"].session_start_info.hparams
+    values = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.items()}
+    metrics = [m.name.tag for m in content["_hparams_/experiment"].experiment.metric_infos]
+    status = api_pb2.Status.Name(content["_hparams_/session_end_info"].session_end_info.status)
+    text = acc.Tensors("config/text_summary")[-1].tensor_proto.string_val[0].decode()
+    return values, metrics, status, text
+
+
+def test_tensorboard_hparams_hold_the_run_settings_and_its_figures(tmp_path):
+    pytest.importorskip("tensorboard")
+    from optiloop.loggers import param_text, run_params
+
+    seen = {}
+
+    class Settings(ol.Callback):
+        def on_fit_start(self, state, logs):
+            seen.update(run_params(state))
+
+    X, y = data(n=48)
+    h = ol.fit(model(), (X, y), val_data=(X, y), optimizer={"name": "sgd", "momentum": 0.9}, lr=0.3,
+               scheduler="onecycle", epochs=2, batch_size=8, metrics=["accuracy"],
+               callbacks=[ol.TensorBoard(tmp_path / "tb"), Settings()], **quiet())
+    values, metrics, status, text = hparams_of(tmp_path / "tb")
+    # numbers as numbers (the tab sorts and filters them), the rest as config.toml spells it
+    assert values == {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else param_text(v)
+                      for k, v in seen.items()}
+    assert (values["optimizer.name"], values["optimizer.lr"], values["optimizer.momentum"]) == ("sgd", 0.3, 0.9)
+    assert (values["scheduler.name"], values["train.epochs"], values["train.metrics"]) == \
+        ("onecycle", 2, '["accuracy"]')
+    # the tab's metric columns are the epoch figures (it shows each one's last value)
+    assert sorted(metrics) == sorted(f"epoch/{k}" for k in h.keys() if k != "epoch")
+    assert status == "STATUS_SUCCESS"
+    assert "[optimizer]" in text and 'name = "sgd"' in text and "lr = 0.3" in text
+
+
 def test_tensorboard_costs_no_host_sync_in_the_step_loop(monkeypatch, tmp_path):
     pytest.importorskip("tensorboard")
     tb = ol.TensorBoard(tmp_path / "tb", grad_norm=True)

@@ -34,6 +34,7 @@ _WHERE: dict[str, str] = {
     "TrainingInterrupted": "errors",
     "History": "history", "Steps": "history",
     "Logger": "loggers", "StepHistory": "loggers", "TensorBoard": "loggers",
+    "MLflow": "trackers", "MLflowSweep": "trackers",
     "evaluate": "loop", "fit": "loop", "resolve_device": "distributed", "seed_everything": "distributed",
     "LRFindResult": "lr_finder", "lr_find": "lr_finder",
     "OPTIMIZERS": "optim", "build_optimizer": "optim", "optimizer_defaults": "optim",
@@ -48,11 +49,12 @@ _WHERE: dict[str, str] = {
 
 __all__ = [
     "FSDP", "OPTIMIZERS", "SCHEDULERS", "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError",
-    "CheckpointFolder", "DiskError", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Logger", "Monitor",
-    "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepHistory", "StepOutput", "Steps",
-    "TensorBoard", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler", "compare", "evaluate",
-    "fit", "load", "load_checkpoint", "lr_find", "make_model", "optimizer_defaults", "predict", "preview_schedule",
-    "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch", "export",
+    "CheckpointFolder", "DiskError", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Logger", "MLflow",
+    "MLflowSweep", "Monitor", "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepHistory",
+    "StepOutput", "Steps", "TensorBoard", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler",
+    "compare", "evaluate", "fit", "load", "load_checkpoint", "lr_find", "make_model", "optimizer_defaults", "predict",
+    "preview_schedule", "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch",
+    "export",
 ]  # static, for tools; tests check it names exactly the keys of _WHERE
 
 
@@ -91,3 +93,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
     from .sharded import export
     from .steps import StepOutput
+    from .trackers import MLflow, MLflowSweep

@@ -56,6 +56,9 @@ class TrainState:
     steps_per_epoch: int
     log_keys: list[str]  # every key the epoch logs will hold: what a monitor may name
     config: dict[str, Any] | None = None
+    # fit's own arguments by name (optimizer, lr, scheduler, epochs, batch_size ...): the settings
+    # trackers record for a run without a config
+    fit_args: dict[str, Any] = field(default_factory=dict)
     strategy: str = "none"  # "none", "ddp" or "fsdp" (then model and optimizer state are sharded)
     epoch: int = 0
     batch: int = 0

@@ -135,6 +135,7 @@ def compare(
     jobs: int = 1,
     progress: Callable[[str], None] | None = None,
     as_frame: bool = False,
+    tracker: Any = None,
 ) -> list[dict[str, Any]] | Any:
     """Train every optimizer x LR x scheduler x seed from the same initial weights and data order.
 
@@ -169,6 +170,9 @@ def compare(
         progress: called with one line once the input is checked (what will run), then one
             line per finished run with the overall ETA (the CLI prints them).
         as_frame: return a pandas DataFrame instead of a list of dicts.
+        tracker: an ``optiloop.trackers.MLflowSweep`` (or any context manager with its
+            ``start``, ``log_child`` and ``end``): the comparison becomes one parent run with each
+            run as a child (its config, figures, per-epoch history and folder's files) as it finishes.
 
     Returns:
         One dict per run, in a fixed order (seed, optimizer, scheduler, LR): optimizer,
@@ -192,10 +196,15 @@ def compare(
             # Held to the end: a second compare (or train) into the same folder is refused in one
             # line instead of interleaving its runs and report with ours.
             held.callback(RunFolder(plan.out).lock(new=True).release)
-        results = _run_all(plan, progress)
+        if tracker is not None:
+            held.enter_context(tracker)  # a comparison that fails ends its parent run as failed
+            tracker.start(params=_settings(plan))
+        results = _run_all(plan, progress, tracker)
         rows = [row for row, _ in results]
         if plan.out is not None:
             _report(plan, rows, {run[:4]: history for run, (_, history) in zip(plan.runs, results, strict=True)})
+        if tracker is not None:
+            tracker.end(artifacts=plan.out)
         return to_frame(rows) if as_frame else rows
 
 
@@ -280,9 +289,11 @@ def _announce(plan: _Plan) -> str:
             + (f" -> {plan.out}/" if plan.out is not None else ""))
 
 
-def _run_all(plan: _Plan, progress: Callable[[str], None] | None) -> list[tuple[dict[str, Any], Any]]:
+def _run_all(plan: _Plan, progress: Callable[[str], None] | None,
+             tracker: Any = None) -> list[tuple[dict[str, Any], Any]]:
     """Train every run (here, or ``jobs`` at a time in worker processes); each finished run
-    writes its folder and reports a line with the overall ETA. Results in the plan's order."""
+    writes its folder, becomes the tracker's child run, and reports a line with the overall ETA.
+    Results in the plan's order."""
     total, results = len(plan.runs), {}
     t_start = time.perf_counter()
 
@@ -293,6 +304,12 @@ def _run_all(plan: _Plan, progress: Callable[[str], None] | None) -> list[tuple[
             _write_run(run_dir, history, row, o, s, lr, plan.setup.epochs, plan.setup.batch_size, seed,
                        plan.setup.config)
         results[i] = (row, history)
+        if tracker is not None:
+            cfg, _ = _run_config(o, s, lr, plan.setup.epochs, plan.setup.batch_size, seed, row["monitor"],
+                                 plan.setup.config)
+            figures = {k: v for k, v in row.items() if k.startswith(("best_", "final_", "epochs_", "sec"))}
+            tracker.log_child(f"{o}-{s}-lr{lr:g}-seed{seed}", params=cfg, metrics=figures, history=history,
+                              artifacts=run_dir, tags={"optiloop.init_hash": row["init_hash"]})
         if progress is not None:
             done = len(results)
             eta = (time.perf_counter() - t_start) / done * (total - done)
@@ -317,20 +334,23 @@ def _run_all(plan: _Plan, progress: Callable[[str], None] | None) -> list[tuple[
     return [results[i] for i in range(total)]
 
 
+def _settings(plan: _Plan) -> dict[str, Any]:
+    """What the comparison was, for its report and its tracker's parent run."""
+    setup, epochs = plan.setup, plan.setup.epochs
+    return {"epochs": epochs, "batch_size": setup.batch_size, "seeds": plan.seeds, "loss": _name(setup.loss),
+            "metrics": [_name(m) for m in setup.metrics], "target": describe_target(setup.goal), "lrs": plan.lrs,
+            "monitor": setup.monitor, "jobs": plan.jobs,
+            "data": plan.task.description if plan.task else "given in Python",
+            "options": {o: default_options(o) for o in plan.optimizers},
+            "schedulers": {s: scheduler_spec(s, epochs) for s in plan.schedulers}}
+
+
 def _report(plan: _Plan, rows: list[dict[str, Any]], histories: Mapping[tuple, Any]) -> None:
     """results.csv, report.md / report.html and the pictures, into the plan's folder."""
     from .report import write_report  # matplotlib: imported when the pictures are drawn
 
-    setup, epochs = plan.setup, plan.setup.epochs
     summary = summarize(rows)
-    write_report(plan.out, rows, summary, pick_best(summary), histories, settings={
-        "epochs": epochs, "batch_size": setup.batch_size, "seeds": plan.seeds, "loss": _name(setup.loss),
-        "metrics": [_name(m) for m in setup.metrics], "target": describe_target(setup.goal), "lrs": plan.lrs,
-        "monitor": setup.monitor, "jobs": plan.jobs,
-        "data": plan.task.description if plan.task else "given in Python",
-        "options": {o: default_options(o) for o in plan.optimizers},
-        "schedulers": {s: scheduler_spec(s, epochs) for s in plan.schedulers},
-    })
+    write_report(plan.out, rows, summary, pick_best(summary), histories, settings=_settings(plan))
 
 
 def _fit_one(setup: _Setup, train_data: Any, val_data: Any, net: nn.Module, init_hash: str,
@@ -422,6 +442,21 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
+def _run_config(o: str, s: str, lr: float, epochs: int, batch_size: int, seed: int, monitor: str,
+                config: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """One run's settings as a config, and how to re-run it."""
+    opt_section = {"name": o, "lr": lr, **default_options(o)}
+    sched_section = scheduler_spec(s, epochs)
+    if config is not None:  # a config that `optiloop train --config` re-runs as this combination
+        cfg = copy.deepcopy(dict(config))
+        cfg["optimizer"], cfg["scheduler"] = opt_section, sched_section
+        cfg["train"] = {**cfg["train"], "epochs": epochs, "seed": seed, "early_stopping": 0, "monitor": monitor}
+        return cfg, "Re-run it with: optiloop train --config config.toml"
+    cfg = {"optimizer": opt_section, "scheduler": sched_section,
+           "train": {"epochs": epochs, "batch_size": batch_size, "seed": seed}}
+    return cfg, "Model and data were given in Python; only these settings are recorded"
+
+
 def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: str, lr: float,
                epochs: int, batch_size: int, seed: int, config: Mapping[str, Any] | None) -> None:
     """One run's folder, shaped like `optiloop train`'s."""
@@ -431,18 +466,7 @@ def _write_run(run_dir: Path, history: Any, row: Mapping[str, Any], o: str, s: s
     folder.write_history(history)
     folder.write_steps(history)
     folder.write_curves(history, best_epoch=row["best_epoch"], title=f"{o} lr {lr:g}, {s}, seed {seed}")
-    opt_section = {"name": o, "lr": lr, **default_options(o)}
-    sched_section = scheduler_spec(s, epochs)
-    if config is not None:  # a config that `optiloop train --config` re-runs as this combination
-        cfg = copy.deepcopy(dict(config))
-        cfg["optimizer"], cfg["scheduler"] = opt_section, sched_section
-        cfg["train"] = {**cfg["train"], "epochs": epochs, "seed": seed, "early_stopping": 0,
-                        "monitor": row["monitor"]}
-        head = "Re-run it with: optiloop train --config config.toml"
-    else:
-        cfg = {"optimizer": opt_section, "scheduler": sched_section,
-               "train": {"epochs": epochs, "batch_size": batch_size, "seed": seed}}
-        head = "Model and data were given in Python; only these settings are recorded"
+    cfg, head = _run_config(o, s, lr, epochs, batch_size, seed, row["monitor"], config)
     folder.write_config(cfg, f" compare: {o} lr {lr:g} + {s}, seed {seed}. {head}")
     folder.write_summary({"optimizer": o, "scheduler": s, "seed": seed, "lr": lr, **row,
                           "best": dict(history.rows[row["best_epoch"] - 1]) if row["best_epoch"] else None,

@@ -166,6 +166,15 @@ class TrainConfig(_Closed):
                               **_resume(FREE))
     grad_norm: bool = Field(False, description="record the gradient norm per step (free with clip_grad_norm; "
                             "otherwise a few kernels per step)", **_resume(FREE))
+    mlflow: bool | str = Field(False, description="log the run to MLflow: true (MLflow's default store) or a "
+                               "tracking URI (sqlite:///mlflow.db, http://host:5000)", **_resume(FREE))
+
+    @field_validator("mlflow", mode="before")
+    @classmethod
+    def _tracking_uri(cls, v: Any) -> Any:
+        if not isinstance(v, (bool, str)) or (isinstance(v, str) and not v.strip()):
+            raise ValueError(f"must be true, false or a tracking URI such as sqlite:///mlflow.db (got {v!r})")
+        return v
 
 
 class RunConfig(_Closed):

@@ -11,7 +11,12 @@ Every back end implements one small protocol, the three methods of :class:`Logge
 
 - :class:`StepHistory` puts the rows into ``History.steps`` (a run folder's steps.csv).
 - :class:`TensorBoard` writes them with torch's own ``torch.utils.tensorboard.SummaryWriter``
-  (``pip install tensorboard``, or ``optiloop[tensorboard]``).
+  (``pip install tensorboard``, or ``optiloop[tensorboard]``), with the run's settings in its
+  HParams tab.
+- ``optiloop.trackers.MLflow`` sends them to an MLflow tracking store (``optiloop[mlflow]``).
+
+What a tracker records about the run itself comes from :func:`run_params`: the resolved config
+of ``optiloop train`` as flat ``section.key`` params, or for a plain ``fit`` its own settings.
 
 Memory is bounded: a logger records every ``every``-th step, and at most ``max_points`` steps
 over the whole run (the stride grows to fit, decided at fit start from epochs x steps per epoch).
@@ -163,7 +168,11 @@ class Logger(Callback):
         log_steps(state, rows, walltimes): the recorded steps since the last call (see
             ``optiloop.history.Steps`` for the keys) and the wall time of each.
         log_epoch(state, logs): the epoch's logs (every key of the History row).
-        close(): the run ended (normally or by an exception).
+        close(): the run ended; ``self.outcome`` says how: "finished", "interrupted" (a signal or
+            Ctrl-C: a checkpoint was saved, a resume continues it) or "failed".
+
+    A back end that also wants the run's settings reads ``run_params(state)`` in its
+    ``on_fit_start`` (call ``super().on_fit_start(state, logs)`` first).
     """
 
     order = 90  # after the callbacks that add keys to the epoch logs, before Checkpoint saves
@@ -181,6 +190,7 @@ class Logger(Callback):
         self._steps_per_epoch = 1
         self._mine: Any = None  # the norm this logger put in the step's logs
         self._loop_norm = False  # the loop clips by norm: its norm is in the logs already
+        self.outcome: str | None = None  # how the run ended, set before close()
 
     # -- the protocol --------------------------------------------------------------------------
     def log_steps(self, state: TrainState, rows: list[dict[str, Any]], walltimes: list[float]) -> None:
@@ -225,9 +235,11 @@ class Logger(Callback):
         self.log_epoch(state, logs)
 
     def on_fit_end(self, state, logs):
+        self.outcome = "finished"
         self.close()
 
     def on_exception(self, state, error):
+        self.outcome = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         try:
             self._hand_over(state)  # the steps before the failure: what a person debugging wants
         finally:
@@ -296,6 +308,109 @@ class StepHistory(Logger):
                           for values in rows]
 
 
+# --- what a tracker records about the run ------------------------------------------------------
+# Config sections that are not settings: "inference" (runs.INFERENCE) is what applying the model
+# needs (preprocessing statistics, the model's constructor), kept in checkpoints.
+_NOT_SETTINGS = ("inference",)
+# Optimizer defaults that choose an implementation, not a hyperparameter.
+_IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}``; lists stay values, None is dropped.
+
+    Example:
+        >>> flatten({"optimizer": {"name": "sgd", "lr": 0.1, "betas": None}, "model": {"hidden": [64]}})
+        {'optimizer.name': 'sgd', 'optimizer.lr': 0.1, 'model.hidden': [64]}
+    """
+    out: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        elif value is not None:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def run_settings(state: TrainState) -> dict[str, Any]:
+    """The run's settings by section: ``optiloop train``'s resolved config (``state.config``), or
+    for a plain ``fit`` what it was called with, the optimizer's hyperparameters as torch holds
+    them (its defaults included) and the schedule as built."""
+    if state.config is not None:
+        return {k: v for k, v in state.config.items() if k not in _NOT_SETTINGS}
+    args = state.fit_args
+    opt = state.optimizer
+    given = args.get("optimizer")
+    name = given if isinstance(given, str) else given.get("name") if isinstance(given, Mapping) else None
+    optimizer = {"name": name or type(opt).__name__}
+    optimizer.update({k: _plain(v) for k, v in getattr(opt, "defaults", {}).items() if k not in _IMPLEMENTATION})
+    schedule = state.schedule
+    scheduler: dict[str, Any] = {"name": schedule.name, "interval": schedule.interval}
+    if isinstance(args.get("scheduler"), Mapping):
+        scheduler.update({k: _plain(v) for k, v in args["scheduler"].items() if k != "name"})
+    scheduler.update({k: _plain(v) for k, v in schedule.derived.items()})
+    if schedule.warmup_steps:
+        scheduler["warmup_steps"] = schedule.warmup_steps
+    metrics = args.get("metrics") or []
+    train = {"epochs": state.epochs, "batch_size": args.get("batch_size"), "grad_accum": args.get("grad_accum"),
+             "clip_grad_norm": args.get("clip_grad_norm"), "clip_grad_value": args.get("clip_grad_value"),
+             "amp": args.get("amp"), "seed": args.get("seed"), "nonfinite": args.get("nonfinite"),
+             "loss": None if args.get("step") else _name(args.get("loss")),
+             "step": _name(args["step"]) if args.get("step") else None,
+             "metrics": list(metrics) if isinstance(metrics, Mapping) else [_name(m) for m in metrics],
+             "device": str(state.device), "strategy": state.strategy}
+    model = {"class": type(state.unwrapped_model).__name__,
+             "parameters": sum(p.numel() for p in state.unwrapped_model.parameters())}
+    return {"model": model, "optimizer": optimizer, "scheduler": scheduler, "train": train}
+
+
+def run_params(state: TrainState) -> dict[str, Any]:
+    """:func:`run_settings` as flat ``section.key`` params (``optimizer.lr``, ``scheduler.name``):
+    what trackers log as a run's hyperparameters.
+
+    Example:
+        >>> import torch, optiloop as ol
+        >>> class Show(ol.Callback):
+        ...     def on_fit_start(self, state, logs):
+        ...         p = ol.loggers.run_params(state)
+        ...         print(p["optimizer.name"], p["optimizer.lr"], p["scheduler.name"], p["train.batch_size"])
+        >>> _ = ol.fit(torch.nn.Linear(4, 2), (torch.randn(8, 4), torch.randint(0, 2, (8,))), optimizer="sgd",
+        ...            lr=0.1, epochs=1, batch_size=4, progress=False, callbacks=[Show()])
+        sgd 0.1 constant 4
+    """
+    return flatten(run_settings(state))
+
+
+def param_text(value: Any) -> str:
+    """A setting as text, spelled as config.toml spells it: ``true``, ``0.001``, ``[128, 64]``, ``adamw``.
+
+    Example:
+        >>> param_text(True), param_text(0.001), param_text([128, 64]), param_text(["accuracy"])
+        ('true', '0.001', '[128, 64]', '["accuracy"]')
+    """
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), default=str)
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """A setting as plain data: a tensor LR as a number, a tuple (betas) as a list."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _name(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return getattr(value, "__name__", type(value).__name__)
+
+
 class TensorBoard(Logger):
     """Write the run to TensorBoard with torch's ``SummaryWriter``: watch it live with
     ``tensorboard --logdir DIR``.
@@ -306,6 +421,11 @@ class TensorBoard(Logger):
     (epoch figures at the step that ended the epoch), so per-step and per-epoch curves line up.
     Events are written once per epoch (per-step values were kept on the device meanwhile). On a
     resumed run, events after the checkpoint left by the interrupted run are hidden (purge_step).
+
+    The HParams tab lists the run by its settings (:func:`run_params`: the resolved config of
+    ``optiloop train``, or fit's own settings) with the last value of every ``epoch/`` figure,
+    from the first epoch on; the run's status (finished / interrupted / failed) is set at its end.
+    The settings are also in the Text tab (``config``), as TOML.
 
     Args:
         log_dir: the folder for the event files (created).
@@ -329,6 +449,22 @@ class TensorBoard(Logger):
         # Resumed: events the interrupted run wrote after this point are not this run's.
         purge = pending[0] if pending else (state.step + 1 if state.step else None)
         self.writer = require_tensorboard()(log_dir=str(self.log_dir), purge_step=purge)
+        self._write_hparams(state)
+
+    def _write_hparams(self, state: TrainState) -> None:
+        """The run's settings for the HParams tab, with the ``epoch/`` figures as its metrics
+        (the tab shows each one's last value), and as text."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {k: v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else param_text(v)
+                  for k, v in run_params(state).items()}
+        metrics = {f"epoch/{k}": 0.0 for k in state.log_keys if k != "epoch"}
+        experiment, start, _ = hparams(values, metrics)
+        writer = self.writer._get_file_writer()
+        writer.add_summary(experiment)
+        writer.add_summary(start)
+        self.writer.add_text("config", settings_markdown(run_settings(state)))
+        self.writer.flush()
 
     def log_steps(self, state, rows, walltimes):
         add = self.writer.add_scalar
@@ -346,8 +482,39 @@ class TensorBoard(Logger):
 
     def close(self) -> None:
         if self.writer is not None:
+            self.writer._get_file_writer().add_summary(_session_end(self.outcome))
             self.writer.close()
             self.writer = None
+
+
+def _session_end(outcome: str | None) -> Any:
+    """The HParams tab's end-of-run record: finished -> success, interrupted -> aborted, else failure."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.metadata import PLUGIN_DATA_VERSION, PLUGIN_NAME, SESSION_END_INFO_TAG
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData, SessionEndInfo
+
+    status = {"finished": "STATUS_SUCCESS", "interrupted": "STATUS_ABORTED"}.get(outcome or "", "STATUS_FAILURE")
+    content = HParamsPluginData(session_end_info=SessionEndInfo(status=Status.Value(status), end_time_secs=time.time()),
+                                version=PLUGIN_DATA_VERSION)
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name=PLUGIN_NAME,
+                                                                  content=content.SerializeToString()))
+    return Summary(value=[Summary.Value(tag=SESSION_END_INFO_TAG, metadata=meta)])
+
+
+def settings_markdown(settings: Mapping[str, Any]) -> str:
+    """Settings by section as TOML in a Markdown code block (TensorBoard's Text tab renders Markdown)."""
+    import tomli_w
+
+    def plain(v: Any) -> Any:  # TOML has no None, and only these types
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items() if x is not None}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v if x is not None]
+        return v if isinstance(v, (bool, int, float, str)) else str(v)
+
+    text = tomli_w.dumps(plain(settings))
+    return "\n".join("    " + line for line in text.splitlines())  # indented: a code block
 
 
 def require_tensorboard() -> Any:

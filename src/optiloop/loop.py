@@ -168,6 +168,10 @@ def run_fit(model: nn.Module, train_data: Any, val_data: Any, settings: FitSetti
     if not isinstance(model, nn.Module):
         raise OptiloopError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     run = _Loop(model, train_data, val_data, settings, callbacks)
+    # fit's own settings by name: what trackers record for a run without a config
+    run.state.fit_args = {k: getattr(settings, k) for k in (
+        "loss", "step", "optimizer", "lr", "weight_decay", "scheduler", "epochs", "batch_size", "metrics", "seed",
+        "grad_accum", "clip_grad_norm", "clip_grad_value", "amp", "nonfinite")}
     if resume is not None:
         run.resume(resume, force_resume)
     return run.run()

@@ -50,6 +50,10 @@ class CompareCommand(Command):
         p.add_argument("--jobs", type=int, default=1, metavar="N",
                        help="run N runs at a time in separate processes; results equal --jobs 1's, only "
                        "the timings differ (default 1)")
+        p.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
+                       help="also log the comparison to MLflow: one parent run, each run a child with its config, "
+                       "figures, history and files; URI as in optiloop train --mlflow (default: train.mlflow of "
+                       "the config; needs: pip install 'optiloop[mlflow]')")
         add_task_arguments(p)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -77,6 +81,12 @@ class CompareCommand(Command):
             out = ensure_empty(args.out, "--out")
         else:
             out = free_name(Path("runs") / f"compare-{short(cfg['data']['name'])}-{stamp()}")
+        tracker = None
+        uri = args.mlflow if args.mlflow is not None else cfg["train"].get("mlflow")
+        if uri:  # before anything is written: a missing mlflow package is one line
+            from ..trackers import MLflowSweep
+
+            tracker = MLflowSweep(None if uri is True else uri, run_name=out.name)
         runs = sum(len(v) for v in lrs.values()) * len(schedulers) * args.seeds
         t0 = time.perf_counter()
         # compare() checks the rest (out folder, target key, device, each optimizer's LR) before
@@ -85,7 +95,7 @@ class CompareCommand(Command):
             rows = compare(config=cfg, optimizers=optimizers, schedulers=schedulers,
                            epochs=args.epochs, seeds=args.seeds, lrs=lrs, monitor=args.monitor,
                            target=args.target, out=out, checkpoints=args.checkpoints,
-                           device=cfg["train"]["device"], jobs=args.jobs,
+                           device=cfg["train"]["device"], jobs=args.jobs, tracker=tracker,
                            progress=lambda line: print(line, flush=True))
         except OptiloopError as e:  # the library names its argument; the user typed the flag
             message = str(e)
@@ -105,4 +115,9 @@ class CompareCommand(Command):
             print(format_table(summary, target=target))
         files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
         print(f"\nfiles in {out}/: {', '.join(files)}, runs/ ({runs} run folders)")
+        if tracker is not None and tracker.failed:
+            print("MLflow: logging stopped at an error (the warning above); the report folder is complete")
+        elif tracker is not None and tracker.parent_run_id is not None:
+            print(f"MLflow: parent run {tracker.parent_run_id} with {len(tracker.child_run_ids)} child runs "
+                  f"in {tracker.uri}")
         return 0

@@ -87,6 +87,11 @@ class TrainCommand(Command):
         for flag, (key, text) in TRAIN_SWITCHES.items():
             p.add_argument(flag, action="store_true", default=None, dest=f"train__{key}",
                            help=f"{text} (train.{key})")
+        p.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI", dest="train__mlflow",
+                       help="also log the run to MLflow: its config as params, every epoch's figures, per-step loss "
+                       "/ LR / gradient norm, and the run folder's files; URI: any tracking URI (sqlite:///mlflow.db, "
+                       "http://host:5000), none: MLflow's default store; the experiment is MLFLOW_EXPERIMENT_NAME "
+                       "or 'optiloop' (needs: pip install 'optiloop[mlflow]') (train.mlflow)")
 
     def run(self, args: argparse.Namespace) -> int:
         from ..config import resolve
@@ -98,6 +103,7 @@ class TrainCommand(Command):
             flags.setdefault(section, {})[key] = getattr(args, f"{section}__{key}")
         for key, _ in TRAIN_SWITCHES.values():
             flags["train"][key] = getattr(args, f"train__{key}")
+        flags["train"]["mlflow"] = args.train__mlflow
         if args.warmup is not None:
             key, n = parse_warmup(args.warmup)
             flags["scheduler"][key] = n
@@ -134,6 +140,10 @@ class TrainCommand(Command):
             print(f"  (the target was standardized: val_mae {best['val_mae']:.4f} is "
                   f"{best['val_mae'] * float(y_scaler.scale_[0]):.4g} in the target's own units)")
         print(f"files in {folder.path}/: {', '.join(folder.files())}")
+        if run.tracker is not None and run.tracker.failed:
+            print("MLflow: logging stopped at an error (the warning above); the run folder is complete")
+        elif run.tracker is not None and run.tracker.run_id is not None:
+            print(f"MLflow run {run.tracker.run_id} in {run.tracker.uri}")
         print(f"predict with: optiloop predict {folder.path} --data NEW.csv")
         return 0
 
@@ -213,6 +223,11 @@ def header(run: Any, folder: Path) -> str:
             lines.append("  (the schedule continues with the lengths it was built with)")
     if cfg["train"].get("tensorboard"):
         lines.append(f"  TensorBoard: tensorboard --logdir {folder}/tensorboard")
+    if cfg["train"].get("mlflow"):
+        from ..trackers import experiment_name, resolve_uri
+
+        uri = cfg["train"]["mlflow"]
+        lines.append(f"  MLflow: experiment {experiment_name(None)!r} in {resolve_uri(None if uri is True else uri)}")
     return "\n".join(lines)
 
 

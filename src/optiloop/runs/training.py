@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import loggers, trackers
 from ..callbacks import EarlyStopping, Monitor
 from ..config import FIXED, FREE, extras, resolve, resume_policy
 from ..distributed import (
@@ -28,7 +29,7 @@ from ..distributed import (
 )
 from ..errors import OptiloopError, SettingsChanged
 from ..files import check_writable
-from ..loggers import TensorBoard, require_tensorboard
+from ..loggers import TensorBoard
 from ..loop import logged_keys, run_fit
 from ..optim import build_optimizer
 from ..schedules import build_scheduler
@@ -139,7 +140,10 @@ class TrainingRun:
         self.strategy = t.get("strategy") or "auto"
         with_key("train.strategy", lambda s: resolve_strategy(s, launched_world()), self.strategy)
         if t.get("tensorboard"):  # a missing package fails now, before the run folder exists
-            with_key("train.tensorboard", lambda _: require_tensorboard(), True)
+            with_key("train.tensorboard", lambda _: loggers.require_tensorboard(), True)
+        if t.get("mlflow"):  # likewise
+            with_key("train.mlflow", lambda _: trackers.require_mlflow(), True)
+        self.tracker: Any = None  # the MLflow logger once training starts (train.mlflow)
         seed_everything(t["seed"])  # the model's initial weights follow the run's seed
         self.model = task.new_model()
         self.optimizer = {"name": o["name"], **extras(o, "lr", "weight_decay")}
@@ -211,6 +215,8 @@ class TrainingRun:
         try:
             return self._train(progress)
         finally:
+            if self.tracker is not None:  # the folder's files beside the MLflow run, also after a stop
+                self.tracker.log_artifacts(self.folder.path)
             self.folder.release()
 
     def _train(self, progress: bool) -> TrainingResult:
@@ -219,6 +225,10 @@ class TrainingRun:
         # Per-step loss and LR (and the gradient norm when asked, or free from clipping): steps.csv.
         norm = bool(t.get("grad_norm"))
         extra: list[Any] = [TensorBoard(folder.path / "tensorboard", grad_norm=norm)] if t.get("tensorboard") else []
+        if t.get("mlflow"):
+            self.tracker = trackers.MLflow(None if t["mlflow"] is True else t["mlflow"], run_name=folder.path.name,
+                                           grad_norm=norm, tags={"optiloop.run_folder": str(folder.path.resolve())})
+            extra.append(self.tracker)
         if self.patience:
             extra.append(EarlyStopping(monitor=t["monitor"], patience=self.patience))
         rec = run_callbacks(folder, monitor=t["monitor"], checkpoint_every=t.get("checkpoint_every"),
