@@ -152,11 +152,11 @@ def fit(
     args = locals()  # fit's keywords by name: the settings take theirs
     settings = FitSettings(**{f.name: args[f.name] for f in dataclasses.fields(FitSettings)})
     if out is not None or resume is not None:
-        from .runs import fitted  # the run folder's writers import this module
+        from .runs.fitted import fit_in_folder, wants_folder  # only a run folder needs its writers
 
-        if fitted.wants_folder(out, resume):
-            return fitted.fit_in_folder(model, train_data, val_data, settings, callbacks=callbacks, out=out,
-                                        resume=resume, force_resume=force_resume)
+        if wants_folder(out, resume):
+            return fit_in_folder(run_fit, model, train_data, val_data, settings, callbacks=callbacks, out=out,
+                                 resume=resume, force_resume=force_resume)
     return run_fit(model, train_data, val_data, settings, callbacks=callbacks, resume=resume,
                    force_resume=force_resume)
 

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,6 @@ from ..errors import OptiloopError
 from ..files import check_writable
 from ..history import History
 from ..inference import predict
-from ..loop import run_fit
 from ..preprocessing import Preprocessing
 from ..recipes import checked_recipe
 from ..settings import FitSettings
@@ -79,11 +78,12 @@ def wants_folder(out: Any, resume: Any) -> bool:
     return out is not None or (resume is not None and is_fit_run(resume))
 
 
-def fit_in_folder(model: nn.Module, train_data: Any, val_data: Any, settings: FitSettings, *,
-                  callbacks: Iterable[Callback] = (), out: str | os.PathLike | None = None,
+def fit_in_folder(run_fit: Callable[..., History], model: nn.Module, train_data: Any, val_data: Any,
+                  settings: FitSettings, *, callbacks: Iterable[Callback] = (), out: str | os.PathLike | None = None,
                   resume: str | os.PathLike | None = None, force_resume: bool = False) -> History:
     """``fit`` writing a run folder: a new one (``out``, new or empty) or, with ``resume``, the
-    one it continues. See ``optiloop.fit``'s ``out``."""
+    one it continues. See ``optiloop.fit``'s ``out``. ``run_fit``: the loop's (``loop.run_fit``;
+    handed in, since the loop calls this module)."""
     if not isinstance(model, nn.Module):
         raise OptiloopError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     user = list(callbacks)
