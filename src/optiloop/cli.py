@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from .commands import COMMANDS, Command, command
-from .errors import DiskError, OptiloopError
+from .errors import DiskError, OptiloopError, did_you_mean
 
 __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
@@ -30,6 +30,14 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+    def _check_value(self, action, value):  # an unknown choice (a subcommand ...) gets a "did you mean"
+        if action.choices is not None and value not in action.choices:
+            hint = did_you_mean(value, action.choices)
+            if hint:
+                raise argparse.ArgumentError(action, f"invalid choice: {value!r}{hint}; choose from "
+                                             f"{', '.join(map(str, action.choices))}")
+        super()._check_value(action, value)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import OptiloopError, choices
+from .errors import OptiloopError, choices, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -123,7 +123,8 @@ class OptimizerConfig(_Open):
         from .optim import OPTIMIZERS  # the registry module: kept out of config's import
 
         if v.lower() not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {v!r}; choose one of: {choices(OPTIMIZERS)}")
+            raise ValueError(f"unknown optimizer {v!r}{did_you_mean(v, OPTIMIZERS)}; choose one of: "
+                             f"{choices(OPTIMIZERS)}")
         return v.lower()
 
 
@@ -137,7 +138,8 @@ class SchedulerConfig(_Open):
         from .schedules import SCHEDULERS  # torch: a config of known names needs no scheduler
 
         if v.lower() not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {v!r}; choose one of: {choices(SCHEDULERS)}")
+            raise ValueError(f"unknown scheduler {v!r}{did_you_mean(v, SCHEDULERS)}; choose one of: "
+                             f"{choices(SCHEDULERS)}")
         return v.lower()
 
 
@@ -231,8 +233,8 @@ def _one_line(err: Mapping[str, Any]) -> str:
     kind, got = err["type"], err.get("input")
     if kind == "extra_forbidden":
         if len(loc) == 1:
-            return f"unknown section [{path}]; valid sections: {', '.join(SECTIONS)}"
-        return f"{path}: unknown key; valid keys: {', '.join(_fields(loc))}"
+            return f"unknown section [{path}]{did_you_mean(path, SECTIONS)}; valid sections: {', '.join(SECTIONS)}"
+        return f"{path}: unknown key{did_you_mean(loc[-1], _fields(loc))}; valid keys: {', '.join(_fields(loc))}"
     if kind == "missing":
         return f"{path}: missing"
     if kind in _BOUNDS:
@@ -313,7 +315,7 @@ def merge(base: Mapping[str, Any], layer: Mapping[str, Any], *, renames: bool = 
     for section, values in layer.items():
         if not isinstance(values, Mapping):
             if section not in SECTIONS:
-                raise OptiloopError(f"unknown section [{section}]; valid sections: "
+                raise OptiloopError(f"unknown section [{section}]{did_you_mean(section, SECTIONS)}; valid sections: "
                                     f"{', '.join(SECTIONS)}")
             raise OptiloopError(f"{section}: must be a table of keys, e.g. [{section}] in TOML")
         current = dict(out.get(section, {}))

@@ -39,6 +39,19 @@ def choices(names) -> str:
     return ", ".join(sorted(names))
 
 
+def did_you_mean(word, names) -> str:
+    """`` (did you mean 'train'?)`` when ``word`` is close to one of ``names`` (difflib), else "".
+
+    Example:
+        >>> did_you_mean("trian", ["train", "predict"]), did_you_mean("xyz", ["train"])
+        (" (did you mean 'train'?)", '')
+    """
+    import difflib  # only an error line asks
+
+    close = difflib.get_close_matches(str(word).lower(), [str(n) for n in names], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on a signal (SIGTERM from a scheduler or preemption, Ctrl-C's SIGINT,
     SIGUSR1) after finishing its current step; a Checkpoint has saved that state to ``last.pt``.

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .errors import OptiloopError, choices
+from .errors import OptiloopError, choices, did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +102,8 @@ def lookup(name: str) -> OptimizerInfo:
     """The record of ``name`` (any case); an unknown name is one line listing the valid ones."""
     key = str(name).lower()
     if key not in OPTIMIZERS:
-        raise OptiloopError(f"unknown optimizer {name!r}; choose one of: {choices(OPTIMIZERS)}")
+        raise OptiloopError(f"unknown optimizer {name!r}{did_you_mean(name, OPTIMIZERS)}; choose one of: "
+                            f"{choices(OPTIMIZERS)}")
     return OPTIMIZERS[key]
 
 
@@ -135,10 +136,9 @@ def check_kwargs(name: str, cls: type, kwargs: Mapping[str, Any]) -> None:
     value of the wrong kind: a flag that is not true/false, a number that is not a finite one."""
     unknown = set(kwargs) - _accepted_keys(cls)
     if unknown:
-        raise OptiloopError(
-            f"optimizer {name!r} does not take {choices(unknown)}; "
-            f"it takes: {choices((_accepted_keys(cls) - {'differentiable'}) | set(OWN_KEYS))}"
-        )
+        takes = (_accepted_keys(cls) - {"differentiable"}) | set(OWN_KEYS)
+        hint = did_you_mean(next(iter(unknown)), takes) if len(unknown) == 1 else ""
+        raise OptiloopError(f"optimizer {name!r} does not take {choices(unknown)}{hint}; it takes: {choices(takes)}")
     check_values(name, cls, kwargs)
 
 

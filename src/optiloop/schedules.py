@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .directions import mode_for
-from .errors import OptiloopError, choices
+from .errors import OptiloopError, choices, did_you_mean
 from .intervals import INTERVALS, TORCH_SCHEDULERS, torch_interval
 
 if TYPE_CHECKING:
@@ -285,7 +285,8 @@ def lookup(name: str) -> SchedulerInfo:
     """The record of ``name``; an unknown name is one line listing the valid ones."""
     key = str(name).lower()
     if key not in SCHEDULERS:
-        raise OptiloopError(f"unknown scheduler {name!r}; choose one of: {choices(SCHEDULERS)}")
+        raise OptiloopError(f"unknown scheduler {name!r}{did_you_mean(name, SCHEDULERS)}; choose one of: "
+                            f"{choices(SCHEDULERS)}")
     return SCHEDULERS[key]
 
 

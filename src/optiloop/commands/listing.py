@@ -14,7 +14,7 @@ from .common import fmt
 
 @command("list")
 class ListCommand(Command):
-    help = "list optimizers (with their defaults), schedulers, data sets and models"
+    help = "list optimizers (with their defaults), schedulers, data sets, models, and fit()'s defaults beside train's"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--torch-defaults", action="store_true",
@@ -23,6 +23,7 @@ class ListCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from ..datasets import describe_builtin
+        from ..defaults import format_table
         from ..models import DESCRIPTIONS
         from ..optim import OPTIMIZERS, optimizer_defaults
         from ..schedules import SCHEDULERS, describe
@@ -47,4 +48,6 @@ class ListCommand(Command):
               "**keys of [model]))")
         for name, text in DESCRIPTIONS.items():
             print(f"  {name:<16}{text}")
+        print("\ndefaults of the two doors: ol.fit() and optiloop train")
+        print(format_table())
         return 0

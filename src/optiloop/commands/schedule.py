@@ -47,13 +47,12 @@ class ScheduleCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from ..config import parse_value
-        from ..schedules import SCHEDULERS, preview_schedule, shown_arguments
+        from ..schedules import SCHEDULERS, lookup, preview_schedule, shown_arguments
 
         names = [n.lower() for n in args.names]
         for n in names:
             if n not in SCHEDULERS:
-                raise OptiloopError(f"unknown scheduler {n!r}; "
-                                    f"choose one of: {choices(SCHEDULERS)}")
+                lookup(n)  # one line, with a "did you mean"
         if len(set(names)) != len(names):
             raise OptiloopError("each scheduler name once, please")
         if not (args.lr > 0 and math.isfinite(args.lr)):
