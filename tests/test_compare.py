@@ -345,7 +345,7 @@ def test_cli_jobs_2_gives_the_same_tables_as_jobs_1(tmp_path, monkeypatch, capsy
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--optimizers", "sgd,adamm"], "unknown optimizer 'adamm'; choose from:"),
+    (["--optimizers", "sgd,adamm"], "unknown optimizer 'adamm' (did you mean 'adam'?); choose from:"),
     (["--lr", "sgd:0.1"], "is not a number"),
     (["--schedulers", "cosine,sometimes"], "unknown scheduler 'sometimes'"),
     (["--lr-grid", "0"], "--lr-grid: must be >= 1"),

@@ -60,8 +60,8 @@ def test_chosen_epochs_run_in_full_unless_early_stopping_is_asked_for(tmp_path):
     ("train.epochs=true", "train.epochs: must be an integer (got True)"),
     ("data.val_fraction=1", "data.val_fraction: must be < 1 (got 1)"),
     ("data.task=images", "data.task: must be one of: 'auto', 'classification' or 'regression'"),
-    ("optimizer.name=adamx", "optimizer.name: unknown optimizer 'adamx'; choose one of: adafactor"),
-    ("scheduler.name=cos", "scheduler.name: unknown scheduler 'cos'; choose one of: constant"),
+    ("optimizer.name=adamx", "optimizer.name: unknown optimizer 'adamx' (did you mean 'adamax'?); choose one of: adafactor"),
+    ("scheduler.name=cos", "scheduler.name: unknown scheduler 'cos' (did you mean 'cosine'?); choose one of: constant"),
     ("train.foo=1", "train.foo: unknown key; valid keys: epochs, batch_size"),
     ("nope.x=1", "unknown section [nope]; valid sections: data, model, optimizer"),
 ])

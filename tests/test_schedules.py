@@ -175,7 +175,7 @@ def test_state_dict_round_trip_continues_identically():
 
 
 @pytest.mark.parametrize("bad,match", [
-    ("cosinus", "unknown scheduler 'cosinus'; choose one of: constant, cosine"),
+    ("cosinus", r"unknown scheduler 'cosinus' \(did you mean 'cosine'\?\); choose one of: constant, cosine"),
     ({"name": "step", "epochs": None}, "needs step_size"),
     ({"name": "step", "step_size": 2, "gamm": 0.1}, "scheduler 'step'.*gamm"),
     ({"name": "plateau", "interval": "step"}, "steps per metric"),

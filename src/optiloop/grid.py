@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .callbacks import Monitor
-from .errors import OptiloopError, choices
+from .errors import OptiloopError, choices, did_you_mean
 from .optim import lookup
 
 DEFAULT_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
@@ -61,7 +61,7 @@ def parse_names(text: str | Sequence[str], kind: str, known: Iterable[str]) -> l
         raise OptiloopError(f"no {kind} given; choose from: {choices(known)}")
     for n in names:
         if n not in known:
-            raise OptiloopError(f"unknown {kind} {n!r}; choose from: {choices(known)}")
+            raise OptiloopError(f"unknown {kind} {n!r}{did_you_mean(n, known)}; choose from: {choices(known)}")
     if len(set(names)) != len(names):
         raise OptiloopError(f"each {kind} once, please (got {', '.join(names)})")
     return names
