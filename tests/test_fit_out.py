@@ -225,3 +225,31 @@ def test_a_sigkilled_fit_out_resumes_bit_exact(tmp_path, kill_at):
                 return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
         assert rows(tmp_path / "run") == rows(tmp_path / "whole"), name
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_run"] == 5
+
+
+def test_fit_resume_continues_the_folder_and_refuses_what_defines_the_saved_state(tmp_path, capsys):
+    X, y = _data()
+    out = str(tmp_path / "r")
+
+    def run(**kw):
+        args = {"epochs": 2, "seed": 0, "lr": 1e-2, "batch_size": 32, "progress": False, **kw}
+        model = ol.make_model("optiloop.models:mlp", in_features=6, out_features=3, hidden=[8])
+        return ol.fit(model, (X[:96], y[:96]), val_data=(X[96:], y[96:]),
+                      callbacks=[ol.Checkpoint(out, every_seconds=0)], **args)
+
+    run(out=out)
+    with pytest.raises(OptiloopError, match=r"optimizer.lr 0.01 -> 0.5: these define the saved state"):
+        run(resume=out, lr=0.5)
+    with pytest.raises(ol.OptiloopError, match=r"train.epochs 2 -> 3.*force_resume=True"):
+        run(resume=out, epochs=3)
+    with pytest.raises(OptiloopError, match="drop out="):
+        run(resume=out, out=str(tmp_path / "other"))
+    capsys.readouterr()
+    h = run(resume=out, epochs=3, force_resume=True, progress=True)
+    assert "resumed after epoch 2/3 (step 6): continuing with epoch 3" in capsys.readouterr().out
+    assert [r["epoch"] for r in h] == [1, 2, 3]
+    with open(tmp_path / "r" / "history.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
+    with open(tmp_path / "r" / "config.toml", "rb") as f:  # rewritten once the resume was accepted
+        assert ol.config.tomllib.load(f)["train"]["epochs"] == 3
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_run"] == 3

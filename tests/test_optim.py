@@ -46,7 +46,8 @@ def test_torch_keywords_pass_through_unchanged():
 
 
 def test_unknown_name_and_keyword_are_one_clear_line():
-    with pytest.raises(ol.OptiloopError, match=r"unknown optimizer 'adamx' \(did you mean 'adamax'\?\); choose one of: adafactor, adagrad"):
+    with pytest.raises(ol.OptiloopError, match=r"unknown optimizer 'adamx' \(did you mean 'adamax'\?\); "
+                                                 r"choose one of: adafactor, adagrad"):
         ol.build_optimizer("adamx", mlp())
     with pytest.raises(ol.OptiloopError, match=r"optimizer 'adam' does not take momentum; it takes: .*betas"):
         ol.build_optimizer("adam", mlp(), momentum=0.9)

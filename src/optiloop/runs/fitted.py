@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -33,7 +32,9 @@ from torch import nn
 from ..callbacks import Callback, CallbackList, EarlyStopping
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..classification import class_report
-from ..errors import OptiloopError
+from ..config import FIXED, FORCED, resume_policy, tomllib
+from ..distributed import launched_world
+from ..errors import OptiloopError, SettingsChanged
 from ..files import check_writable
 from ..history import History
 from ..inference import predict
@@ -44,11 +45,6 @@ from ..training_state import load_model_weights
 from .folder import RunFolder, ensure_empty, versions
 from .record import RunCallbacks, best_row, files_so_far, finish_run, run_callbacks
 from .task import INFERENCE
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 MADE_BY = "optiloop.fit"  # config.toml's [fit] made_by: a folder fit(resume=) continues as a run folder
 NOTE = (": the settings of a run made by optiloop.fit(out=...). Continue it from Python with "
@@ -86,6 +82,7 @@ def fit_in_folder(run_fit: Callable[..., History], model: nn.Module, train_data:
     handed in, since the loop calls this module)."""
     if not isinstance(model, nn.Module):
         raise OptiloopError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    main = launched_world().is_main
     user = list(callbacks)
     for cb in user:
         if not isinstance(cb, Callback):
@@ -100,13 +97,15 @@ def fit_in_folder(run_fit: Callable[..., History], model: nn.Module, train_data:
                                 f"saying so); a run of optiloop train continues with: optiloop train --resume {path}")
     else:
         check_writable(out, "out")
-        path = ensure_empty(out, "out", ", or continue it (resume=)")
+        path = Path(out)
+        if main:  # under torchrun every rank names the folder; rank 0 alone checks, locks and writes
+            ensure_empty(out, "out", ", or continue it (resume=)")
     # The checkpoint of the folder: a Checkpoint of the user's on this very folder (its timing),
     # else one like optiloop train's on the monitor the user's callbacks watch.
     own = next((cb for cb in user if isinstance(cb, Checkpoint) and cb.dir.resolve() == path.resolve()), None)
+    watched = CallbackList(user).monitor()  # as the loop will find it: the History's monitor
     if own is not None:
         user.remove(own)
-    watched = CallbackList(user).monitor()
     monitor = watched.monitor if watched is not None else ("val_loss" if val_data is not None else "train_loss")
     rows = _Rows.of(train_data, val_data, settings)
     recipe = checked_recipe(model)
@@ -114,15 +113,18 @@ def fit_in_folder(run_fit: Callable[..., History], model: nn.Module, train_data:
     settings = replace(settings, config={**(settings.config or {}), **config,
                                          INFERENCE: rows.inference(recipe)})
     saved = saved_config(path) if resume is not None else None
+    if saved is not None:
+        _check_changes(path, saved, config, force_resume)
     restart = resume is not None and not any((path / n).exists() for n in ("last.pt", "last.prev.pt"))
 
     folder = RunFolder.create(path, unique=False)
-    folder.lock(new=resume is None)
+    if main:
+        folder.lock(new=resume is None)
     try:
-        if resume is None:
+        if resume is None and main:
             folder.write_config(config, NOTE)
         rec = run_callbacks(folder, monitor=monitor, checkpoint=own, grad_norm=False,
-                            config=config if saved is not None and _toml(saved) != _toml(config) else None,
+                            config=config if saved is not None and saved != config else None,
                             note=NOTE)
         t0 = time.perf_counter()
         with files_so_far(folder):
@@ -135,6 +137,27 @@ def fit_in_folder(run_fit: Callable[..., History], model: nn.Module, train_data:
     finally:
         folder.release()
     return history
+
+
+def _check_changes(path: Path, saved: Mapping[str, Any], config: Mapping[str, Any], force: bool) -> None:
+    """A resume may change what the command line's may (``config.resume_policy``): how the run is
+    carried out freely, its length, batch, accumulation, clipping and AMP with ``force_resume``,
+    never the model, optimizer, scheduler, seed, loss, metrics or monitor (that is a new run)."""
+    old, new = _flat(saved), _flat(config)
+    diffs = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    what = {k: f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in diffs}
+    policy = {k: FORCED if k == "train.clip_grad_value" else resume_policy(k) for k in diffs}
+    fixed = [k for k in diffs if policy[k] == FIXED]
+    if fixed:
+        raise OptiloopError(f"cannot resume {path}: {'; '.join(what[k] for k in fixed)}: these define the saved "
+                            "state; train a new run (out=) instead")
+    forced = [k for k in diffs if policy[k] == FORCED]
+    if forced and not force:
+        raise SettingsChanged(path, "; ".join(what[k] for k in forced))
+
+
+def _flat(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{s}.{k}": v for s, section in cfg.items() if isinstance(section, Mapping) for k, v in section.items()}
 
 
 # --- what the arguments say -------------------------------------------------------------------------
