@@ -253,3 +253,23 @@ def test_fit_resume_continues_the_folder_and_refuses_what_defines_the_saved_stat
     with open(tmp_path / "r" / "config.toml", "rb") as f:  # rewritten once the resume was accepted
         assert ol.config.tomllib.load(f)["train"]["epochs"] == 3
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["epochs_run"] == 3
+
+
+@pytest.mark.slow
+def test_fit_out_under_torchrun_writes_one_folder_from_rank_0(tmp_path):
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(
+        "import torch, optiloop as ol\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "X = torch.randn(128, 6, generator=g); y = (X[:, 0] > 0).long()\n"
+        "model = ol.make_model('optiloop.models:mlp', in_features=6, out_features=2, hidden=[8])\n"
+        "ol.fit(model, (X[:96], y[:96]), val_data=(X[96:], y[96:]), epochs=2, seed=0, progress=False,\n"
+        "       metrics=['accuracy'], out='runs/ddp')\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    p = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    folder = tmp_path / "runs" / "ddp"
+    assert {"config.toml", "history.csv", "steps.csv", "best.pt", "last.pt", "curves.png", "summary.json",
+            "confusion_matrix.csv"} <= {f.name for f in folder.iterdir()}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs_run"] == 2

@@ -13,8 +13,9 @@ Example:
     >>> rec = run_callbacks(folder, monitor="train_loss", checkpoint_seconds=0)
     >>> X, y = torch.randn(32, 3), torch.randint(0, 2, (32,))
     >>> h = ol.fit(torch.nn.Linear(3, 2), (X, y), epochs=2, progress=False, seed=0, callbacks=rec.callbacks)
-    >>> finish_run(folder, h, rec, title="demo", summary={"run": "demo"}); folder.files()
-    ['best.pt', 'curves.png', 'history.csv', 'last.pt', 'steps.csv', 'summary.json']
+    >>> summary = finish_run(folder, h, rec, title="demo", summary={"run": "demo"})
+    >>> [f for f in folder.files() if not f.startswith("last")]
+    ['best.pt', 'curves.png', 'history.csv', 'steps.csv', 'summary.json']
 """
 
 from __future__ import annotations
