@@ -500,14 +500,15 @@ class TrainingRun:
             self.folder = folder
         return self.folder
 
-    def train(self, *, progress: bool = True) -> TrainingResult:
-        """Train; the files so far are named in any error. Returns the run's figures."""
+    def train(self, *, progress: bool = True, callbacks: Sequence[Callback] = ()) -> TrainingResult:
+        """Train; the files so far are named in any error. Returns the run's figures. ``callbacks``
+        join the run's own (a search's ``OptunaPruning``)."""
         try:
-            return self._train(progress)
+            return self._train(progress, callbacks)
         finally:
             self.folder.release()
 
-    def _train(self, progress: bool) -> TrainingResult:
+    def _train(self, progress: bool, extra: Sequence[Callback] = ()) -> TrainingResult:
         from .callbacks import EarlyStopping
         from .checkpoint import Checkpoint
         from .loggers import StepHistory, TensorBoard
@@ -521,7 +522,7 @@ class TrainingRun:
         files = _RunFiles(folder, self.cfg if self.changed else None, self._CONFIG_NOTE)
         # Per-step loss and LR (and the gradient norm when asked, or free from clipping): steps.csv.
         norm = bool(t.get("grad_norm"))
-        callbacks: list[Any] = [ckpt, info, files, StepHistory(grad_norm=norm)]
+        callbacks: list[Any] = [ckpt, info, files, StepHistory(grad_norm=norm), *extra]
         if t.get("tensorboard"):
             callbacks.append(TensorBoard(folder.path / "tensorboard", grad_norm=norm))
         if self.patience:
