@@ -18,7 +18,8 @@ would replace the function ``ol.tune`` on the package once imported.)
 from __future__ import annotations
 
 from .pruning import OptunaPruning
-from .search import TuneResult, tune
+from .result import TuneResult
+from .search import tune
 from .space import Dimension, Space, default_space, parse_space
 
 __all__ = ["Dimension", "OptunaPruning", "Space", "TuneResult", "default_space", "parse_space", "tune"]

@@ -13,12 +13,10 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .result import TuneResult
 from .study import NOTE_ATTR, WORKER_ATTR
-
-if TYPE_CHECKING:
-    from .search import TuneResult
 
 # (file, title, what it shows)
 PLOTS = (

@@ -4,8 +4,11 @@ A trial samples the space into config overrides, builds a :class:`~optiloop.runs
 the base config with them and trains it into ``OUT/trials/trial-NNNN/``, a normal run folder
 (``optiloop train --config OUT/trials/trial-NNNN/config.toml`` re-runs it). An
 :class:`OptunaPruning` callback reports the monitored value after every epoch and stops a run its
-pruner gives up on; a run that diverges (non-finite loss) is pruned as well. The trial's value is
-the run's best monitored value over its epochs (the epoch best.pt holds).
+pruner gives up on; a run that diverges (non-finite loss) is pruned as well, and so is a trial
+whose settings cannot be built together (each is checked alone before the search starts), before
+it trains: both are as bad as a trial can be, which is what the sampler should learn (a failed
+trial would teach it nothing). The trial's note says which. The trial's value is the run's best
+monitored value over its epochs (the epoch best.pt holds).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import os
 import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import NonFiniteLossError, OptiloopError
+from ..errors import DiskError, NonFiniteLossError, OptiloopError
+from .result import TuneResult
 from .space import Space, SpaceLike, check_space, default_space, overrides_of, parse_space, trial_config
 from .study import (
     NOTE_ATTR,
@@ -47,34 +51,6 @@ DB_FILE = "study.db"  # the default storage, in the tune folder
 TRIALS_DIR = "trials"
 # Settings of how a run is carried out, not what it computes: a study continues across them.
 _EXECUTION = {"device", "checkpoint_every", "checkpoint_seconds", "tensorboard", "grad_norm", "strategy"}
-
-
-@dataclass
-class TuneResult:
-    """What ``tune`` did.
-
-    Attributes:
-        out: the tune folder (trials/, trials.csv, best.toml, report.md / .html).
-        study: the ``optuna.Study`` (all its trials, this session's and earlier ones).
-        storage, study_name: where it lives (the URL with any password hidden).
-        monitor, direction: the figure searched on, "maximize" or "minimize".
-        best: the best complete trial: number, value, config, run folder, epochs; None if none completed.
-        new_trials: the numbers of the trials this call ran; ``workers``: per process.
-        files: the result files written into ``out``.
-        dashboard: the command that opens the study in optuna-dashboard.
-    """
-
-    out: Path
-    study: Any
-    storage: str
-    study_name: str
-    monitor: str
-    direction: str
-    best: dict[str, Any] | None
-    new_trials: list[int]
-    workers: list[WorkerResult]
-    files: list[str] = field(default_factory=list)
-    dashboard: str = ""
 
 
 def tune(
@@ -227,10 +203,6 @@ def tune(
     workers: list[WorkerResult] = []
     if have < trials:
         workers = optimize(spec, objective, trials=trials, jobs=jobs, timeout=timeout)
-        errors = [w.error for w in workers if w.error]
-        if errors:
-            raise OptiloopError(errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more "
-                                "processes failed)")
     handle = optuna.load_study(study_name=name, storage=store.open())
     new = sorted(n for w in workers for n in w.trials)
     result = TuneResult(folder, handle, store.shown, name, monitor, direction, _best(handle), new, workers,
@@ -238,6 +210,10 @@ def tune(
     from .report import write_results
 
     result.files = write_results(result, spc, task.description, seconds=time.perf_counter() - t0)
+    errors = [w.error for w in workers if w.error]  # after the files: they show what the others did
+    if errors:
+        raise OptiloopError(errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more "
+                            "processes failed)")
     return result
 
 
@@ -393,8 +369,13 @@ class TrialObjective:
         run_name = f"{TRIALS_DIR}/trial-{n:04d}"
         try:
             run = TrainingRun(trial_config(self.base, overrides), out=self.out / run_name)
-        except OptiloopError as e:
-            raise OptiloopError(f"trial {n} ({describe(overrides)}): {e}") from None
+        except DiskError:
+            raise
+        except OptiloopError as e:  # settings that cannot go together (checked one at a time up front)
+            trial.set_user_attr("epochs", 0)
+            trial.set_user_attr(NOTE_ATTR, f"rejected: {e}")
+            self._say(f"trial {n}: {describe(overrides)} -> rejected before training: {e}")
+            raise optuna.TrialPruned(str(e)) from None
         trial.set_user_attr("run", run_name)
         trial.set_user_attr("config", run.cfg)
         run.open_folder()

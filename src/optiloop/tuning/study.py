@@ -44,13 +44,14 @@ NOTE_ATTR = "note"  # trial user attribute: why it ended as it did, in words
 
 
 def require_optuna() -> Any:
-    """The optuna module, quiet (its per-trial log lines and experimental-feature warnings off);
+    """The optuna module, quiet (its per-trial log lines, failed-trial tracebacks included, and
+    experimental-feature warnings off);
     without it, one line that says how to install it."""
     try:
         import optuna
     except ImportError:
         raise OptiloopError(f"the search runs on Optuna, which is not installed: {INSTALL_HINT}") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines say what each trial did
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
