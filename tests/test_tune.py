@@ -378,8 +378,9 @@ def test_a_sigkill_mid_trial_leaves_the_study_usable(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["sqlite:///shared.db", "journal:shared.log"])
+@pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "journal:{}/shared.log"], ids=["sqlite", "journal"])
 def test_two_processes_share_one_study(tmp_path, storage):
+    storage = storage.format(tmp_path)
     args = ["--data", "wine", "--set", "model.hidden=[8]", "--epochs", "2", "--trials", "6", "--storage", storage,
             "--study", "shared", "--pruner", "none"]
     procs = [_cli(tmp_path, *args, "--out", name) for name in ("a", "b")]
