@@ -410,20 +410,20 @@ def optimize(study: StudySpec, objective: Callable[[Any], float], *, trials: int
              timeout: float | None = None, catch: Sequence[type[Exception]] = (),
              threads: int | None = None) -> list[WorkerResult]:
     """Run trials on the (existing) study until it holds ``trials`` counted trials or ``timeout``
-    seconds passed, in this process (``jobs=1``) or in ``jobs`` new processes, each running
+    seconds passed, in ``jobs`` processes (this one and ``jobs - 1`` new ones), each running
     ``study.optimize`` on the shared storage.
 
     Args:
         study: the study (``StudySpec.create`` made it).
-        objective: ``trial -> value``; with ``jobs > 1`` it is pickled into each process (module-level
-            functions and classes only), where it may build what it needs on its first call.
+        objective: ``trial -> value``; with ``jobs > 1`` it is pickled into each new process
+            (module-level functions and classes only), where it may build what it needs on its first call.
         trials: the study's total (``study.optimize`` stops at it in every process).
         jobs: processes; with several, each gets ``threads`` torch threads (default: a share).
         timeout: seconds after which no process starts another trial.
         catch: exceptions that fail a trial without ending the search.
 
     Returns:
-        One WorkerResult per process.
+        One WorkerResult per process, this one's first.
     """
     if jobs == 1:
         return [_work(study, objective, trials, timeout, tuple(catch), 0, None)]
@@ -435,24 +435,28 @@ def optimize(study: StudySpec, objective: Callable[[Any], float], *, trials: int
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked thread pools or locks
     threads = threads or max(1, torch.get_num_threads() // jobs)
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, args=(study, objective, trials, timeout, tuple(catch), i, threads,
-                                                     queue), name=f"optiloop-tune-{i}") for i in range(jobs)]
-    for p in procs:
+    procs = {i: ctx.Process(target=_worker_main, args=(study, objective, trials, timeout, tuple(catch), i, threads,
+                                                        queue), name=f"optiloop-tune-{i}") for i in range(1, jobs)}
+    for p in procs.values():
         p.start()
     results: dict[int, WorkerResult] = {}
+    own = torch.get_num_threads()
     try:
+        # This process is worker 0: one interpreter and one torch import fewer to wait for.
+        results[0] = _work(study, objective, trials, timeout, tuple(catch), 0, threads)
         while len(results) < jobs:
             try:
                 r = queue.get(timeout=1.0)
                 results[r.worker] = r
             except queues.Empty:  # see whether a process died without a word (killed)
-                for i, p in enumerate(procs):
+                for i, p in procs.items():
                     if i not in results and not p.is_alive() and p.exitcode is not None:
                         results[i] = WorkerResult(i, (), f"process {i} ended with exit code {p.exitcode}")
     finally:
-        for p in procs:
+        torch.set_num_threads(own)
+        for p in procs.values():
             p.join(timeout=30)
-        for p in procs:
+        for p in procs.values():
             if p.is_alive():  # only after a Ctrl-C that the workers did not hear
                 p.terminate()
                 p.join()
