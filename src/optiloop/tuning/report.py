@@ -149,7 +149,7 @@ def _facts(result: TuneResult, trials: Sequence[Any], space: Any, data: str, sec
         f"Objective: {result.direction} {result.monitor}, each trial's best epoch"
         + (f"; trials of up to {budget} epochs, no early stopping" if budget else ""),
         f"Trials: {len(trials)} ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}); epochs trained: "
-        f"{epochs}" + (f" of {len(trials) * budget} had every trial run in full" if budget and trials else ""),
+        f"{epochs}" + (f" ({len(trials) * budget} if every trial had run in full)" if budget and trials else ""),
         f"This session: {len(result.new_trials)} new trials in {seconds:.1f} s"
         + (f" on {len(result.workers)} processes" if len(result.workers) > 1 else ""),
         f"Study {result.study_name!r} on {result.storage}; open it with: {result.dashboard}",
@@ -213,7 +213,7 @@ def _markdown(result: TuneResult, facts: list[str], header: list[str], rows: lis
             "|" + "|".join("---" for _ in cols) + "|"]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in body]
     for file, title, caption, why in pictures:
-        out += ["", f"## {title}", "", f"{caption}.", ""]
+        out += ["", f"## {title}", "", f"{caption[0].upper()}{caption[1:]}.", ""]
         out.append(f"![{title}]({file})" if file else f"(not drawn: {why})")
     return "\n".join(out) + "\n"
 
@@ -222,7 +222,7 @@ _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em;
        max-width: 1400px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.84em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.55em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.55em; white-space: nowrap; }
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.pruned td { color: #777; }

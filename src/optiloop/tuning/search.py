@@ -97,7 +97,9 @@ def tune(
         storage: an Optuna storage URL: ``sqlite:///PATH.db``, ``postgresql://...``, ``journal:PATH``
             (see ``optiloop.tuning.study``). Default: ``OUT/study.db``.
         study: the study's name (default ``tune-<data>-<model>-<hash of the search>``).
-        jobs: run this many processes on the study at once (default 1).
+        jobs: run this many processes on the study at once (default 1): this one and ``jobs - 1``
+            started with ``spawn``, so a script calling ``tune(jobs=2)`` needs the usual
+            ``if __name__ == "__main__":`` guard, and a space function must be picklable.
         out: the tune folder (default ``runs/<study>``): new or empty, or this study's own folder
             (then the search continues).
         fixed: config keys set on the command line that the default space leaves alone

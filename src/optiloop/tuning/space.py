@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -196,9 +197,14 @@ def takes(section: str, name: str, key: str) -> bool:
     return key in accepted_keys(section, name)
 
 
-def accepted_keys(section: str, name: str) -> set[str]:
+@functools.cache
+def accepted_keys(section: str, name: str) -> frozenset[str]:
     """The keys the ``section`` named ``name`` takes; a user's ``package.module:function`` model
-    takes whatever it declares."""
+    takes whatever it declares (``*``: any)."""
+    return frozenset(_accepted(section, name))
+
+
+def _accepted(section: str, name: str) -> set[str]:
     import inspect
 
     if section == "optimizer":
