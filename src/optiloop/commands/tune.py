@@ -9,7 +9,6 @@ and they share the study.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from . import Command, command
@@ -106,7 +105,7 @@ class TuneCommand(Command):
                   f"({result.out}/{best['run']}/)")
             print(f"re-run it: optiloop train --config {result.out}/best.toml")
         else:
-            print("best: no trial completed yet (all pruned or failed)", file=sys.stderr)
+            print("best: no trial completed yet (all pruned or failed)")
         print(f"files in {result.out}/: {', '.join(result.files)}, trials/ (one run folder per trial)")
         print(f"open the study: {result.dashboard}")
         return 0

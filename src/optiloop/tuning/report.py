@@ -110,6 +110,12 @@ def _plots(result: TuneResult, out: Path) -> list[tuple[str | None, str, str, st
                 warnings.simplefilter("ignore")  # experimental-API and "too few trials" warnings
                 ax = draw[file]()
             fig = ax.figure if not hasattr(ax, "__len__") else ax.flat[0].figure
+            if file == "intermediate.png":  # Optuna's steps are our epochs
+                from matplotlib.ticker import MaxNLocator
+
+                ax.set_xlabel("epoch")
+                ax.set_ylabel(monitor)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             _save(fig, out / file, wide=file == "parallel.png")
             done.append((file, title, caption, None))
         except (ValueError, RuntimeError, ZeroDivisionError, IndexError, optuna.exceptions.OptunaError) as e:
