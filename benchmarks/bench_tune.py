@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tune.py --out docs/tune.md   # the figures, into docs/tune.md (a few minutes)
     python benchmarks/bench_tune.py --quick              # a smoke run, prints the figures
+    python benchmarks/bench_tune.py --part throughput --out docs/tune.md   # one part only
 
 Method (why each choice):
 - The grid is ``compare``'s: the five default optimizers, each at five LRs half a decade apart from
@@ -22,7 +23,8 @@ Method (why each choice):
   ``--jobs 2`` on one study: wall-clock trials per minute over the whole call (the second
   process's interpreter, imports and first plots included), and in the steady state (the trials
   finished after every process finished its first). The machine's cores are shared with other
-  work: noisy figures, measured once.
+  work, whose load drifts: the two settings run in the order 1, 2, 2, 1 and each figure is the
+  median of its two runs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -44,7 +47,6 @@ import optiloop as ol  # noqa: E402
 from optiloop.comparison import DEFAULT_OPTIMIZERS  # noqa: E402
 from optiloop.config import resolve  # noqa: E402
 
-START, END = "<!-- bench_tune:start -->", "<!-- bench_tune:end -->"
 TASKS = {"digits": ("val_acc", "max"), "diabetes": ("val_mae", "min")}
 WITHIN = 0.005
 
@@ -118,64 +120,91 @@ def throughput(jobs: int, trials: int, epochs: int, out: Path) -> tuple[float, f
     return wall, later / ((end - since) / 60) if end > since else math.nan
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, help="write the figures into this Markdown file between the markers")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
-    args = p.parse_args()
-    epochs, trials, jobs_trials, jobs_epochs = (2, 4, 4, 1) if args.quick else (8, 20, 16, 4)
+def search_part(epochs: int, trials: int, root: Path) -> list[str]:
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPU cores shared with "
              f"other work, torch {__import__('torch').__version__}, optuna {__import__('optuna').__version__}; "
              f"{epochs} epochs per run, searches of {trials} trials; `python benchmarks/bench_tune.py`.", "",
              "| task | method | best figure | epochs until within 0.5% of the grid's best | epochs in all | "
              "runs / trials (pruned) | seconds |", "|---|---|---:|---:|---:|---:|---:|"]
     verdicts = []
+    for data, (monitor, _) in TASKS.items():
+        best, total, first, sec, diverged = grid(data, epochs)
+        lines.append(f"| {data} | compare's grid (5 optimizers x 5 LRs, cosine) | {monitor} {best:.4f} | {total} "
+                     f"(its run order reached it after {first}) | {total} | 25"
+                     + (f", {diverged} diverged" if diverged else "") + f" | {sec:.0f} |")
+        matched = {"optimizer.name": list(DEFAULT_OPTIMIZERS),
+                   "optimizer.lr_scale": {"low": 0.1, "high": 10.0, "log": True}}
+        searches = [("tune, the grid's space, median pruner", matched)]
+        if data == "digits":  # the default space once: the run stays a few minutes
+            searches.append(("tune, the default space, median pruner", None))
+        for label, space in searches:
+            r = search(data, epochs, trials, space, best, root / f"tune-{data}-{len(lines)}")
+            found = f"{r['found']} (trial {r['trial']})" if r["found"] is not None else f"not within {trials} trials"
+            lines.append(f"| {data} | {label} | {monitor} {r['best']:.4f} | {found} | {r['epochs']} | "
+                         f"{r['trials']} ({r['pruned']}) | {r['seconds']:.0f} |")
+            if r["found"] is not None:
+                share = r["found"] / total
+                verdicts.append(f"{data}, {label}: {r['found']} epochs, {share:.0%} of the grid's {total} "
+                                f"({'target met' if share <= 1 / 3 else 'target not met'})")
+            else:
+                verdicts.append(f"{data}, {label}: did not reach the bar in {trials} trials (target not met)")
+        print("\n".join(lines[-1 - len(searches):]), flush=True)
+    return lines + ["", "Against the target (the search finds a configuration within 0.5% of the grid's best in at "
+                    "most a third of the grid's epochs):", ""] + [f"- {v}" for v in verdicts]
+
+
+def throughput_part(trials: int, epochs: int, root: Path) -> list[str]:
+    """1 and 2 processes in ABBA order, twice each: the machine's load drifts, and this order gives both
+    the same share of it; the median of each, and every run."""
+    order = [1, 2, 2, 1]
+    runs: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
+    for i, jobs in enumerate(order):
+        runs[jobs].append(throughput(jobs, trials, epochs, root / f"jobs-{i}"))
+        print(f"{jobs} process(es): {runs[jobs][-1][0]:.1f} trials/min, steady {runs[jobs][-1][1]:.1f}", flush=True)
+    med = {j: (statistics.median(w for w, _ in r), statistics.median(s for _, s in r)) for j, r in runs.items()}
+    lines = [f"Processes on one study, measured {time.strftime('%Y-%m-%d')} (digits, {trials} trials of {epochs} "
+             "epochs, no pruning, SQLite storage; wall clock over the whole call, and in the steady state: the "
+             "trials finished after every process had finished its first, over that time; runs in the order "
+             "1, 2, 2, 1 processes, median of two):", "",
+             "| processes | trials per minute, whole run | trials per minute, steady state | its two runs (whole run) "
+             "|",
+             "|---:|---:|---:|---|"]
+    lines += [f"| {j} | {w:.1f} | {s:.1f} | {', '.join(f'{x:.1f}' for x, _ in runs[j])} |" for j, (w, s) in med.items()]
+    lines += ["", f"Speed-up with 2 processes: {med[2][0] / med[1][0]:.2f}x over the whole run, "
+              f"{med[2][1] / med[1][1]:.2f}x in the steady state."]
+    return lines
+
+
+def write_between(path: Path, part: str, text: str) -> None:
+    start, end = f"<!-- bench_tune:{part}:start -->", f"<!-- bench_tune:{part}:end -->"
+    doc = path.read_text()
+    if start not in doc or end not in doc:
+        raise SystemExit(f"{path}: no {start} ... {end} markers to write between")
+    head, rest = doc.split(start, 1)
+    path.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    print(f"written into {path} ({part})")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, help="write the figures into this Markdown file between the markers")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
+    p.add_argument("--part", choices=("all", "search", "throughput"), default="all", help="measure only one part")
+    args = p.parse_args()
+    epochs, trials, jobs_trials, jobs_epochs = (2, 4, 4, 1) if args.quick else (8, 20, 12, 4)
+    parts: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         os.chdir(root)
-        for data, (monitor, _) in TASKS.items():
-            best, total, first, sec, diverged = grid(data, epochs)
-            lines.append(f"| {data} | compare's grid (5 optimizers x 5 LRs, cosine) | {monitor} {best:.4f} | {total} "
-                         f"(its run order reached it after {first}) | {total} | 25"
-                         + (f", {diverged} diverged" if diverged else "") + f" | {sec:.0f} |")
-            matched = {"optimizer.name": list(DEFAULT_OPTIMIZERS),
-                       "optimizer.lr_scale": {"low": 0.1, "high": 10.0, "log": True}}
-            searches = [("tune, the grid's space, median pruner", matched)]
-            if data == "digits":  # the default space once: the run stays a few minutes
-                searches.append(("tune, the default space, median pruner", None))
-            for label, space in searches:
-                r = search(data, epochs, trials, space, best, root / f"tune-{data}-{len(lines)}")
-                found = f"{r['found']} (trial {r['trial']})" if r["found"] is not None else \
-                    f"not within {trials} trials"
-                lines.append(f"| {data} | {label} | {monitor} {r['best']:.4f} | {found} | {r['epochs']} | "
-                             f"{r['trials']} ({r['pruned']}) | {r['seconds']:.0f} |")
-                if r["found"] is not None:
-                    share = r["found"] / total
-                    verdicts.append(f"{data}, {label}: {r['found']} epochs, {share:.0%} of the grid's {total} "
-                                    f"({'target met' if share <= 1 / 3 else 'target not met'})")
-                else:
-                    verdicts.append(f"{data}, {label}: did not reach the bar in {trials} trials (target not met)")
-            print("\n".join(lines[-1 - len(searches):]), flush=True)
-        rates = {j: throughput(j, jobs_trials, jobs_epochs, root / f"jobs{j}") for j in (1, 2)}
-    lines += ["", "Against the target (the search finds a configuration within 0.5% of the grid's best in at most a "
-              "third of the grid's epochs):", ""] + [f"- {v}" for v in verdicts]
-    lines += ["", f"Processes on one study (digits, {jobs_trials} trials of {jobs_epochs} epochs, no pruning, SQLite "
-              "storage, wall clock; steady state: the trials finished after every process had finished its first, "
-              "over that time):", "",
-              "| processes | trials per minute, whole run | trials per minute, steady state |", "|---:|---:|---:|"]
-    lines += [f"| {j} | {w:.1f} | {r:.1f} |" for j, (w, r) in rates.items()]
-    lines += ["", f"Speed-up with 2 processes: {rates[2][0] / rates[1][0]:.2f}x over the whole run, "
-              f"{rates[2][1] / rates[1][1]:.2f}x in the steady state."]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        path = ROOT / args.out if not args.out.is_absolute() else args.out
-        doc = path.read_text()
-        if START not in doc or END not in doc:
-            raise SystemExit(f"{path}: no {START} ... {END} markers to write between")
-        head, rest = doc.split(START, 1)
-        path.write_text(head + START + "\n" + text + "\n" + END + rest.split(END, 1)[1])
-        print(f"written into {path}")
+        if args.part in ("all", "search"):
+            parts["search"] = search_part(epochs, trials, root)
+        if args.part in ("all", "throughput"):
+            parts["throughput"] = throughput_part(jobs_trials, jobs_epochs, root)
+    for part, lines in parts.items():
+        text = "\n".join(lines)
+        print(text)
+        if args.out:
+            write_between(ROOT / args.out if not args.out.is_absolute() else args.out, part, text)
 
 
 if __name__ == "__main__":
