@@ -103,11 +103,20 @@ def search(data: str, epochs: int, trials: int, space: dict | None, best: float,
             "pruned": sum(t.state.name == "PRUNED" for t in ordered), "seconds": seconds}
 
 
-def throughput(jobs: int, trials: int, epochs: int, out: Path) -> tuple[float, float]:
+def throughput(jobs: int, trials: int, epochs: int, out: Path, threads: int | None = None) -> tuple[float, float]:
     """Trials per minute on one study: over the whole call (start-up included), and once every process
-    has finished its first trial (each new process pays its interpreter, imports and first plots)."""
+    has finished its first trial (each new process pays its interpreter, imports and first plots).
+    ``threads``: torch threads of this process for the call (--jobs N gives each process its share)."""
+    import torch
+
+    own = torch.get_num_threads()
+    torch.set_num_threads(threads or own)
     t0 = time.time()
-    result = ol.tune({"data": {"name": "digits"}}, trials=trials, epochs=epochs, jobs=jobs, pruner="none", out=out)
+    try:
+        result = ol.tune({"data": {"name": "digits"}}, trials=trials, epochs=epochs, jobs=jobs, pruner="none",
+                         out=out)
+    finally:
+        torch.set_num_threads(own)
     wall = trials / ((time.time() - t0) / 60)
     done = [t for t in result.study.trials if t.state.name == "COMPLETE"]
     first: dict[int, float] = {}
@@ -154,24 +163,32 @@ def search_part(epochs: int, trials: int, root: Path) -> list[str]:
 
 
 def throughput_part(trials: int, epochs: int, root: Path) -> list[str]:
-    """1 and 2 processes in ABBA order, twice each: the machine's load drifts, and this order gives both
-    the same share of it; the median of each, and every run."""
-    order = [1, 2, 2, 1]
-    runs: dict[int, list[tuple[float, float]]] = {1: [], 2: []}
-    for i, jobs in enumerate(order):
-        runs[jobs].append(throughput(jobs, trials, epochs, root / f"jobs-{i}"))
-        print(f"{jobs} process(es): {runs[jobs][-1][0]:.1f} trials/min, steady {runs[jobs][-1][1]:.1f}", flush=True)
-    med = {j: (statistics.median(w for w, _ in r), statistics.median(s for _, s in r)) for j, r in runs.items()}
-    lines = [f"Processes on one study, measured {time.strftime('%Y-%m-%d')} (digits, {trials} trials of {epochs} "
-             "epochs, no pruning, SQLite storage; wall clock over the whole call, and in the steady state: the "
-             "trials finished after every process had finished its first, over that time; runs in the order "
-             "1, 2, 2, 1 processes, median of two):", "",
-             "| processes | trials per minute, whole run | trials per minute, steady state | its two runs (whole run) "
-             "|",
-             "|---:|---:|---:|---|"]
-    lines += [f"| {j} | {w:.1f} | {s:.1f} | {', '.join(f'{x:.1f}' for x, _ in runs[j])} |" for j, (w, s) in med.items()]
-    lines += ["", f"Speed-up with 2 processes: {med[2][0] / med[1][0]:.2f}x over the whole run, "
-              f"{med[2][1] / med[1][1]:.2f}x in the steady state."]
+    """1 process with torch's default threads, 1 process with 1 thread, and 2 processes (--jobs 2: one
+    thread each), in the order A B C C B A: the machine's load drifts, and this order gives each the
+    same share of it; the median of each setting's two runs, and both runs."""
+    import torch
+
+    settings = {"1 process, torch's default threads": (1, None),
+                "1 process, 1 torch thread": (1, 1),
+                "2 processes (`--jobs 2`: 1 torch thread each)": (2, None)}
+    names = list(settings)
+    runs: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for i, name in enumerate([*names, *reversed(names)]):
+        jobs, threads = settings[name]
+        runs[name].append(throughput(jobs, trials, epochs, root / f"jobs-{i}", threads))
+        print(f"{name}: {runs[name][-1][0]:.1f} trials/min, steady {runs[name][-1][1]:.1f}", flush=True)
+    med = {n: (statistics.median(w for w, _ in r), statistics.median(s for _, s in r)) for n, r in runs.items()}
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} (digits, {trials} trials of {epochs} epochs, no pruning, SQLite "
+             f"storage, torch's default {torch.get_num_threads()} threads on {os.cpu_count()} shared cores; wall "
+             "clock over the whole call, and in the steady state: the trials finished after every process had "
+             "finished its first, over that time; each setting run twice, in the order A B C C B A, median):", "",
+             "| setting | trials per minute, whole run | trials per minute, steady state | its two runs (whole run) "
+             "|", "|---|---:|---:|---|"]
+    lines += [f"| {n} | {w:.1f} | {s:.1f} | {', '.join(f'{x:.1f}' for x, _ in runs[n])} |" for n, (w, s) in med.items()]
+    two, one = med[names[2]], med[names[1]]
+    lines += ["", f"2 processes against 1 process with the same 1 thread each: {two[0] / one[0]:.2f}x over the whole "
+              f"run, {two[1] / one[1]:.2f}x in the steady state; against torch's default threads: "
+              f"{two[0] / med[names[0]][0]:.2f}x over the whole run."]
     return lines
 
 
@@ -191,7 +208,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script runs")
     p.add_argument("--part", choices=("all", "search", "throughput"), default="all", help="measure only one part")
     args = p.parse_args()
-    epochs, trials, jobs_trials, jobs_epochs = (2, 4, 4, 1) if args.quick else (8, 20, 12, 4)
+    epochs, trials, jobs_trials, jobs_epochs = (2, 4, 4, 1) if args.quick else (8, 20, 10, 3)
     parts: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -381,7 +381,8 @@ def test_a_sigkill_mid_trial_leaves_the_study_usable(tmp_path):
 @pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "journal:{}/shared.log"], ids=["sqlite", "journal"])
 def test_two_processes_share_one_study(tmp_path, storage):
     storage = storage.format(tmp_path)
-    args = ["--data", "wine", "--set", "model.hidden=[8]", "--epochs", "2", "--trials", "6", "--storage", storage,
+    # digits: trials long enough (a few seconds) that the process started second gets some of them
+    args = ["--data", "digits", "--set", "model.hidden=[16]", "--epochs", "2", "--trials", "8", "--storage", storage,
             "--study", "shared", "--pruner", "none"]
     procs = [_cli(tmp_path, *args, "--out", name) for name in ("a", "b")]
     outs = [_done(p) for p in procs]
@@ -389,9 +390,9 @@ def test_two_processes_share_one_study(tmp_path, storage):
     store = Storage.parse(storage).open()
     study = optuna.load_study(study_name="shared", storage=store)
     numbers = [t.number for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(numbers) == len(set(numbers)) == sum(ran) == 6
+    assert len(numbers) == len(set(numbers)) == sum(ran) == 8
     folders = [p.name for name in ("a", "b") for p in (tmp_path / name / "trials").iterdir()]
-    assert len(folders) == len(set(folders)) == 6  # each trial trained once, by one process
+    assert len(folders) == len(set(folders)) == 8  # each trial trained once, by one process
     assert all(n > 0 for n in ran), ran  # both really worked on it
 
 
