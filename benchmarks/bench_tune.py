@@ -19,11 +19,12 @@ Method (why each choice):
   which its own run order first reached the bar are shown too. The target: the search at most a
   third of the grid's epochs.
 - Two tasks: digits (val_acc) and diabetes (val_mae: a small, noisy regression, harder to pin down).
-- Throughput: the same search (digits, a fixed number of trials, no pruning) with ``--jobs 1`` and
-  ``--jobs 2`` on one study: wall-clock trials per minute over the whole call (the second
+- Throughput: the same search (digits, a fixed number of trials, no pruning) in one process with
+  torch's default threads, in one process with one thread (what each ``--jobs 2`` process gets:
+  the fair baseline), and with ``--jobs 2`` on one study: wall-clock trials per minute over the whole call (the second
   process's interpreter, imports and first plots included), and in the steady state (the trials
   finished after every process finished its first). The machine's cores are shared with other
-  work, whose load drifts: the two settings run in the order 1, 2, 2, 1 and each figure is the
+  work, whose load drifts: the settings run in the order A B C C B A and each figure is the
   median of its two runs.
 """
 
