@@ -45,6 +45,7 @@ _WHERE: dict[str, str] = {
     "Run": "runs", "load": "runs",
     "watch": "doctor",
     "export": "sharded",
+    "OptunaPruning": "tuning", "tune": "tuning",
 }
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
     "StepOutput", "Steps", "TensorBoard", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler",
     "compare", "evaluate", "fit", "load", "load_checkpoint", "lr_find", "make_model", "optimizer_defaults", "predict",
     "preview_schedule", "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch",
-    "export",
+    "export", "OptunaPruning", "tune",
 ]  # static, for tools; tests check it names exactly the keys of _WHERE
 
 
@@ -94,3 +95,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .sharded import export
     from .steps import StepOutput
     from .trackers import MLflow, MLflowSweep
+    from .tuning import OptunaPruning, tune

@@ -45,6 +45,8 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 SECTIONS = ("data", "model", "optimizer", "scheduler", "train")
+# Sections another command reads from the same file (a run's config stays strict about them).
+OTHER_SECTIONS = {"tune": "the search settings of optiloop tune, not a run setting"}
 
 # The default run: a real data set, seconds on a CPU, >95% validation accuracy on digits.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -213,6 +215,33 @@ def resume_policy(key: str) -> str:
     return extra.get("resume", model.resume)
 
 
+class TuneSection(_Closed):
+    """``[tune]``: what ``optiloop tune`` searches and how (its flags override these). Not a run
+    setting: a run's own config never holds it, and ``optiloop train`` refuses it."""
+
+    space: dict[str, Any] | None = None  # "section.key" = {low, high, log, step} or [choices]; checked by tuning
+    trials: int | None = Field(None, ge=1, le=EPOCHS_MAX)
+    timeout: float | None = Field(None, gt=0)
+    monitor: str | None = None
+    pruner: Literal["median", "halving", "hyperband", "none"] | None = None
+    sampler: Literal["tpe", "random", "grid"] | None = None
+    storage: str | None = None
+    study: str | None = None
+    jobs: int | None = Field(None, ge=1, le=1024)
+
+
+def validate_tune(raw: Any) -> dict[str, Any]:
+    """Validate a ``[tune]`` table; return it as plain data (unset keys dropped)."""
+    if not isinstance(raw, Mapping):
+        raise OptiloopError("tune: must be a table of keys, e.g. [tune] in TOML")
+    try:
+        section = TuneSection.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        raise OptiloopError(_one_line({**err, "loc": ("tune", *err["loc"])})) from None
+    return _drop_none(section.model_dump())
+
+
 # --- one-line errors ------------------------------------------------------------------------------
 _BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
            "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
@@ -224,6 +253,8 @@ def _fields(loc: tuple) -> list[str]:
     """The valid keys at ``loc`` (a section or the top level)."""
     if len(loc) <= 1:
         return list(SECTIONS)
+    if loc[0] == "tune":
+        return list(TuneSection.model_fields)
     return list(RunConfig.model_fields[loc[0]].annotation.model_fields)
 
 
@@ -233,7 +264,8 @@ def _one_line(err: Mapping[str, Any]) -> str:
     kind, got = err["type"], err.get("input")
     if kind == "extra_forbidden":
         if len(loc) == 1:
-            return f"unknown section [{path}]{did_you_mean(path, SECTIONS)}; valid sections: {', '.join(SECTIONS)}"
+            hint = f" ({OTHER_SECTIONS[path]})" if path in OTHER_SECTIONS else did_you_mean(path, SECTIONS)
+            return f"unknown section [{path}]{hint}; valid sections: {', '.join(SECTIONS)}"
         return f"{path}: unknown key{did_you_mean(loc[-1], _fields(loc))}; valid keys: {', '.join(_fields(loc))}"
     if kind == "missing":
         return f"{path}: missing"
@@ -328,7 +360,7 @@ def merge(base: Mapping[str, Any], layer: Mapping[str, Any], *, renames: bool = 
     return out
 
 
-def resolve(config_file: str | Path | None = None, sets: Iterable[str] = (),
+def resolve(config_file: str | Path | Mapping[str, Any] | None = None, sets: Iterable[str] = (),
             flags: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Defaults <- ``config_file`` <- ``--set`` items <- flags; validated, as plain data.
 
@@ -336,13 +368,14 @@ def resolve(config_file: str | Path | None = None, sets: Iterable[str] = (),
     section whose ``name`` the user changed are dropped.
 
     Args:
-        config_file: a TOML file with any of the five sections.
+        config_file: a TOML file with any of the five sections, or its sections already read.
         sets: ``section.key=value`` strings (value parsed as TOML).
         flags: ``{section: {key: value}}`` from named command-line flags (None values skipped).
     """
     user: dict[str, Any] = {}
     if config_file is not None:
-        user = merge(user, read_toml(config_file), renames=False)
+        raw = config_file if isinstance(config_file, Mapping) else read_toml(config_file)
+        user = merge(user, raw, renames=False)
     layer: dict[str, dict[str, Any]] = {}
     for item in sets:
         section, key, value = parse_set(item)

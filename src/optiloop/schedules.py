@@ -145,6 +145,8 @@ def _onecycle(optimizer: torch.optim.Optimizer, **kwargs: Any) -> Any:
     from torch.optim import lr_scheduler
 
     kwargs.setdefault("max_lr", [g["lr"] for g in optimizer.param_groups])  # peak at the set LR
+    if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
+        kwargs.setdefault("cycle_momentum", False)  # adagrad & co: no momentum to cycle (torch would refuse)
     return lr_scheduler.OneCycleLR(optimizer, **kwargs)
 
 

@@ -42,5 +42,6 @@ class Command:
 
 # In the order `optiloop --help` lists them. ("listing" and "evaluate": modules named list / eval
 # would shadow the builtins in this package.)
-for _module in ("train", "predict", "evaluate", "export", "schedule", "compare", "lr_find", "listing", "doctor"):
+for _module in ("train", "predict", "evaluate", "export", "schedule", "compare", "tune", "lr_find", "listing",
+                "doctor"):
     importlib.import_module(f".{_module}", __name__)

@@ -9,7 +9,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import loggers, trackers
-from ..callbacks import EarlyStopping, Monitor
+from ..callbacks import Callback, EarlyStopping, Monitor
 from ..config import FIXED, FREE, extras, resolve, resume_policy
 from ..distributed import (
     check_fsdp,
@@ -210,16 +210,17 @@ class TrainingRun:
             self.folder = folder
         return self.folder
 
-    def train(self, *, progress: bool = True) -> TrainingResult:
-        """Train; the files so far are named in any error. Returns the run's figures."""
+    def train(self, *, progress: bool = True, callbacks: Sequence[Callback] = ()) -> TrainingResult:
+        """Train; the files so far are named in any error. Returns the run's figures. ``callbacks``
+        join the run's own (a search's ``OptunaPruning``)."""
         try:
-            return self._train(progress)
+            return self._train(progress, callbacks)
         finally:
             if self.tracker is not None:  # the folder's files beside the MLflow run, also after a stop
                 self.tracker.log_artifacts(self.folder.path)
             self.folder.release()
 
-    def _train(self, progress: bool) -> TrainingResult:
+    def _train(self, progress: bool, callbacks: Sequence[Callback] = ()) -> TrainingResult:
         folder = self.open_folder()
         t, o = self.cfg["train"], self.cfg["optimizer"]
         # Per-step loss and LR (and the gradient norm when asked, or free from clipping): steps.csv.
@@ -231,6 +232,7 @@ class TrainingRun:
             extra.append(self.tracker)
         if self.patience:
             extra.append(EarlyStopping(monitor=t["monitor"], patience=self.patience))
+        extra += callbacks
         rec = run_callbacks(folder, monitor=t["monitor"], checkpoint_every=t.get("checkpoint_every"),
                             checkpoint_seconds=t["checkpoint_seconds"], grad_norm=norm,
                             config=self.cfg if self.changed else None, note=self._CONFIG_NOTE, extra=extra)
