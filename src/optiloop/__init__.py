@@ -27,6 +27,7 @@ _WHERE: dict[str, str] = {
     "Monitor": "callbacks", "ProgressBar": "callbacks", "TrainState": "callbacks",
     "Checkpoint": "checkpoint", "CheckpointFolder": "checkpoint", "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
+    "EMA": "averaging", "SWA": "averaging",
     "Batches": "data",
     "FSDP": "distributed",
     "compare": "comparison", "summarize": "results", "to_frame": "results",
@@ -47,8 +48,9 @@ _WHERE: dict[str, str] = {
 }
 
 __all__ = [
-    "FSDP", "OPTIMIZERS", "SCHEDULERS", "Batches", "Callback", "CallbackList", "Checkpoint", "CheckpointError",
-    "CheckpointFolder", "DiskError", "EarlyStopping", "History", "LRFindResult", "LRMonitor", "Logger", "Monitor",
+    "EMA", "FSDP", "OPTIMIZERS", "SWA", "SCHEDULERS", "Batches", "Callback", "CallbackList", "Checkpoint",
+    "CheckpointError", "CheckpointFolder", "DiskError", "EarlyStopping", "History", "LRFindResult", "LRMonitor",
+    "Logger", "Monitor",
     "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepHistory", "StepOutput", "Steps",
     "TensorBoard", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler", "compare", "evaluate",
     "fit", "load", "load_checkpoint", "lr_find", "optimizer_defaults", "predict", "preview_schedule",
@@ -72,6 +74,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from .averaging import EMA, SWA
     from .callbacks import Callback, CallbackList, EarlyStopping, LRMonitor, Monitor, ProgressBar, TrainState
     from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
     from .comparison import compare

@@ -166,6 +166,27 @@ class TrainConfig(_Closed):
                               **_resume(FREE))
     grad_norm: bool = Field(False, description="record the gradient norm per step (free with clip_grad_norm; "
                             "otherwise a few kernels per step)", **_resume(FREE))
+    # Weight averaging (optiloop.averaging): the average is part of the saved state, so changing
+    # it on a resume is forced: the average so far was made with the old setting.
+    ema: float | None = Field(None, ge=0, lt=1, description="keep an exponential moving average of the "
+                              "weights with this decay (ol.EMA); validation, best.pt, predict and export "
+                              "use it", **_resume(FORCED))
+    swa: int | None = Field(None, ge=1, description="stochastic weight averaging from this epoch on (ol.SWA): "
+                            "SWALR takes over the LR; validation, best.pt, predict and export use the "
+                            "average", **_resume(FORCED))
+    swa_lr: float | None = Field(None, gt=0, description="the LR SWA anneals to (default: the LR reached at "
+                                 "its start)", **_resume(FORCED))
+
+    @model_validator(mode="after")
+    def _one_average(self) -> TrainConfig:
+        if self.ema is not None and self.swa is not None:
+            raise ValueError("ema and swa both average the weights; set one of them")
+        if self.swa_lr is not None and self.swa is None:
+            raise ValueError("swa_lr goes with swa (the epoch SWA starts)")
+        if self.swa is not None and self.swa > self.epochs:
+            raise ValueError(f"swa = {self.swa} never starts in a run of {self.epochs} epochs; choose "
+                             f"swa <= {self.epochs}")
+        return self
 
 
 class RunConfig(_Closed):

@@ -32,6 +32,7 @@ from torch import nn
 
 from . import distributed as D
 from . import training_state as TS
+from .averaging import recompute_batchnorm
 from .callbacks import Callback, CallbackList, TrainState, check_logged
 from .checkpoint import CheckpointFolder, load_resumable
 from .data import make_batches, map_batch
@@ -45,12 +46,13 @@ from .settings import FitSettings
 from .steps import check_loss, default_count, resolve_step, user_step
 
 
-def logged_keys(metrics: Metrics, validation: bool = True) -> list[str]:
+def logged_keys(metrics: Metrics, validation: bool = True, averaged: bool = False) -> list[str]:
     """The keys of fit's per-epoch logs (the History's columns) for these metrics: what a
-    monitor may name. Raises on an unknown metric."""
+    monitor may name. ``averaged``: a callback averages the weights (EMA, SWA), so validation
+    also logs the raw weights' figures (``val_loss_raw`` ...). Raises on an unknown metric."""
     keys = ["loss", *metric_keys(metrics)]
     return ["epoch", *(f"train_{k}" for k in keys), *(f"val_{k}" for k in keys if validation),
-            "lr", "seconds"]
+            *(f"val_{k}_raw" for k in keys if validation and averaged), "lr", "seconds"]
 
 
 def fit(
@@ -206,11 +208,11 @@ class _Loop:
         metrics = opts.metrics
         self.train_metrics = MetricSet(metrics, dev)
         self.val_metrics = MetricSet(metrics, dev) if self.val is not None else None
-        log_keys = logged_keys(metrics, validation=self.val is not None)
-        if schedule.interval == "metric":
-            check_logged(schedule.monitor or "val_loss", log_keys)
         self.callbacks = CallbackList(callbacks, progress=opts.progress, is_main=world.is_main,
                                       sharded=fsdp is not None)
+        log_keys = logged_keys(metrics, validation=self.val is not None, averaged=self.callbacks.averages)
+        if schedule.interval == "metric":
+            check_logged(schedule.monitor or "val_loss", log_keys)
         self.callbacks.reset()  # each fit starts every callback afresh; a resume then restores them
         if fsdp is not None:
             _check_same_savers(self.callbacks)
@@ -244,6 +246,7 @@ class _Loop:
         self.skipped_batches = 0  # batches dropped by nonfinite="skip"
         self.gathered: tuple[int, list] | None = None  # DDP: (step, every rank's partial figures)
         self.final_weights: Mapping[str, Any] | None = None  # loaded once fit ends (restore_best)
+        self.eval_module: nn.Module | None = None  # what validation runs when not the model (EMA / SWA)
         self.signals = _Signals()  # installed while run() runs
         self.saved = self._training_state()
 
@@ -263,6 +266,7 @@ class _Loop:
             "history": state.history,
             "settings": TS.Fixed(lambda: dict(self.resume_guard)),
             "config": TS.Fixed(lambda: state.config),
+            "eval_model": TS.Fixed(self._eval_weights),  # for predict / export; never loaded back
             "rng": TS.RNG(),  # last: loading the rest must not draw from the restored generators
         })
 
@@ -314,8 +318,14 @@ class _Loop:
         if not self._params_finite():  # one sync per epoch: broken weights are never saved or evaluated
             raise NonFiniteLossError(
                 f"non-finite weights after epoch {epoch}: stopped before saving; lower the LR or clip gradients")
+        if callbacks.averages:  # EMA / SWA: from the start of averaging, validation runs the average
+            self.eval_module = callbacks.average(state)
         if self.val is not None:
-            logs.update({f"val_{k}": v for k, v in self._evaluate().items()})
+            val = self._evaluate(self.eval_module)
+            logs.update({f"val_{k}": v for k, v in val.items()})
+            if callbacks.averages:  # and the raw weights' figures stay visible
+                raw = self._evaluate() if self.eval_module is not None else val
+                logs.update({f"val_{k}_raw": v for k, v in raw.items()})
             if not math.isfinite(logs["val_loss"]):  # whatever nonfinite= says: that governs batches
                 raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}: stopped before saving")
             callbacks.fire("on_eval_end", state, logs)
@@ -471,9 +481,9 @@ class _Loop:
                     raise TrainingInterrupted(signals.signum, state.epoch, state.step)
 
     @torch.no_grad()
-    def _evaluate(self) -> dict[str, float]:
+    def _evaluate(self, module: nn.Module | None = None) -> dict[str, float]:
         state, ms, eval_fn = self.state, self.val_metrics, self.eval_fn
-        model = state.model
+        model = module if module is not None else state.model
         model.eval()
         ms.reset()
         autocast = (torch.autocast(state.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
@@ -510,6 +520,13 @@ class _Loop:
 
             return ShardedFolder(dirpath, self.state.device, async_save=async_save)
         return CheckpointFolder(dirpath)
+
+    def update_bn(self, module: nn.Module) -> None:
+        recompute_batchnorm(module, self.train, self.step_fn)
+
+    def _eval_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights validation uses when they are not the model's (see training_state.OPTIONAL)."""
+        return self.eval_module.state_dict() if self.eval_module is not None else None
 
     def healthy(self) -> bool:
         partial = self._partial_figures()

@@ -426,6 +426,7 @@ class Schedule:
         self.derived, self.recorded = dict(derived or {}), dict(recorded or {})
         self.steps_done = 0  # optimizer steps seen; drives warmup
         self.events = 0  # moments of the interval since the main schedule began (frequency counts them)
+        self.handed_over = False  # another scheduler sets the LR now (SWA's SWALR): the loop's calls do nothing
         # The LRs the main schedule set, before any warmup factor: the warmup rises to them, and
         # (plateau) they are restored before each step so torch's formulas never see warmed-down LRs.
         self._main_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -435,9 +436,16 @@ class Schedule:
     def warmup_steps(self) -> int:
         return self.warmup.steps if self.warmup is not None else 0
 
+    def hand_over(self) -> None:
+        """Stop setting the LR for good: another scheduler takes over (``ol.SWA``'s SWALR). The
+        loop's calls then do nothing; a checkpoint remembers it."""
+        self.handed_over = True
+
     # -- driven by the loop -------------------------------------------------------------------
     def step_end(self) -> None:
         """Call after every optimizer step."""
+        if self.handed_over:
+            return
         self.steps_done += 1
         if self.interval == "step" and self._main_running():
             self._tick()
@@ -446,6 +454,8 @@ class Schedule:
 
     def epoch_end(self, metric: float | None = None) -> None:
         """Call after every epoch's evaluation; ``metric`` is required for "metric" schedules."""
+        if self.handed_over:
+            return
         if self.interval == "epoch" and self._main_running():
             self._tick()
         elif self.interval == "metric":
@@ -481,7 +491,7 @@ class Schedule:
     def _apply_warmup(self) -> None:
         # Only during the warmup and at its last step: afterwards the main scheduler alone sets
         # the LR, and changes made from outside (a callback) are not undone.
-        if self.warmup is None or self.steps_done > self.warmup.steps:
+        if self.warmup is None or self.steps_done > self.warmup.steps or self.handed_over:
             return
         factor = self.warmup(self.steps_done)
         for g, lr in zip(self.optimizer.param_groups, self._main_lrs, strict=True):
@@ -499,6 +509,7 @@ class Schedule:
             "events": self.events,
             "main_lrs": list(self._main_lrs),
             "lrs": self.get_last_lr(),
+            "handed_over": self.handed_over,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -510,6 +521,7 @@ class Schedule:
             self.scheduler.load_state_dict(state["scheduler"])
         self.steps_done = int(state["steps_done"])
         self.events = int(state.get("events", 0))
+        self.handed_over = bool(state.get("handed_over", False))
         self._main_lrs = [float(x) for x in state["main_lrs"]]
         for g, lr in zip(self.optimizer.param_groups, state.get("lrs", self._main_lrs), strict=True):
             g["lr"] = float(lr)  # the LR the next step trains with, whoever built the optimizer

@@ -28,7 +28,7 @@ from ..loop import evaluate
 from ..models import build_model
 from ..preprocessing import Preprocessing
 from ..sources import find_source, load_dataset
-from ..training_state import load_model_weights
+from ..training_state import inference_weights, load_model_weights
 from .task import INFERENCE, build_task
 
 
@@ -168,7 +168,7 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
         info, cfg = task.inference(), task.config
     m = info["model"]
     model = build_model(m["name"], m["in_features"], m["out_features"], **m["options"])
-    load_model_weights(model, ckpt["model"])
+    load_model_weights(model, inference_weights(ckpt))  # an EMA / SWA average where the run validated one
     return Run(model, Preprocessing.from_state_dict(info["preprocessing"]), cfg, path, ckpt.get("epoch"))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..averaging import EMA, SWA
 from ..callbacks import Callback, EarlyStopping, Monitor
 from ..checkpoint import Checkpoint
 from ..config import FIXED, FREE, extras, resolve, resume_policy
@@ -176,7 +177,7 @@ class TrainingRun:
         self.task = task = build_task(cfg)
         cfg = task.config
         t, o, s = cfg["train"], cfg["optimizer"], cfg["scheduler"]
-        log_keys = logged_keys(task.metrics)
+        log_keys = logged_keys(task.metrics, averaged=t.get("ema") is not None or t.get("swa") is not None)
         with_key("train.monitor", lambda m: Monitor(m).check_available(log_keys), t["monitor"])
         self.device = with_key("train.device", resolve_device, t["device"])
         self.strategy = t.get("strategy") or "auto"
@@ -269,6 +270,10 @@ class TrainingRun:
             callbacks.append(TensorBoard(folder.path / "tensorboard", grad_norm=norm))
         if self.patience:
             callbacks.insert(0, EarlyStopping(monitor=t["monitor"], patience=self.patience))
+        if t.get("ema") is not None:
+            callbacks.append(EMA(decay=t["ema"]))
+        if t.get("swa") is not None:
+            callbacks.append(SWA(start_epoch=t["swa"], swa_lr=t.get("swa_lr")))
         t0 = time.perf_counter()
         try:
             history = run_fit(
