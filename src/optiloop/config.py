@@ -365,8 +365,19 @@ def resolve(config_file: str | Path | None = None, sets: Iterable[str] = (),
     train = user.get("train", {})
     if "epochs" in train and "early_stopping" not in train:  # a length asked for is run in full
         user = merge(user, {"train": {"early_stopping": 0}}, renames=False)
-    cfg = validate(merge(DEFAULTS, user))
+    defaults = DEFAULTS
+    if _schedule_free(user) and "name" not in user.get("scheduler", {}):
+        # a schedule-free optimizer replaces the LR schedule: the default one would be refused
+        defaults = merge(DEFAULTS, {"scheduler": {"name": "constant"}})
+    cfg = validate(merge(defaults, user))
     return with_optimizer_defaults(cfg)
+
+
+def _schedule_free(user: Mapping[str, Any]) -> bool:
+    from .optim import OPTIMIZERS  # (as above)
+
+    name = user.get("optimizer", {}).get("name")
+    return isinstance(name, str) and name.lower() in OPTIMIZERS and OPTIMIZERS[name.lower()].schedule_free
 
 
 def with_optimizer_defaults(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from .errors import CheckpointError, NonFiniteLossError, OptiloopError, Settings
 from .history import History
 from .metrics import Metrics, MetricSet, metric_keys
 from .optim import build_optimizer
+from .schedule_free import ScheduleFree
 from .schedules import build_scheduler
 from .settings import FitSettings
 from .steps import check_loss, default_count, resolve_step, user_step
@@ -203,6 +204,8 @@ class _Loop:
         opt_kwargs = {} if built else {"lr": opts.lr, "weight_decay": opts.weight_decay}
         opt = build_optimizer(opts.optimizer, model, fast=opts.fast, **opt_kwargs)
         schedule = build_scheduler(opts.scheduler, opt, epochs=opts.epochs, steps_per_epoch=steps_per_epoch)
+        # A schedule-free optimizer: the loop switches its train / eval modes (optiloop.schedule_free).
+        self.schedule_free = ScheduleFree.of(opt, model, schedule, sharded=fsdp is not None)
         scaler = torch.amp.GradScaler(dev.type) if opts.amp_dtype == torch.float16 else None
 
         metrics = opts.metrics
@@ -285,6 +288,8 @@ class _Loop:
             except BaseException as error:
                 # Still under our handlers: a second Ctrl-C cannot cut the checkpoint write short.
                 callbacks.fire_exception(state, error)
+                if self.schedule_free is not None:  # saved as it stood; the model left holds x
+                    self.schedule_free.eval()
                 raise
         if self.final_weights is not None:
             state.unwrapped_model.load_state_dict(self.final_weights)
@@ -315,6 +320,8 @@ class _Loop:
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}{where}: stopped before saving; lower the LR, "
                     "clip gradients, or skip bad batches (nonfinite='skip')")
+        if self.schedule_free is not None:  # validation and saving see the evaluation point
+            self.schedule_free.eval(self.train, self.step_fn)
         if not self._params_finite():  # one sync per epoch: broken weights are never saved or evaluated
             raise NonFiniteLossError(
                 f"non-finite weights after epoch {epoch}: stopped before saving; lower the LR or clip gradients")
@@ -383,6 +390,8 @@ class _Loop:
         signals, distributed = self.signals, state.world.distributed
 
         model.train()
+        if self.schedule_free is not None:
+            self.schedule_free.train()
         opt.zero_grad(set_to_none=True)
         kept = 0  # micro-batches of the current accumulation group that contributed gradients
         first = total = loss_sum = None  # counted groups: first kept count, kept counts, weighted losses
@@ -526,7 +535,11 @@ class _Loop:
 
     def _eval_weights(self) -> dict[str, torch.Tensor] | None:
         """The weights validation uses when they are not the model's (see training_state.OPTIONAL)."""
-        return self.eval_module.state_dict() if self.eval_module is not None else None
+        if self.eval_module is not None:
+            return self.eval_module.state_dict()
+        if self.schedule_free is not None and self.schedule_free.training:  # mid-epoch
+            return self.schedule_free.eval_weights()
+        return None
 
     def healthy(self) -> bool:
         partial = self._partial_figures()

@@ -33,6 +33,8 @@ from ..files import check_writable
 from ..loggers import StepHistory, TensorBoard, require_tensorboard
 from ..loop import logged_keys, run_fit
 from ..optim import build_optimizer
+from ..optim import lookup as lookup_optimizer
+from ..schedule_free import check_schedule
 from ..schedules import build_scheduler
 from ..settings import AMP_DTYPES, FitSettings
 from .folder import RunFolder, ensure_empty, short, stamp, versions
@@ -194,6 +196,8 @@ class TrainingRun:
         steps = math.ceil(batches / t["grad_accum"])
         built = build_scheduler({"name": s["name"], **extras(s)}, opt, epochs=t["epochs"], steps_per_epoch=steps)
         del opt
+        if lookup_optimizer(o["name"]).schedule_free:  # refused by fit too, but before any file exists
+            with_key("scheduler.name", check_schedule, built)
         # step / multistep / exponential have no torch default for their one required argument:
         # record the one build_scheduler derived from the run, so config.toml says what ran.
         for key, value in built.recorded.items():
