@@ -297,3 +297,10 @@ def test_sigkill_then_resume_of_an_averaged_run_is_bit_exact(tmp_path, average, 
     assert_equal(a["model"], b["model"])
     assert_equal(a["averaged"], b["averaged"])
     assert a["history"] == b["history"]
+
+
+def test_ema_adds_no_host_sync_per_step(monkeypatch):
+    from test_loop import count_syncs_in_step_loop  # the suite's own sync counter
+
+    assert count_syncs_in_step_loop(monkeypatch, net=bn_net(), train=data(64), val=data(64),
+                                    callbacks=[ol.EMA(0.9)], grad_accum=2) == []

@@ -155,3 +155,10 @@ def test_cli_schedule_free_run_defaults_to_no_schedule_and_refuses_one(run_main)
                             "--epochs", "2", "--out", "other")
     assert code == 2 and "scheduler.name: scheduler 'step' with a schedule-free optimizer" in err
     assert not os.path.exists("other")
+
+
+def test_schedule_free_adds_no_host_sync_per_step(monkeypatch):
+    from test_loop import count_syncs_in_step_loop  # the suite's own sync counter
+
+    assert count_syncs_in_step_loop(monkeypatch, net=net(bn=True), train=data(64), val=data(64),
+                                    optimizer="adamw_schedulefree") == []

@@ -407,7 +407,7 @@ class _Loop:
             # gradients on every rank, the memory that sharding exists to save.
             with ddp_module.no_sync() if ddp and not boundary else no_op:
                 with autocast:
-                    loss, outputs, targets, count = step_fn(model, batch)
+                    loss, outputs, targets, count, values = step_fn(model, batch)
                 check_loss(loss)
                 if count is None:
                     count = default_count(outputs, batch)
@@ -442,7 +442,7 @@ class _Loop:
                     if step_logs and accum > 1:
                         part = loss.detach() * (weights[i] if weights is not None else count)
                         loss_sum = part if loss_sum is None else loss_sum + part
-                    metrics.update(loss, count, outputs, targets)
+                    metrics.update(loss, count, outputs, targets, values)
             state.batch = i + 1
             if not boundary:
                 continue
@@ -501,9 +501,9 @@ class _Loop:
             if self.options.channels_last:
                 batch = map_batch(_nhwc, batch)
             with autocast:
-                loss, outputs, targets, count = eval_fn(model, batch)
+                loss, outputs, targets, count, values = eval_fn(model, batch)
             check_loss(loss)
-            ms.update(loss, default_count(outputs, batch) if count is None else count, outputs, targets)
+            ms.update(loss, default_count(outputs, batch) if count is None else count, outputs, targets, values)
         model.train()
         return ms.compute(D.all_reduce_sum if state.world.distributed else None)
 
@@ -729,7 +729,8 @@ def evaluate(model: nn.Module, data: Any, *, loss: str | Callable = "cross_entro
     step_fn = resolve_step(step, loss)
     with torch.no_grad():
         for batch in batches:
-            loss_value, outputs, targets, count = step_fn(model, batch)
+            loss_value, outputs, targets, count, values = step_fn(model, batch)
             check_loss(loss_value)
-            ms.update(loss_value, default_count(outputs, batch) if count is None else count, outputs, targets)
+            ms.update(loss_value, default_count(outputs, batch) if count is None else count, outputs, targets,
+                      values)
     return ms.compute()
