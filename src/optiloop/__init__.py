@@ -38,6 +38,7 @@ _WHERE: dict[str, str] = {
     "evaluate": "loop", "fit": "loop", "resolve_device": "distributed", "seed_everything": "distributed",
     "LRFindResult": "lr_finder", "lr_find": "lr_finder",
     "OPTIMIZERS": "optim", "build_optimizer": "optim", "optimizer_defaults": "optim",
+    "Optimizers": "several", "manual": "several",
     "SCHEDULERS": "schedules", "Schedule": "schedules", "build_scheduler": "schedules",
     "preview_schedule": "schedules",
     "StepOutput": "steps",
@@ -53,8 +54,9 @@ __all__ = [
     "Logger", "Monitor",
     "NonFiniteLossError", "OptiloopError", "ProgressBar", "Run", "Schedule", "StepHistory", "StepOutput", "Steps",
     "TensorBoard", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler", "compare", "evaluate",
-    "fit", "load", "load_checkpoint", "lr_find", "optimizer_defaults", "predict", "preview_schedule",
-    "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch", "export",
+    "fit", "load", "load_checkpoint", "lr_find", "manual", "Optimizers", "optimizer_defaults", "predict",
+    "preview_schedule", "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch",
+    "export",
 ]  # static, for tools; tests check it names exactly the keys of _WHERE
 
 
@@ -91,5 +93,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .results import summarize, to_frame
     from .runs import Run, load
     from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
+    from .several import Optimizers, manual
     from .sharded import export
     from .steps import StepOutput

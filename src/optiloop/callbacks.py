@@ -303,10 +303,24 @@ class Monitor:
         self.best = state["best"]
 
 
+class LogKeys(list):
+    """The keys the epoch logs will hold (``TrainState.log_keys``). ``open``: the run's step may
+    add keys of its own (``StepOutput.logs``: ``val_kl``, a part's ``val_loss_<name>``), known
+    only once it runs; a monitor naming a ``train_`` / ``val_`` key not listed is then checked at
+    the first epoch's end instead (``Monitor.value`` names the keys logged)."""
+
+    def __init__(self, keys: list[str], open: bool = False):
+        super().__init__(keys)
+        self.open = open
+
+
 def check_logged(monitor: str, keys: list[str]) -> None:
     """One line before training if ``monitor`` will never be among the logged ``keys``."""
     if monitor in keys:
         return
+    if isinstance(keys, LogKeys) and keys.open and monitor.startswith(("train_", "val_")) \
+            and any(k.startswith(monitor.split("_")[0] + "_") for k in keys):
+        return  # maybe one of the step's own logs: Monitor.value checks it when the epoch ends
     if monitor.startswith("val_") and not any(k.startswith("val_") for k in keys):
         raise OptiloopError(f"monitor {monitor!r} needs val_data; pass val_data= or "
                             f"monitor one of: {', '.join(keys)}")

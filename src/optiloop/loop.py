@@ -31,9 +31,10 @@ import torch
 from torch import nn
 
 from . import distributed as D
+from . import several
 from . import training_state as TS
 from .averaging import recompute_batchnorm
-from .callbacks import Callback, CallbackList, TrainState, check_logged
+from .callbacks import Callback, CallbackList, LogKeys, TrainState, check_logged
 from .checkpoint import CheckpointFolder, load_resumable
 from .data import make_batches, map_batch
 from .distributed import check_fsdp, resolve_device, seed_everything
@@ -182,8 +183,17 @@ class _Loop:
             seed_everything(opts.seed)
         data_seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         self.data_seed = D.broadcast_int(data_seed, dev)  # every rank must shard the same permutation
-        self.step_fn = resolve_step(opts.step, opts.loss)
-        self.eval_fn = user_step(opts.eval_step) if opts.eval_step is not None else self.step_fn
+        self.several = several.is_several(opts.optimizer)  # named optimizers (optiloop.several)
+        if self.several:
+            names = list(opts.optimizer)
+            self.step_fn = None if isinstance(opts.step, several.ManualStep) else several.step_for(opts.step, names)
+            self.eval_fn = several.step_for(opts.eval_step, names) if opts.eval_step is not None else self.step_fn
+        else:
+            if isinstance(opts.step, several.ManualStep):
+                raise OptiloopError("ol.manual(step) drives named optimizers: optimizer={'main': {'name': 'adam', "
+                                    "'params': lambda model: model.parameters()}} (one or more)")
+            self.step_fn = resolve_step(opts.step, opts.loss)
+            self.eval_fn = user_step(opts.eval_step) if opts.eval_step is not None else self.step_fn
         model.to(dev, memory_format=torch.channels_last) if opts.channels_last else model.to(dev)
 
         self._make_train = lambda seed: make_batches(
@@ -200,10 +210,15 @@ class _Loop:
             D.shard(model, dev, world, fsdp, param_dtype=opts.amp_dtype)
         # FSDP casts parameters itself (its MixedPrecisionPolicy); autocast is for the others.
         self.autocast_dtype = opts.amp_dtype if fsdp is None else None
-        built = isinstance(opts.optimizer, torch.optim.Optimizer)
-        opt_kwargs = {} if built else {"lr": opts.lr, "weight_decay": opts.weight_decay}
-        opt = build_optimizer(opts.optimizer, model, fast=opts.fast, **opt_kwargs)
-        schedule = build_scheduler(opts.scheduler, opt, epochs=opts.epochs, steps_per_epoch=steps_per_epoch)
+        if self.several:
+            opt, schedule = several.build(opts.optimizer, model, lr=opts.lr, weight_decay=opts.weight_decay,
+                                          scheduler=opts.scheduler, fast=opts.fast, epochs=opts.epochs,
+                                          steps_per_epoch=steps_per_epoch)
+        else:
+            built = isinstance(opts.optimizer, torch.optim.Optimizer)
+            opt_kwargs = {} if built else {"lr": opts.lr, "weight_decay": opts.weight_decay}
+            opt = build_optimizer(opts.optimizer, model, fast=opts.fast, **opt_kwargs)
+            schedule = build_scheduler(opts.scheduler, opt, epochs=opts.epochs, steps_per_epoch=steps_per_epoch)
         # A schedule-free optimizer: the loop switches its train / eval modes (optiloop.schedule_free).
         self.schedule_free = ScheduleFree.of(opt, model, schedule, sharded=fsdp is not None)
         scaler = torch.amp.GradScaler(dev.type) if opts.amp_dtype == torch.float16 else None
@@ -213,7 +228,9 @@ class _Loop:
         self.val_metrics = MetricSet(metrics, dev) if self.val is not None else None
         self.callbacks = CallbackList(callbacks, progress=opts.progress, is_main=world.is_main,
                                       sharded=fsdp is not None)
-        log_keys = logged_keys(metrics, validation=self.val is not None, averaged=self.callbacks.averages)
+        # A step of the user's may log keys of its own (StepOutput.logs): monitors on them are open.
+        log_keys = LogKeys(logged_keys(metrics, validation=self.val is not None, averaged=self.callbacks.averages),
+                           open=opts.step is not None or opts.eval_step is not None)
         if schedule.interval == "metric":
             check_logged(schedule.monitor or "val_loss", log_keys)
         self.callbacks.reset()  # each fit starts every callback afresh; a resume then restores them
@@ -252,6 +269,8 @@ class _Loop:
         self.eval_module: nn.Module | None = None  # what validation runs when not the model (EMA / SWA)
         self.signals = _Signals()  # installed while run() runs
         self.saved = self._training_state()
+        if self.several:
+            several.check(self, manual_mode=self.step_fn is None)
 
     def _training_state(self) -> TS.TrainingState:
         """The checkpoint's parts, in the order a resume loads them (see optiloop.training_state)."""
@@ -306,7 +325,7 @@ class _Loop:
         callbacks.fire("on_epoch_start", state, {})
         t0 = time.perf_counter()
 
-        self._train_epoch()
+        self._train_epoch() if not self.several else several.train_epoch(self)
         if self.train_metrics.batches == 0:
             raise NonFiniteLossError(f"every batch of epoch {epoch} had a non-finite loss; nothing was trained")
         reduce = D.all_reduce_sum if state.world.distributed else None
