@@ -231,7 +231,7 @@ class _Loop:
         # A step of the user's may log keys of its own (StepOutput.logs): monitors on them are open.
         log_keys = LogKeys(logged_keys(metrics, validation=self.val is not None, averaged=self.callbacks.averages),
                            open=opts.step is not None or opts.eval_step is not None)
-        if schedule.interval == "metric":
+        if schedule.interval == "metric" and schedule.strict:
             check_logged(schedule.monitor or "val_loss", log_keys)
         self.callbacks.reset()  # each fit starts every callback afresh; a resume then restores them
         if fsdp is not None:
@@ -359,8 +359,11 @@ class _Loop:
         logs["seconds"] = time.perf_counter() - t0
 
         # The one epoch-level scheduler call: per-epoch schedules step here, plateau with its metric.
-        metric = logs[state.schedule.monitor] if state.schedule.interval == "metric" else None
-        state.schedule.epoch_end(metric)
+        schedule = state.schedule
+        if schedule.interval == "metric" and schedule.monitor not in logs:
+            schedule.monitor_missing(logs)  # strict: one line; strict=False: a warning and no step
+        else:
+            schedule.epoch_end(logs[schedule.monitor] if schedule.interval == "metric" else None)
         self.epoch_done, state.batch = True, 0
         state.history.rows.append(logs)  # the same dict: epoch-end callbacks may add keys to it
         callbacks.fire("on_epoch_end", state, logs)
@@ -395,6 +398,9 @@ class _Loop:
         before_step = self.callbacks.listeners("on_before_optimizer_step")
         step_end = self.callbacks.listeners("on_step_end")
         step_logs = bool(before_step or step_end)  # build per-step logs only for a listener
+        needs_loss = schedule.needs_loss  # a plateau stepped per step reads each step's loss
+        step_loss = None
+        want_loss = step_logs or needs_loss
         counted = weights is None and accum > 1  # weigh micro-batches by their reported counts
         n = state.batches_per_epoch
         ddp_module = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
@@ -458,7 +464,7 @@ class _Loop:
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                     kept += 1
                     contributed = True
-                    if step_logs and accum > 1:
+                    if want_loss and accum > 1:
                         part = loss.detach() * (weights[i] if weights is not None else count)
                         loss_sum = part if loss_sum is None else loss_sum + part
                     metrics.update(loss, count, outputs, targets, values)
@@ -471,11 +477,12 @@ class _Loop:
             if counted and not contributed and kept > 1:  # the group's last was skipped: rescale now
                 _scale_grads(params, first / total)
             logs: dict[str, Any] = {}
-            if step_logs:
+            if want_loss:
                 if accum == 1:
                     step_loss = loss.detach()
                 else:
                     step_loss = loss_sum / total if counted else loss_sum
+            if step_logs:
                 logs = {"loss": step_loss, "lr": [g["lr"] for g in opt.param_groups]}
             kept, first, total, loss_sum = 0, None, None, None
             if unscale:
@@ -498,7 +505,7 @@ class _Loop:
                 stepped = True
             opt.zero_grad(set_to_none=True)
             if stepped:  # a step GradScaler skipped moves neither the schedule nor the step count
-                schedule.step_end()  # the one step-level scheduler call
+                schedule.step_end(step_loss)  # the one step-level scheduler call
                 state.step += 1
                 if gather_every and state.step % gather_every == 0 and i + 1 < n:
                     self.gathered = (state.step, D.all_gather_object(metrics.state_dict()))

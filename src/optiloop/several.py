@@ -147,6 +147,8 @@ class Schedules:
                                 "watch one")
         self.monitor = next(iter(monitors), None)
         self.interval = "metric" if monitors else "epoch"  # what the loop must pass to epoch_end
+        self.strict = all(p.schedule.strict for p in self.parts.values() if p.schedule.interval == "metric")
+        self.needs_loss = False  # each part's per-step plateau gets its own optimizer's loss (train_epoch)
         self.name = ", ".join(f"{n}: {p.schedule.name}" for n, p in self.parts.items())
         self.scheduler = None
 
@@ -156,6 +158,13 @@ class Schedules:
     def epoch_end(self, metric: float | None = None) -> None:
         for p in self.parts.values():
             p.schedule.epoch_end(metric if p.schedule.interval == "metric" else None)
+
+    def monitor_missing(self, logs: Mapping[str, Any]) -> None:
+        for p in self.parts.values():
+            if p.schedule.interval == "metric":
+                p.schedule.monitor_missing(logs)
+            else:
+                p.schedule.epoch_end()
 
     def hand_over(self) -> None:
         raise OptiloopError("SWA takes over one optimizer's LR; with several optimizers use ol.EMA")
@@ -357,10 +366,10 @@ def train_epoch(loop: Any) -> None:
                     torch.nn.utils.clip_grad_value_(part.params, clip_value)
                 part.optimizer.step()
                 part.optimizer.zero_grad(set_to_none=True)
-                part.schedule.step_end()
+                part.schedule.step_end(values[f"loss_{part.name}"].detach() if part.schedule.needs_loss else None)
         else:
             for part in parts:  # the step stepped its optimizers: the per-step schedules follow
-                part.schedule.step_end()
+                part.schedule.step_end(values[f"loss_{part.name}"] if part.schedule.needs_loss else None)
         state.step += 1
         for cb in step_end:
             cb.on_step_end(state, logs)
