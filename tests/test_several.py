@@ -198,11 +198,19 @@ def test_params_by_function_and_one_schedulers_frequency():
      "validation needs eval_step="),
     ({"optimizer": "sgd", "step": ol.manual(lambda m, b, o: None)}, "ol.manual(step) drives named optimizers"),
     ({"optimizer": SPEC, "step": pair_step, "amp": "fp16"}, "amp='fp16' with several optimizers is not supported"),
+    ({"optimizer": SPEC, "callbacks": [ol.SWA(1)]}, "SWA's SWALR takes over one optimizer's LR; with several"),
+    ({"optimizer": SPEC, "callbacks": [ol.EMA(0.5)], "epochs": 2}, None),  # EMA averages the whole model
 ])
 def test_bad_several_optimizer_settings_are_one_line(kwargs, message):
-    kwargs = {"step": pair_step, **kwargs}
+    kwargs = {"step": pair_step, "epochs": 1, **kwargs}
+    if message is None:
+        model = Pair()
+        ol.fit(model, data(16), progress=False, **kwargs)
+        ema = kwargs["callbacks"][0]
+        assert int(ema.averaged.n_averaged) == 2 and torch.equal(model.head.weight, ema.averaged.module.head.weight)
+        return
     with pytest.raises(ol.OptiloopError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        ol.fit(Pair(), data(16), epochs=1, progress=False, **kwargs)
+        ol.fit(Pair(), data(16), progress=False, **kwargs)
 
 
 def test_the_gan_example_learns_the_moons(tmp_path, capsys):

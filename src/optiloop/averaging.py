@@ -244,6 +244,8 @@ class SWA(_Averaging):
         return swa_utils.AveragedModel(model)  # the recipe's: equal weights (get_swa_multi_avg_fn)
 
     def on_fit_start(self, state: TrainState, logs: dict[str, Any]) -> None:
+        if not isinstance(state.optimizer, torch.optim.Optimizer):
+            raise OptiloopError("SWA's SWALR takes over one optimizer's LR; with several optimizers use ol.EMA")
         if self.start_epoch > state.epochs:
             raise OptiloopError(f"SWA(start_epoch={self.start_epoch}) never starts in a run of {state.epochs} "
                                 f"epochs; choose a start_epoch <= {state.epochs}")

@@ -102,9 +102,15 @@ def fit(
             computes its own loss (``model(**batch).loss`` for a dict batch, ``model(*batch)``
             for a tuple; ``.loss`` or ``["loss"]`` of the result).
         step: ``step(model, batch)`` returning the loss tensor or ``ol.StepOutput(loss,
-            outputs=, targets=, count=)``; replaces ``loss``. The loop does backward and steps.
+            outputs=, targets=, count=, logs=)`` (``logs``: the step's own values, averaged per
+            epoch as ``train_<key>`` / ``val_<key>``); replaces ``loss``. The loop does backward
+            and steps. With several optimizers: one loss each (a dict by name), or
+            ``ol.manual(fn)``: ``fn(model, batch, optimizers)`` steps them itself.
         eval_step: the same for validation (default: ``step``), run under ``torch.no_grad()``.
         optimizer, lr, weight_decay: see ``build_optimizer``; lr/weight_decay None = torch default.
+            Schedule-free ones by name (``"adamw_schedulefree"`` ...: the loop switches their
+            train / eval modes). Several optimizers: a dict of named ones, ``{"generator":
+            {"name": "adam", "params": "generator", "scheduler": ...}, ...}`` (optiloop.several).
         scheduler: see ``build_scheduler``; None = constant LR. Stepped by its interval.
         epochs, batch_size: run length and batch size (per process under DDP).
         metrics: names (accuracy, top5, mse, mae), callables(out, y) -> batch mean (the epoch's
@@ -112,7 +118,8 @@ def fit(
             objects (exact epoch values: F1, AUROC, R² ...; named by class, ``MulticlassF1Score``
             -> ``f1``), on the step's outputs and targets; a dict names them:
             ``{"f1_macro": MulticlassF1Score(10, average="macro")}``.
-        callbacks: EarlyStopping, Checkpoint, LRMonitor, your own Callback subclasses.
+        callbacks: EarlyStopping, Checkpoint, LRMonitor, EMA / SWA (validation, best.pt and
+            predict then use the averaged weights), your own Callback subclasses.
         device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps".
         seed: seeds python / numpy / torch and the data order; None leaves global RNG as is.
         grad_accum: micro-batches per optimizer step; gradients equal the big batch's, each
