@@ -1,11 +1,12 @@
 """A training process for tests/test_resume.py to kill and resume (not a test module itself).
 
-usage: python resume_worker.py RUN_DIR OUT_FILE [--resume] [--slow-save N] [--custom-step]
+usage: python resume_worker.py RUN_DIR OUT_FILE [--resume] [--slow-save N] [--custom-step] [--average ema|swa]
 Prints "STEP k" after every optimizer step and "EPOCH e" after every epoch (after the checkpoint
 for it is written). --slow-save N makes the N-th checkpoint write stop half-way, print "SAVING"
 and sleep, so the parent can kill it in the middle of a write. --custom-step trains the same job
 through the step contract: dict batches, a model returning (logits, loss), a step returning
-StepOutput with a device-tensor count, two micro-batches per optimizer step.
+StepOutput with a device-tensor count, two micro-batches per optimizer step. --average adds ol.EMA
+or ol.SWA (from epoch 3) and writes its average too.
 """
 
 import argparse
@@ -72,6 +73,7 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--slow-save", type=int, default=0)
     p.add_argument("--custom-step", action="store_true")
+    p.add_argument("--average", choices=("ema", "swa"))
     a = p.parse_args()
     if a.slow_save:
         slow_save(a.slow_save)
@@ -86,15 +88,20 @@ def main() -> None:
         model = LogitsAndLoss(model)
         data = {"train_data": {"x": X[:150], "y": y[:150]}, "val_data": {"x": X[150:], "y": y[150:]},
                 "step": custom_step, "grad_accum": 2, "batch_size": 8}
+    averager = {"ema": lambda: ol.EMA(0.9), "swa": lambda: ol.SWA(3, swa_lr=5e-3, anneal_epochs=2),
+                None: lambda: None}[a.average]()
     history = ol.fit(
         model, **{"batch_size": 16, **data}, optimizer="adamw", lr=1e-2,
         scheduler={"name": "cosine", "warmup_steps": 5}, epochs=5,
         metrics=["accuracy"], seed=0, progress=False, resume=a.run_dir if a.resume else None,
         callbacks=[ol.EarlyStopping(patience=20), ol.Checkpoint(a.run_dir, every_n_steps=4, every_seconds=0),
-                   Announce()],
+                   Announce(), *([averager] if averager else [])],
     )
     rows = [{k: v for k, v in r.items() if k != "seconds"} for r in history]
-    torch.save({"model": model.state_dict(), "history": rows}, a.out)
+    out = {"model": model.state_dict(), "history": rows}
+    if averager is not None:
+        out["averaged"] = averager.averaged.state_dict()
+    torch.save(out, a.out)
 
 
 if __name__ == "__main__":

@@ -120,6 +120,29 @@ def test_a_script_that_raises_keeps_the_findings_so_far(monkeypatch):
     assert "so far:" in w.report()
 
 
+@pytest.mark.parametrize("mistake, rule, needles", [
+    ("eval", "schedule-free-eval-in-train-mode",
+     ["AdamWScheduleFree #1", "is schedule-free, but 3 evaluation passes over TensorDataset(359) ran while it was in "
+      "train mode (the first in epoch 1)", "optimizer.eval() where you call model.eval()"]),
+    ("save", "schedule-free-saved-in-train-mode",
+     ["checkpoint.pt was saved 3 times while AdamWScheduleFree #1", "optimizer.eval() before torch.save"]),
+    ("scheduler", "scheduler-on-schedule-free",
+     ["CosineAnnealingLR(T_max=3) (", "drives AdamWScheduleFree #1 (", "schedule_free.py:23",
+      "a schedule-free optimizer, and was stepped 3 times"]),
+])
+def test_schedule_free_mistakes_are_flagged_and_its_documented_use_is_not(mistake, rule, needles):
+    pytest.importorskip("schedulefree")
+    w, code, error, _ = watched("schedule_free.py")
+    assert code == 0 and error is None and w.findings == [], w.report()
+    assert w.timeline.optimizers[0].schedule_free
+    w, code, error, _ = watched("schedule_free.py", "--mistake", mistake)
+    assert code == 0 and error is None, error
+    assert [f.rule for f in w.findings] == [rule], w.report()
+    text = w.findings[0].text()
+    for needle in needles:
+        assert needle in text, (needle, text)
+
+
 CORRECT = [
     ("train_model.py", [], "StepLR stepped once per epoch"),
     ("train_model.py", ["--scheduler", "cosine"], "CosineAnnealingLR stepped once per epoch"),

@@ -336,3 +336,30 @@ def test_torchrun_logs_one_run_from_rank_zero(store, tmp_path):
     history = ol.History.from_csv(tmp_path / "r" / "history.csv")
     for key in epoch_keys(history):  # the all-reduced figures the History holds
         assert history_of(client, run.info.run_id, key) == list(zip(range(1, 3), history[key])), key
+
+
+def test_tune_logs_one_parent_with_a_child_per_trial(store, run_main, tmp_path):
+    pytest.importorskip("optuna")
+    import optuna
+
+    uri, client = store
+    code, out, err = run_main("tune", "--data", "wine", "--trials", "2", "--epochs", "2", "--pruner", "none",
+                              "--mlflow", uri, "--out", "t")
+    assert code == 0, err
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path / 't' / 'study.db'}")
+    parents = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 filter_string="attributes.run_name = 't'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["trials"] == "2" and parent.data.params["data"].startswith("wine")
+    children = client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    trials = {t.number: t for t in study.trials}
+    assert sorted(c.info.run_name for c in children) == ["trial-0000", "trial-0001"]
+    for child in children:
+        t = trials[int(child.data.tags["optuna.trial"])]
+        assert child.data.params["optimizer.name"] == t.user_attrs["config"]["optimizer"]["name"]
+        assert child.data.metrics["value"] == pytest.approx(t.value)
+        history = ol.History.from_csv(tmp_path / "t" / t.user_attrs["run"] / "history.csv")
+        assert history_of(client, child.info.run_id, "val_loss") == list(zip(range(1, 3), history["val_loss"]))
+        assert {"config.toml", "history.csv"} <= {a.path for a in client.list_artifacts(child.info.run_id)}

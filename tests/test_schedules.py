@@ -178,7 +178,8 @@ def test_state_dict_round_trip_continues_identically():
     ("cosinus", r"unknown scheduler 'cosinus' \(did you mean 'cosine'\?\); choose one of: constant, cosine"),
     ({"name": "step", "epochs": None}, "needs step_size"),
     ({"name": "step", "step_size": 2, "gamm": 0.1}, "scheduler 'step'.*gamm"),
-    ({"name": "plateau", "interval": "step"}, "steps per metric"),
+    ({"name": "plateau", "interval": "epoch"}, "steps on its monitored metric .* or on each optimizer step's loss "
+                                                "\\(interval='step'\\); interval='epoch' does not apply"),
 ])
 def test_bad_scheduler_input_is_one_clear_line(bad, match):
     epochs = bad.pop("epochs", 5) if isinstance(bad, dict) else 5

@@ -27,6 +27,7 @@ _WHERE: dict[str, str] = {
     "Monitor": "callbacks", "ProgressBar": "callbacks", "TrainState": "callbacks",
     "Checkpoint": "checkpoint", "CheckpointFolder": "checkpoint", "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
+    "EMA": "averaging", "SWA": "averaging",
     "Batches": "data",
     "FSDP": "distributed",
     "compare": "comparison", "summarize": "results", "to_frame": "results",
@@ -38,6 +39,7 @@ _WHERE: dict[str, str] = {
     "evaluate": "loop", "fit": "loop", "resolve_device": "distributed", "seed_everything": "distributed",
     "LRFindResult": "lr_finder", "lr_find": "lr_finder",
     "OPTIMIZERS": "optim", "build_optimizer": "optim", "optimizer_defaults": "optim",
+    "Optimizers": "several", "manual": "several",
     "SCHEDULERS": "schedules", "Schedule": "schedules", "build_scheduler": "schedules",
     "preview_schedule": "schedules",
     "StepOutput": "steps",
@@ -55,7 +57,7 @@ __all__ = [
     "StepOutput", "Steps", "TensorBoard", "TrainState", "TrainingInterrupted", "build_optimizer", "build_scheduler",
     "compare", "evaluate", "fit", "load", "load_checkpoint", "lr_find", "make_model", "optimizer_defaults", "predict",
     "preview_schedule", "resolve_device", "save_checkpoint", "seed_everything", "summarize", "to_frame", "watch",
-    "export", "OptunaPruning", "tune",
+    "export", "OptunaPruning", "tune", "EMA", "SWA", "manual", "Optimizers",
 ]  # static, for tools; tests check it names exactly the keys of _WHERE
 
 
@@ -75,6 +77,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
+    from .averaging import EMA, SWA
     from .callbacks import Callback, CallbackList, EarlyStopping, LRMonitor, Monitor, ProgressBar, TrainState
     from .checkpoint import Checkpoint, CheckpointFolder, load_checkpoint, save_checkpoint
     from .comparison import compare
@@ -92,6 +95,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .results import summarize, to_frame
     from .runs import Run, load
     from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
+    from .several import Optimizers, manual
     from .sharded import export
     from .steps import StepOutput
     from .trackers import MLflow, MLflowSweep

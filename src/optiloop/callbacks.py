@@ -95,6 +95,18 @@ class TrainState:
         at the end (a final checkpoint) still see the run as it ended."""
         self._loop.final_weights = weights
 
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The module the last validation ran: an averaging callback's average once it has
+        started (see ``Callback.average``), else ``unwrapped_model``."""
+        module = self._loop.eval_module
+        return module if module is not None else self.unwrapped_model
+
+    def update_bn(self, module: torch.nn.Module) -> None:
+        """Recompute ``module``'s BatchNorm statistics with one pass of the run's step over the
+        training data (torch's ``update_bn``); the random generators are left as they were."""
+        self._loop.update_bn(module)
+
 
 class Callback:
     """Base class: override the events you need. State to resume goes in ``state_dict``.
@@ -108,6 +120,11 @@ class Callback:
         collective_when_sharded: under FSDP this callback runs on every rank whatever
             ``main_process_only`` says: it saves the sharded state, which every rank holds a part
             of (Checkpoint does).
+
+    Capability (a method a callback overrides; the CallbackList calls only those that do):
+        average(state): weight averaging (ol.EMA, ol.SWA). Called once per epoch after its
+            training, before its validation: bring the average up to date and return the module
+            that validation, best.pt, predict and export use from then on (None: the model).
     """
 
     order: int = 0
@@ -123,6 +140,10 @@ class Callback:
     def on_epoch_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
     def on_fit_end(self, state: TrainState, logs: dict[str, Any]) -> None: ...
     def on_exception(self, state: TrainState, error: BaseException) -> None: ...
+
+    def average(self, state: TrainState) -> torch.nn.Module | None:
+        """Averaging callbacks only: see the class docstring."""
+        return None
 
     def reset(self) -> None:
         """Forget everything from an earlier fit. Called when each fit starts, before a resume
@@ -167,6 +188,20 @@ class CallbackList:
         self.active = [c for c in cbs if is_main or not c.main_process_only
                        or (sharded and c.collective_when_sharded)]
         self._listeners = {e: [c for c in self.active if _overrides(c, e)] for e in EVENTS}
+        averagers = [c for c in self.active if _overrides(c, "average")]
+        if len(averagers) > 1:
+            raise OptiloopError("one weight-averaging callback per run; got "
+                                f"{', '.join(type(c).__name__ for c in averagers)}")
+        self._averager = averagers[0] if averagers else None
+
+    @property
+    def averages(self) -> bool:
+        """A callback averages the weights (validation then also logs the raw weights' figures)."""
+        return self._averager is not None
+
+    def average(self, state: TrainState) -> torch.nn.Module | None:
+        """The module to validate after this epoch's training (None: the model); see ``Callback``."""
+        return self._averager.average(state) if self._averager is not None else None
 
     def listeners(self, event: str) -> list[Callback]:
         return self._listeners[event]
@@ -285,10 +320,24 @@ class Monitor:
         self.best = state["best"]
 
 
+class LogKeys(list):
+    """The keys the epoch logs will hold (``TrainState.log_keys``). ``open``: the run's step may
+    add keys of its own (``StepOutput.logs``: ``val_kl``, a part's ``val_loss_<name>``), known
+    only once it runs; a monitor naming a ``train_`` / ``val_`` key not listed is then checked at
+    the first epoch's end instead (``Monitor.value`` names the keys logged)."""
+
+    def __init__(self, keys: list[str], open: bool = False):
+        super().__init__(keys)
+        self.open = open
+
+
 def check_logged(monitor: str, keys: list[str]) -> None:
     """One line before training if ``monitor`` will never be among the logged ``keys``."""
     if monitor in keys:
         return
+    if isinstance(keys, LogKeys) and keys.open and monitor.startswith(("train_", "val_")) \
+            and any(k.startswith(monitor.split("_")[0] + "_") for k in keys):
+        return  # maybe one of the step's own logs: Monitor.value checks it when the epoch ends
     if monitor.startswith("val_") and not any(k.startswith("val_") for k in keys):
         raise OptiloopError(f"monitor {monitor!r} needs val_data; pass val_data= or "
                             f"monitor one of: {', '.join(keys)}")
@@ -361,8 +410,8 @@ class EarlyStopping(Callback):
         self.wait += 1
         if self.monitor.update(value):
             self.best_epoch = state.epoch
-            if self.restore_best:
-                self.best_weights = copy.deepcopy(state.unwrapped_model.state_dict())
+            if self.restore_best:  # the weights that were validated (an average, with EMA / SWA)
+                self.best_weights = copy.deepcopy(state.evaluated_model.state_dict())
             # Only a value that also beats the baseline restarts the count (Keras' rule).
             if self.baseline is None or self.monitor.is_improvement(value, self.baseline):
                 self.wait = 0

@@ -179,6 +179,27 @@ class TrainConfig(_Closed):
         if not isinstance(v, (bool, str)) or (isinstance(v, str) and not v.strip()):
             raise ValueError(f"must be true, false or a tracking URI such as sqlite:///mlflow.db (got {v!r})")
         return v
+    # Weight averaging (optiloop.averaging): the average is part of the saved state, so changing
+    # it on a resume is forced: the average so far was made with the old setting.
+    ema: float | None = Field(None, ge=0, lt=1, description="keep an exponential moving average of the "
+                              "weights with this decay (ol.EMA); validation, best.pt, predict and export "
+                              "use it", **_resume(FORCED))
+    swa: int | None = Field(None, ge=1, description="stochastic weight averaging from this epoch on (ol.SWA): "
+                            "SWALR takes over the LR; validation, best.pt, predict and export use the "
+                            "average", **_resume(FORCED))
+    swa_lr: float | None = Field(None, gt=0, description="the LR SWA anneals to (default: the LR reached at "
+                                 "its start)", **_resume(FORCED))
+
+    @model_validator(mode="after")
+    def _one_average(self) -> TrainConfig:
+        if self.ema is not None and self.swa is not None:
+            raise ValueError("ema and swa both average the weights; set one of them")
+        if self.swa_lr is not None and self.swa is None:
+            raise ValueError("swa_lr goes with swa (the epoch SWA starts)")
+        if self.swa is not None and self.swa > self.epochs:
+            raise ValueError(f"swa = {self.swa} never starts in a run of {self.epochs} epochs; choose "
+                             f"swa <= {self.epochs}")
+        return self
 
 
 class RunConfig(_Closed):
@@ -388,8 +409,19 @@ def resolve(config_file: str | Path | Mapping[str, Any] | None = None, sets: Ite
     train = user.get("train", {})
     if "epochs" in train and "early_stopping" not in train:  # a length asked for is run in full
         user = merge(user, {"train": {"early_stopping": 0}}, renames=False)
-    cfg = validate(merge(DEFAULTS, user))
+    defaults = DEFAULTS
+    if _schedule_free(user) and "name" not in user.get("scheduler", {}):
+        # a schedule-free optimizer replaces the LR schedule: the default one would be refused
+        defaults = merge(DEFAULTS, {"scheduler": {"name": "constant"}})
+    cfg = validate(merge(defaults, user))
     return with_optimizer_defaults(cfg)
+
+
+def _schedule_free(user: Mapping[str, Any]) -> bool:
+    from .optim import OPTIMIZERS  # (as above)
+
+    name = user.get("optimizer", {}).get("name")
+    return isinstance(name, str) and name.lower() in OPTIMIZERS and OPTIMIZERS[name.lower()].schedule_free
 
 
 def with_optimizer_defaults(cfg: dict[str, Any]) -> dict[str, Any]:

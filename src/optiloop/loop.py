@@ -31,8 +31,10 @@ import torch
 from torch import nn
 
 from . import distributed as D
+from . import several
 from . import training_state as TS
-from .callbacks import Callback, CallbackList, TrainState, check_logged
+from .averaging import recompute_batchnorm
+from .callbacks import Callback, CallbackList, LogKeys, TrainState, check_logged
 from .checkpoint import CheckpointFolder, load_resumable
 from .data import make_batches, map_batch
 from .distributed import check_fsdp, resolve_device, seed_everything
@@ -40,17 +42,19 @@ from .errors import CheckpointError, NonFiniteLossError, OptiloopError, Settings
 from .history import History
 from .metrics import Metrics, MetricSet, metric_keys
 from .optim import build_optimizer
+from .schedule_free import ScheduleFree
 from .schedules import build_scheduler
 from .settings import FitSettings
 from .steps import check_loss, default_count, resolve_step, user_step
 
 
-def logged_keys(metrics: Metrics, validation: bool = True) -> list[str]:
+def logged_keys(metrics: Metrics, validation: bool = True, averaged: bool = False) -> list[str]:
     """The keys of fit's per-epoch logs (the History's columns) for these metrics: what a
-    monitor may name. Raises on an unknown metric."""
+    monitor may name. ``averaged``: a callback averages the weights (EMA, SWA), so validation
+    also logs the raw weights' figures (``val_loss_raw`` ...). Raises on an unknown metric."""
     keys = ["loss", *metric_keys(metrics)]
     return ["epoch", *(f"train_{k}" for k in keys), *(f"val_{k}" for k in keys if validation),
-            "lr", "seconds"]
+            *(f"val_{k}_raw" for k in keys if validation and averaged), "lr", "seconds"]
 
 
 def fit(
@@ -99,9 +103,15 @@ def fit(
             computes its own loss (``model(**batch).loss`` for a dict batch, ``model(*batch)``
             for a tuple; ``.loss`` or ``["loss"]`` of the result).
         step: ``step(model, batch)`` returning the loss tensor or ``ol.StepOutput(loss,
-            outputs=, targets=, count=)``; replaces ``loss``. The loop does backward and steps.
+            outputs=, targets=, count=, logs=)`` (``logs``: the step's own values, averaged per
+            epoch as ``train_<key>`` / ``val_<key>``); replaces ``loss``. The loop does backward
+            and steps. With several optimizers: one loss each (a dict by name), or
+            ``ol.manual(fn)``: ``fn(model, batch, optimizers)`` steps them itself.
         eval_step: the same for validation (default: ``step``), run under ``torch.no_grad()``.
         optimizer, lr, weight_decay: see ``build_optimizer``; lr/weight_decay None = torch default.
+            Schedule-free ones by name (``"adamw_schedulefree"`` ...: the loop switches their
+            train / eval modes). Several optimizers: a dict of named ones, ``{"generator":
+            {"name": "adam", "params": "generator", "scheduler": ...}, ...}`` (optiloop.several).
         scheduler: see ``build_scheduler``; None = constant LR. Stepped by its interval.
         epochs, batch_size: run length and batch size (per process under DDP).
         metrics: names (accuracy, top5, mse, mae), callables(out, y) -> batch mean (the epoch's
@@ -109,7 +119,8 @@ def fit(
             objects (exact epoch values: F1, AUROC, R² ...; named by class, ``MulticlassF1Score``
             -> ``f1``), on the step's outputs and targets; a dict names them:
             ``{"f1_macro": MulticlassF1Score(10, average="macro")}``.
-        callbacks: EarlyStopping, Checkpoint, LRMonitor, your own Callback subclasses.
+        callbacks: EarlyStopping, Checkpoint, LRMonitor, EMA / SWA (validation, best.pt and
+            predict then use the averaged weights), your own Callback subclasses.
         device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps".
         seed: seeds python / numpy / torch and the data order; None leaves global RNG as is.
         grad_accum: micro-batches per optimizer step; gradients equal the big batch's, each
@@ -196,8 +207,17 @@ class _Loop:
             seed_everything(opts.seed)
         data_seed = opts.seed if opts.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
         self.data_seed = D.broadcast_int(data_seed, dev)  # every rank must shard the same permutation
-        self.step_fn = resolve_step(opts.step, opts.loss)
-        self.eval_fn = user_step(opts.eval_step) if opts.eval_step is not None else self.step_fn
+        self.several = several.is_several(opts.optimizer)  # named optimizers (optiloop.several)
+        if self.several:
+            names = list(opts.optimizer)
+            self.step_fn = None if isinstance(opts.step, several.ManualStep) else several.step_for(opts.step, names)
+            self.eval_fn = several.step_for(opts.eval_step, names) if opts.eval_step is not None else self.step_fn
+        else:
+            if isinstance(opts.step, several.ManualStep):
+                raise OptiloopError("ol.manual(step) drives named optimizers: optimizer={'main': {'name': 'adam', "
+                                    "'params': lambda model: model.parameters()}} (one or more)")
+            self.step_fn = resolve_step(opts.step, opts.loss)
+            self.eval_fn = user_step(opts.eval_step) if opts.eval_step is not None else self.step_fn
         model.to(dev, memory_format=torch.channels_last) if opts.channels_last else model.to(dev)
 
         self._make_train = lambda seed: make_batches(
@@ -214,20 +234,29 @@ class _Loop:
             D.shard(model, dev, world, fsdp, param_dtype=opts.amp_dtype)
         # FSDP casts parameters itself (its MixedPrecisionPolicy); autocast is for the others.
         self.autocast_dtype = opts.amp_dtype if fsdp is None else None
-        built = isinstance(opts.optimizer, torch.optim.Optimizer)
-        opt_kwargs = {} if built else {"lr": opts.lr, "weight_decay": opts.weight_decay}
-        opt = build_optimizer(opts.optimizer, model, fast=opts.fast, **opt_kwargs)
-        schedule = build_scheduler(opts.scheduler, opt, epochs=opts.epochs, steps_per_epoch=steps_per_epoch)
+        if self.several:
+            opt, schedule = several.build(opts.optimizer, model, lr=opts.lr, weight_decay=opts.weight_decay,
+                                          scheduler=opts.scheduler, fast=opts.fast, epochs=opts.epochs,
+                                          steps_per_epoch=steps_per_epoch)
+        else:
+            built = isinstance(opts.optimizer, torch.optim.Optimizer)
+            opt_kwargs = {} if built else {"lr": opts.lr, "weight_decay": opts.weight_decay}
+            opt = build_optimizer(opts.optimizer, model, fast=opts.fast, **opt_kwargs)
+            schedule = build_scheduler(opts.scheduler, opt, epochs=opts.epochs, steps_per_epoch=steps_per_epoch)
+        # A schedule-free optimizer: the loop switches its train / eval modes (optiloop.schedule_free).
+        self.schedule_free = ScheduleFree.of(opt, model, schedule, sharded=fsdp is not None)
         scaler = torch.amp.GradScaler(dev.type) if opts.amp_dtype == torch.float16 else None
 
         metrics = opts.metrics
         self.train_metrics = MetricSet(metrics, dev)
         self.val_metrics = MetricSet(metrics, dev) if self.val is not None else None
-        log_keys = logged_keys(metrics, validation=self.val is not None)
-        if schedule.interval == "metric":
-            check_logged(schedule.monitor or "val_loss", log_keys)
         self.callbacks = CallbackList(callbacks, progress=opts.progress, is_main=world.is_main,
                                       sharded=fsdp is not None)
+        # A step of the user's may log keys of its own (StepOutput.logs): monitors on them are open.
+        log_keys = LogKeys(logged_keys(metrics, validation=self.val is not None, averaged=self.callbacks.averages),
+                           open=opts.step is not None or opts.eval_step is not None)
+        if schedule.interval == "metric" and schedule.strict:
+            check_logged(schedule.monitor or "val_loss", log_keys)
         self.callbacks.reset()  # each fit starts every callback afresh; a resume then restores them
         if fsdp is not None:
             _check_same_savers(self.callbacks)
@@ -262,8 +291,11 @@ class _Loop:
         self.skipped_batches = 0  # batches dropped by nonfinite="skip"
         self.gathered: tuple[int, list] | None = None  # DDP: (step, every rank's partial figures)
         self.final_weights: Mapping[str, Any] | None = None  # loaded once fit ends (restore_best)
+        self.eval_module: nn.Module | None = None  # what validation runs when not the model (EMA / SWA)
         self.signals = _Signals()  # installed while run() runs
         self.saved = self._training_state()
+        if self.several:
+            several.check(self, manual_mode=self.step_fn is None)
 
     def _training_state(self) -> TS.TrainingState:
         """The checkpoint's parts, in the order a resume loads them (see optiloop.training_state)."""
@@ -281,6 +313,7 @@ class _Loop:
             "history": state.history,
             "settings": TS.Fixed(lambda: dict(self.resume_guard)),
             "config": TS.Fixed(lambda: state.config),
+            "eval_model": TS.Fixed(self._eval_weights),  # for predict / export; never loaded back
             "rng": TS.RNG(),  # last: loading the rest must not draw from the restored generators
         })
 
@@ -299,6 +332,8 @@ class _Loop:
             except BaseException as error:
                 # Still under our handlers: a second Ctrl-C cannot cut the checkpoint write short.
                 callbacks.fire_exception(state, error)
+                if self.schedule_free is not None:  # saved as it stood; the model left holds x
+                    self.schedule_free.eval()
                 raise
         if self.final_weights is not None:
             state.unwrapped_model.load_state_dict(self.final_weights)
@@ -315,7 +350,7 @@ class _Loop:
         callbacks.fire("on_epoch_start", state, {})
         t0 = time.perf_counter()
 
-        self._train_epoch()
+        self._train_epoch() if not self.several else several.train_epoch(self)
         if self.train_metrics.batches == 0:
             raise NonFiniteLossError(f"every batch of epoch {epoch} had a non-finite loss; nothing was trained")
         reduce = D.all_reduce_sum if state.world.distributed else None
@@ -329,11 +364,19 @@ class _Loop:
                 raise NonFiniteLossError(
                     f"non-finite loss at epoch {epoch}{where}: stopped before saving; lower the LR, "
                     "clip gradients, or skip bad batches (nonfinite='skip')")
+        if self.schedule_free is not None:  # validation and saving see the evaluation point
+            self.schedule_free.eval(self.train, self.step_fn)
         if not self._params_finite():  # one sync per epoch: broken weights are never saved or evaluated
             raise NonFiniteLossError(
                 f"non-finite weights after epoch {epoch}: stopped before saving; lower the LR or clip gradients")
+        if callbacks.averages:  # EMA / SWA: from the start of averaging, validation runs the average
+            self.eval_module = callbacks.average(state)
         if self.val is not None:
-            logs.update({f"val_{k}": v for k, v in self._evaluate().items()})
+            val = self._evaluate(self.eval_module)
+            logs.update({f"val_{k}": v for k, v in val.items()})
+            if callbacks.averages:  # and the raw weights' figures stay visible
+                raw = self._evaluate() if self.eval_module is not None else val
+                logs.update({f"val_{k}_raw": v for k, v in raw.items()})
             if not math.isfinite(logs["val_loss"]):  # whatever nonfinite= says: that governs batches
                 raise NonFiniteLossError(f"non-finite validation loss at epoch {epoch}: stopped before saving")
             callbacks.fire("on_eval_end", state, logs)
@@ -341,8 +384,11 @@ class _Loop:
         logs["seconds"] = time.perf_counter() - t0
 
         # The one epoch-level scheduler call: per-epoch schedules step here, plateau with its metric.
-        metric = logs[state.schedule.monitor] if state.schedule.interval == "metric" else None
-        state.schedule.epoch_end(metric)
+        schedule = state.schedule
+        if schedule.interval == "metric" and schedule.monitor not in logs:
+            schedule.monitor_missing(logs)  # strict: one line; strict=False: a warning and no step
+        else:
+            schedule.epoch_end(logs[schedule.monitor] if schedule.interval == "metric" else None)
         self.epoch_done, state.batch = True, 0
         state.history.rows.append(logs)  # the same dict: epoch-end callbacks may add keys to it
         callbacks.fire("on_epoch_end", state, logs)
@@ -377,6 +423,9 @@ class _Loop:
         before_step = self.callbacks.listeners("on_before_optimizer_step")
         step_end = self.callbacks.listeners("on_step_end")
         step_logs = bool(before_step or step_end)  # build per-step logs only for a listener
+        needs_loss = schedule.needs_loss  # a plateau stepped per step reads each step's loss
+        step_loss = None
+        want_loss = step_logs or needs_loss
         counted = weights is None and accum > 1  # weigh micro-batches by their reported counts
         n = state.batches_per_epoch
         ddp_module = getattr(model, "_orig_mod", model)  # torch.compile wraps the DDP module
@@ -391,6 +440,8 @@ class _Loop:
         signals, distributed = self.signals, state.world.distributed
 
         model.train()
+        if self.schedule_free is not None:
+            self.schedule_free.train()
         opt.zero_grad(set_to_none=True)
         kept = 0  # micro-batches of the current accumulation group that contributed gradients
         first = total = loss_sum = None  # counted groups: first kept count, kept counts, weighted losses
@@ -406,7 +457,7 @@ class _Loop:
             # gradients on every rank, the memory that sharding exists to save.
             with ddp_module.no_sync() if ddp and not boundary else no_op:
                 with autocast:
-                    loss, outputs, targets, count = step_fn(model, batch)
+                    loss, outputs, targets, count, values = step_fn(model, batch)
                 check_loss(loss)
                 if count is None:
                     count = default_count(outputs, batch)
@@ -438,10 +489,10 @@ class _Loop:
                     (scaler.scale(scaled) if scaler is not None else scaled).backward()
                     kept += 1
                     contributed = True
-                    if step_logs and accum > 1:
+                    if want_loss and accum > 1:
                         part = loss.detach() * (weights[i] if weights is not None else count)
                         loss_sum = part if loss_sum is None else loss_sum + part
-                    metrics.update(loss, count, outputs, targets)
+                    metrics.update(loss, count, outputs, targets, values)
             state.batch = i + 1
             if not boundary:
                 continue
@@ -451,11 +502,12 @@ class _Loop:
             if counted and not contributed and kept > 1:  # the group's last was skipped: rescale now
                 _scale_grads(params, first / total)
             logs: dict[str, Any] = {}
-            if step_logs:
+            if want_loss:
                 if accum == 1:
                     step_loss = loss.detach()
                 else:
                     step_loss = loss_sum / total if counted else loss_sum
+            if step_logs:
                 logs = {"loss": step_loss, "lr": [g["lr"] for g in opt.param_groups]}
             kept, first, total, loss_sum = 0, None, None, None
             if unscale:
@@ -478,7 +530,7 @@ class _Loop:
                 stepped = True
             opt.zero_grad(set_to_none=True)
             if stepped:  # a step GradScaler skipped moves neither the schedule nor the step count
-                schedule.step_end()  # the one step-level scheduler call
+                schedule.step_end(step_loss)  # the one step-level scheduler call
                 state.step += 1
                 if gather_every and state.step % gather_every == 0 and i + 1 < n:
                     self.gathered = (state.step, D.all_gather_object(metrics.state_dict()))
@@ -489,9 +541,9 @@ class _Loop:
                     raise TrainingInterrupted(signals.signum, state.epoch, state.step)
 
     @torch.no_grad()
-    def _evaluate(self) -> dict[str, float]:
+    def _evaluate(self, module: nn.Module | None = None) -> dict[str, float]:
         state, ms, eval_fn = self.state, self.val_metrics, self.eval_fn
-        model = state.model
+        model = module if module is not None else state.model
         model.eval()
         ms.reset()
         autocast = (torch.autocast(state.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
@@ -500,9 +552,9 @@ class _Loop:
             if self.options.channels_last:
                 batch = map_batch(_nhwc, batch)
             with autocast:
-                loss, outputs, targets, count = eval_fn(model, batch)
+                loss, outputs, targets, count, values = eval_fn(model, batch)
             check_loss(loss)
-            ms.update(loss, default_count(outputs, batch) if count is None else count, outputs, targets)
+            ms.update(loss, default_count(outputs, batch) if count is None else count, outputs, targets, values)
         model.train()
         return ms.compute(D.all_reduce_sum if state.world.distributed else None)
 
@@ -528,6 +580,17 @@ class _Loop:
 
             return ShardedFolder(dirpath, self.state.device, async_save=async_save)
         return CheckpointFolder(dirpath)
+
+    def update_bn(self, module: nn.Module) -> None:
+        recompute_batchnorm(module, self.train, self.step_fn)
+
+    def _eval_weights(self) -> dict[str, torch.Tensor] | None:
+        """The weights validation uses when they are not the model's (see training_state.OPTIONAL)."""
+        if self.eval_module is not None:
+            return self.eval_module.state_dict()
+        if self.schedule_free is not None and self.schedule_free.training:  # mid-epoch
+            return self.schedule_free.eval_weights()
+        return None
 
     def healthy(self) -> bool:
         partial = self._partial_figures()
@@ -717,7 +780,8 @@ def evaluate(model: nn.Module, data: Any, *, loss: str | Callable = "cross_entro
     step_fn = resolve_step(step, loss)
     with torch.no_grad():
         for batch in batches:
-            loss_value, outputs, targets, count = step_fn(model, batch)
+            loss_value, outputs, targets, count, values = step_fn(model, batch)
             check_loss(loss_value)
-            ms.update(loss_value, default_count(outputs, batch) if count is None else count, outputs, targets)
+            ms.update(loss_value, default_count(outputs, batch) if count is None else count, outputs, targets,
+                      values)
     return ms.compute()

@@ -11,6 +11,7 @@ device and computed once per epoch: its value is the epoch's own, not a mean of 
 from __future__ import annotations
 
 import copy
+import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -221,6 +222,8 @@ class MetricSet:
         self.sums: list[list[torch.Tensor]] = [[] for _ in self.items]  # per-batch metric sums
         self._held: list[tuple[torch.Tensor, torch.Tensor]] = []  # batches not yet handed to exact metrics
         self._held_elements = 0
+        # The step's own values (StepOutput.logs): key -> (indices of the batches that gave it, values)
+        self.logged: dict[str, tuple[list[int], list[torch.Tensor]]] = {}
         for _, m in self.exact:
             m.reset()
 
@@ -228,10 +231,14 @@ class MetricSet:
     def batches(self) -> int:
         return len(self.losses)
 
-    def update(self, loss: torch.Tensor, count: int | torch.Tensor, outputs=None, targets=None) -> None:
-        """Add one batch: its mean ``loss`` weighs ``count``. Nothing here syncs with the device."""
+    def update(self, loss: torch.Tensor, count: int | torch.Tensor, outputs=None, targets=None,
+               logs: Mapping[str, torch.Tensor | float] | None = None) -> None:
+        """Add one batch: its mean ``loss`` (and each of the step's own ``logs``) weighs ``count``.
+        Nothing here syncs with the device."""
         self.losses.append(loss.detach())
         self.sizes.append(count)
+        if logs:
+            self._log(logs)
         if self.items or self.exact:
             if outputs is None:
                 raise OptiloopError(f"metrics {', '.join(self.keys[1:])} need the step's outputs and targets; "
@@ -241,6 +248,25 @@ class MetricSet:
                 acc.append(fn(outputs, targets))
             if self.exact:
                 self._hold(outputs, targets)
+
+    def _log(self, logs: Mapping[str, torch.Tensor | float]) -> None:
+        at = len(self.losses) - 1
+        for key, value in logs.items():
+            slot = self.logged.get(key)
+            if slot is None:
+                if key in self.keys or not isinstance(key, str) or not key:
+                    raise OptiloopError(f"step log {key!r}: a log needs a name of its own, not one of the loop's "
+                                        f"figures ({', '.join(self.keys)})")
+                slot = self.logged[key] = ([], [])
+            if isinstance(value, torch.Tensor) and value.numel() == 1:
+                value = value.detach().reshape(())
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = torch.tensor(float(value), device=self.device)
+            else:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise OptiloopError(f"step log {key!r} must be one number (a scalar tensor or a float), got {shape}")
+            slot[0].append(at)
+            slot[1].append(value)
 
     def _hold(self, outputs, targets) -> None:
         """Keep the batch on the device for the exact metrics; hand the held batches over in one
@@ -277,12 +303,16 @@ class MetricSet:
         return torch.stack([torch.as_tensor(s, device=self.device).to(self.dtype).reshape(()) for s in self.sizes])
 
     def totals(self) -> torch.Tensor:
-        """[loss sum, metric sums..., count] in one device tensor: what one all-reduce needs."""
+        """[loss sum, metric sums..., (log sum, log count) per step log..., count] in one device
+        tensor: what one all-reduce needs."""
         if not self.sizes:
             return torch.zeros(len(self.items) + 2, dtype=self.dtype, device=self.device)
         sizes = self._sizes()
         parts = [(torch.stack(self.losses).to(self.dtype) * sizes).sum()]
         parts += [torch.stack(acc).to(self.dtype).sum() for acc in self.sums]
+        for at, values in self.logged.values():
+            weights = sizes if len(at) == len(self.sizes) else sizes[torch.tensor(at, device=self.device)]
+            parts += [(torch.stack(values).to(self.dtype) * weights).sum(), weights.sum()]
         parts.append(sizes.sum())
         return torch.stack(parts)
 
@@ -298,11 +328,14 @@ class MetricSet:
         *sums, count = t.tolist()  # the sync point: once per epoch (or per progress refresh)
         if count == 0:
             return {}
-        values = {k: s / count for k, s in zip(["loss", *(k for k, _ in self.items)], sums, strict=True)}
+        n = len(self.items) + 1
+        values = {k: s / count for k, s in zip(["loss", *(k for k, _ in self.items)], sums[:n], strict=True)}
+        logged = {k: (s / c if c else math.nan) for k, s, c in zip(self.logged, sums[n::2], sums[n + 1::2],
+                                                                      strict=True)}
         if exact:
             self._hand_over()
             values.update({k: _number(k, m.compute()) for k, m in self.exact})
-        return {k: values[k] for k in self.keys if k in values}
+        return {**{k: values[k] for k in self.keys if k in values}, **logged}
 
     def first_nonfinite(self) -> int | None:
         """Index of the first batch whose loss is NaN/inf, or None (syncs; call on failure only)."""
@@ -316,12 +349,16 @@ class MetricSet:
         sizes = [s.cpu() if isinstance(s, torch.Tensor) else s for s in self.sizes]
         return {"losses": [t.cpu() for t in self.losses], "sizes": sizes,
                 "sums": [[t.cpu() for t in acc] for acc in self.sums],
-                "exact": {k: _to_cpu(m.state_dict()) for k, m in self.exact}}
+                "exact": {k: _to_cpu(m.state_dict()) for k, m in self.exact},
+                "logged": {k: {"at": list(at), "values": [t.cpu() for t in values]}
+                           for k, (at, values) in self.logged.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         self.losses = [t.to(self.device) for t in state["losses"]]
         self.sizes = [s.to(self.device) if isinstance(s, torch.Tensor) else s for s in state["sizes"]]
         self.sums = [[t.to(self.device) for t in acc] for acc in state["sums"]]
+        self.logged = {k: (list(v["at"]), [t.to(self.device) for t in v["values"]])
+                       for k, v in state.get("logged", {}).items()}
         saved = state.get("exact", {})
         for k, m in self.exact:
             if k not in saved:

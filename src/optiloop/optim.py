@@ -49,6 +49,11 @@ class OptimizerInfo:
         builder: ``"module:Class"`` built as ``Class(model, fast=..., **kwargs)`` instead of
             ``torch_class(params, **kwargs)`` (Muon's pair needs the model's structure).
         unsharded_only: why it cannot step FSDP's sharded parameters (None: it can).
+        module: the package holding ``torch_class`` when it is not ``torch.optim``: an optional
+            engine, installed by ``pip install 'optiloop[<extra>]'``.
+        extra: that optional extra's name.
+        schedule_free: a schedule-free optimizer (train() / eval() modes the loop switches; no LR
+            schedule but warmup: see optiloop.schedule_free).
     """
 
     torch_class: str
@@ -59,13 +64,19 @@ class OptimizerInfo:
     fused_on: tuple[str, ...] = ()
     builder: str | None = None
     unsharded_only: str | None = None
+    module: str = "torch.optim"
+    extra: str | None = None
+    schedule_free: bool = False
 
     @property
     def cls(self) -> type[torch.optim.Optimizer]:
-        """The torch.optim class (imports torch)."""
-        import torch
-
-        return getattr(torch.optim, self.torch_class)
+        """The optimizer class (imports torch, or the optional package that holds it)."""
+        try:
+            module = importlib.import_module(self.module)
+        except ImportError:
+            raise OptiloopError(f"{self.module}.{self.torch_class} needs the {self.module} package: "
+                                f"pip install 'optiloop[{self.extra}]'") from None
+        return getattr(module, self.torch_class)
 
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {
@@ -92,6 +103,20 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
     "muon": OptimizerInfo("Muon", "Muon on 2-D hidden weights, AdamW on the rest", {"lr": 1e-3},
                           decoupled=True, builder="optiloop.muon:MuonWithAdamW",
                           unsharded_only="it orthogonalises whole matrices, and each rank holds a shard"),
+    # Schedule-free (Defazio et al. 2024, the schedulefree package): no LR schedule, warmup only;
+    # the loop switches their train / eval modes (optiloop.schedule_free). Their package's LRs.
+    "adamw_schedulefree": OptimizerInfo(
+        "AdamWScheduleFree", "schedule-free AdamW: no LR schedule (warmup_steps=); evaluates averaged weights",
+        {"lr": 2.5e-3}, decoupled=True, module="schedulefree", extra="schedulefree", schedule_free=True,
+        unsharded_only="its train / eval switch and BatchNorm pass are not written for sharded parameters"),
+    "sgd_schedulefree": OptimizerInfo(
+        "SGDScheduleFree", "schedule-free SGD with momentum: no LR schedule (warmup_steps=)",
+        {"lr": 1.0}, module="schedulefree", extra="schedulefree", schedule_free=True,
+        unsharded_only="its train / eval switch and BatchNorm pass are not written for sharded parameters"),
+    "radam_schedulefree": OptimizerInfo(
+        "RAdamScheduleFree", "schedule-free RAdam: no LR schedule and no warmup needed",
+        {"lr": 2.5e-3}, decoupled=True, module="schedulefree", extra="schedulefree", schedule_free=True,
+        unsharded_only="its train / eval switch and BatchNorm pass are not written for sharded parameters"),
 }
 
 # Keys optiloop sets itself; a user may still pass them to override.

@@ -9,9 +9,13 @@ Intervals:
              PyTorch docs teach; pass ``interval="step"`` to step them per optimizer step instead
              (then lengths such as ``T_max`` default to the total number of steps).
     "step"   stepped after every optimizer step (onecycle, cyclic).
-    "metric" stepped after each epoch's evaluation with the monitored value (plateau).
+    "metric" stepped after each epoch's evaluation with the monitored value (plateau);
+             ``strict=False`` warns and skips the step when the monitor is not in the logs
+             (Lightning's ``strict``). ``plateau`` with ``interval="step"`` is stepped after
+             every optimizer step on that step's training loss (``monitor="train_loss"``).
 ``frequency=N`` steps the scheduler on every N-th of those moments (Lightning's scheduler
-``frequency``); lengths derived from the run then count the scheduler's own steps.
+``frequency``), counted over the whole run, not within each epoch (docs/training.md says why);
+lengths derived from the run then count the scheduler's own steps.
 
 One :class:`SchedulerInfo` per name in :data:`SCHEDULERS` holds everything optiloop knows about
 it: interval, builder, the arguments derived from the run's length, and what ``optiloop schedule``
@@ -391,7 +395,10 @@ class Schedule:
         scheduler: the torch scheduler (or None for ``constant``).
         interval: "epoch", "step" or "metric": when the main scheduler is stepped.
         frequency: it is stepped on every ``frequency``-th of those moments.
-        monitor: the metric a "metric" schedule reads (default ``"val_loss"``).
+        monitor: the metric a "metric" schedule reads (default ``"val_loss"``); a plateau
+            stepped per step reads the step's training loss (``"train_loss"``).
+        strict: a missing monitor is an error (True) or a warning and no step (False).
+        needs_loss: it is stepped with each optimizer step's loss (plateau per step).
         warmup: the linear warmup in front, or None.
         derived: the arguments taken from the run's length (``T_max`` ...), for headers;
             ``recorded``: those of them a run's config records (``step_size`` ...).
@@ -416,6 +423,7 @@ class Schedule:
         frequency: int = 1,
         derived: Mapping[str, Any] | None = None,
         recorded: Mapping[str, Any] | None = None,
+        strict: bool = True,
     ):
         if interval not in INTERVALS:
             raise OptiloopError(f"unknown interval {interval!r}; choose one of: {choices(INTERVALS)}")
@@ -424,11 +432,14 @@ class Schedule:
         self.interval = interval
         self.frequency = frequency
         self.warmup = warmup
-        self.monitor = monitor if interval == "metric" else None
+        self.needs_loss = interval == "step" and _is_plateau(scheduler)
+        self.monitor = monitor if interval == "metric" or self.needs_loss else None
+        self.strict = strict
         self.name = name
         self.derived, self.recorded = dict(derived or {}), dict(recorded or {})
         self.steps_done = 0  # optimizer steps seen; drives warmup
         self.events = 0  # moments of the interval since the main schedule began (frequency counts them)
+        self.handed_over = False  # another scheduler sets the LR now (SWA's SWALR): the loop's calls do nothing
         # The LRs the main schedule set, before any warmup factor: the warmup rises to them, and
         # (plateau) they are restored before each step so torch's formulas never see warmed-down LRs.
         self._main_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -438,23 +449,41 @@ class Schedule:
     def warmup_steps(self) -> int:
         return self.warmup.steps if self.warmup is not None else 0
 
+    def hand_over(self) -> None:
+        """Stop setting the LR for good: another scheduler takes over (``ol.SWA``'s SWALR). The
+        loop's calls then do nothing; a checkpoint remembers it."""
+        self.handed_over = True
+
     # -- driven by the loop -------------------------------------------------------------------
-    def step_end(self) -> None:
-        """Call after every optimizer step."""
+    def step_end(self, loss: Any = None) -> None:
+        """Call after every optimizer step; ``loss`` (the step's, a device scalar) for a plateau
+        stepped per step (``needs_loss``): it reads it, one host sync per plateau step."""
+        if self.handed_over:
+            return
         self.steps_done += 1
         if self.interval == "step" and self._main_running():
-            self._tick()
+            self._tick(loss if self.needs_loss else None)
         else:
             self._apply_warmup()
 
     def epoch_end(self, metric: float | None = None) -> None:
         """Call after every epoch's evaluation; ``metric`` is required for "metric" schedules."""
+        if self.handed_over:
+            return
         if self.interval == "epoch" and self._main_running():
             self._tick()
         elif self.interval == "metric":
             if metric is None:
                 raise OptiloopError(f"scheduler {self.name!r} steps on a metric but got none")
             self._tick(metric)
+
+    def monitor_missing(self, logs: Mapping[str, Any]) -> None:
+        """The epoch's logs lack the monitor: one line (strict), or a warning and no step."""
+        text = (f"scheduler {self.name!r} monitors {self.monitor!r}, which is not in the epoch's logs "
+                f"({', '.join(logs)})")
+        if self.strict:
+            raise OptiloopError(f"{text}; monitor one of them, or pass strict=False to skip its step with a warning")
+        warnings.warn(f"{text}: not stepped this epoch (strict=False)", UserWarning, stacklevel=3)
 
     # -- internals ------------------------------------------------------------------------------
     def _main_running(self) -> bool:
@@ -484,7 +513,7 @@ class Schedule:
     def _apply_warmup(self) -> None:
         # Only during the warmup and at its last step: afterwards the main scheduler alone sets
         # the LR, and changes made from outside (a callback) are not undone.
-        if self.warmup is None or self.steps_done > self.warmup.steps:
+        if self.warmup is None or self.steps_done > self.warmup.steps or self.handed_over:
             return
         factor = self.warmup(self.steps_done)
         for g, lr in zip(self.optimizer.param_groups, self._main_lrs, strict=True):
@@ -502,6 +531,7 @@ class Schedule:
             "events": self.events,
             "main_lrs": list(self._main_lrs),
             "lrs": self.get_last_lr(),
+            "handed_over": self.handed_over,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -513,6 +543,7 @@ class Schedule:
             self.scheduler.load_state_dict(state["scheduler"])
         self.steps_done = int(state["steps_done"])
         self.events = int(state.get("events", 0))
+        self.handed_over = bool(state.get("handed_over", False))
         self._main_lrs = [float(x) for x in state["main_lrs"]]
         for g, lr in zip(self.optimizer.param_groups, state.get("lrs", self._main_lrs), strict=True):
             g["lr"] = float(lr)  # the LR the next step trains with, whoever built the optimizer
@@ -620,7 +651,8 @@ def build_scheduler(
     frequency: int | None = None,
     warmup_epochs: int | None = None,
     warmup_steps: int | None = None,
-    monitor: str = "val_loss",
+    monitor: str | None = None,
+    strict: bool = True,
     **kwargs: Any,
 ) -> Schedule:
     """Build a scheduler by name and attach its interval.
@@ -641,8 +673,13 @@ def build_scheduler(
             schedule's starting LR, which then runs over the remaining steps (see the module
             docstring; a built scheduler keeps the lengths you gave it and starts after the
             warmup; plateau's LR is multiplied by the warmup factor instead).
-        monitor: the metric a plateau schedule reads after each evaluation; its ``mode``
-            follows the monitor (``optiloop.directions``) unless given.
+        monitor: the metric a plateau schedule reads after each evaluation (default
+            ``"val_loss"``); its ``mode`` follows the monitor (``optiloop.directions``) unless
+            given. With ``interval="step"`` a plateau reads each optimizer step's training loss
+            (``"train_loss"``, the one value a step has; one host sync per plateau step).
+        strict: a plateau whose monitor is missing from an epoch's logs stops the run with one
+            line (True, checked before training where the keys are known), or warns and skips
+            that step (False, Lightning's ``strict``).
         **kwargs: torch's own keyword names for the chosen scheduler (``step_size``, ``gamma``,
             ``T_max``, ``eta_min``, ``milestones``, ``factor``, ``patience``, ``max_lr`` ...);
             their values are checked first (``ARGUMENTS``).
@@ -660,9 +697,11 @@ def build_scheduler(
                             "build the scheduler on that optimizer and pass both, or pass the scheduler's name")
     if isinstance(spec, Schedule):
         return spec
+    if not isinstance(strict, bool):
+        raise OptiloopError(f"scheduler: strict must be true or false (got {strict!r})")
     if isinstance(spec, (tls.LRScheduler, tls.ReduceLROnPlateau)):
         return _wrap_built(spec, optimizer, interval, frequency, warmup_epochs, warmup_steps, steps_per_epoch,
-                           monitor)
+                           _monitor(monitor, interval, type(spec).__name__, plateau=_is_plateau(spec)), strict)
     if spec is None:
         spec = "constant"
     if isinstance(spec, Mapping):
@@ -675,6 +714,9 @@ def build_scheduler(
         warmup_epochs = spec.pop("warmup_epochs", warmup_epochs)
         warmup_steps = spec.pop("warmup_steps", warmup_steps)
         monitor = spec.pop("monitor", monitor)
+        strict = spec.pop("strict", strict)
+        if not isinstance(strict, bool):
+            raise OptiloopError(f"scheduler {name!r}: strict must be true or false (got {strict!r})")
         kwargs = {**spec, **kwargs}
     else:
         name = spec
@@ -683,8 +725,15 @@ def build_scheduler(
     check_arguments(name, {**kwargs, "interval": interval, "frequency": frequency, "warmup_epochs": warmup_epochs,
                            "warmup_steps": warmup_steps, "monitor": monitor, "epochs": epochs,
                            "steps_per_epoch": steps_per_epoch})
+    monitor = _monitor(monitor, interval, name, plateau=info.only == "metric")
     if interval is None:
         interval = info.interval
+    elif info.only == "metric" and interval == "step":
+        pass  # a plateau on every optimizer step's loss (Lightning's interval="step" plateau)
+    elif info.only == "metric" and interval != "metric":
+        raise OptiloopError(f"scheduler {name!r} steps on its monitored metric after each evaluation (interval="
+                            f"'metric', its default) or on each optimizer step's loss (interval='step'); "
+                            f"interval={interval!r} does not apply")
     elif info.only is not None and interval != info.only:
         raise OptiloopError(f"scheduler {name!r} steps per {info.only}; interval={interval!r} does not apply")
     elif interval not in ("epoch", "step"):
@@ -696,7 +745,7 @@ def build_scheduler(
     if length is not None and length <= 0 and info.derives:
         raise OptiloopError(f"scheduler {name!r}: the warmup ({w} steps) leaves no {interval}s of the run for the "
                             "schedule; shorten the warmup or train longer")
-    if interval == "metric" and "mode" not in kwargs:
+    if (interval == "metric" or info.only == "metric") and "mode" not in kwargs:
         try:
             kwargs["mode"] = mode_for(monitor)
         except OptiloopError as e:
@@ -707,11 +756,26 @@ def build_scheduler(
     except (TypeError, ValueError) as e:  # a keyword torch's class does not take, or a bad value
         raise OptiloopError(f"scheduler {name!r}: {_first_line(e)}") from None
     return Schedule(sched, optimizer, interval, warmup=warm, monitor=monitor, name=name, frequency=frequency,
-                    derived=derived, recorded=recorded)
+                    derived=derived, recorded=recorded, strict=strict)
+
+
+def _is_plateau(scheduler: Any) -> bool:
+    return type(scheduler).__name__ == "ReduceLROnPlateau"
+
+
+def _monitor(monitor: str | None, interval: str | None, name: str, *, plateau: bool) -> str:
+    """A plateau stepped per step reads the step's training loss: the one value each step has."""
+    if not (plateau and interval == "step"):
+        return monitor or "val_loss"
+    if monitor not in (None, "train_loss"):
+        raise OptiloopError(f"scheduler {name!r} with interval='step' reads each optimizer step's training loss "
+                            f"(monitor='train_loss'); {monitor!r} is logged once per epoch: leave interval out to "
+                            "step it on that")
+    return "train_loss"
 
 
 def _wrap_built(spec, optimizer, interval, frequency, warmup_epochs, warmup_steps, steps_per_epoch,
-                monitor) -> Schedule:
+                monitor, strict=True) -> Schedule:
     """A scheduler the user built: its interval inferred or given, checked against its kind."""
     name = type(spec).__name__
     check_arguments(name, {"interval": interval, "frequency": frequency, "warmup_epochs": warmup_epochs,
@@ -726,7 +790,7 @@ def _wrap_built(spec, optimizer, interval, frequency, warmup_epochs, warmup_step
                           stacklevel=3)
     warm = _warmup(warmup_epochs, warmup_steps, steps_per_epoch)
     return Schedule(spec, optimizer, interval or inferred, warmup=warm, monitor=monitor, name=name,
-                    frequency=frequency or 1)
+                    frequency=frequency or 1, strict=strict)
 
 
 def _check_plateau_mode(spec: Any, monitor: str) -> None:

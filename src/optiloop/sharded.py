@@ -47,7 +47,7 @@ from . import distributed as D
 from .checkpoint import load_checkpoint
 from .errors import CheckpointError, OptiloopError
 from .files import TEMP_SUFFIX, atomic_open, fsync_dir
-from .training_state import FORMAT
+from .training_state import FORMAT, inference_weights
 
 METADATA = ".metadata"  # DCP's commit file, written last
 _SHARED = "train"  # the blob of the run's own state, written by rank 0
@@ -477,7 +477,7 @@ def export(source: str | os.PathLike, out: str | os.PathLike, *, which: str = "b
         ckpt = load_checkpoint(src)
         if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
             raise CheckpointError(f"{src} holds no model weights to export")
-        weights = ckpt["model"]
+        weights = inference_weights(ckpt)  # an EMA / SWA average where the run validated one
     if dtype is not None:
         weights = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
                    for k, v in weights.items()}

@@ -10,7 +10,8 @@ Three ways to get one:
   ``loss_fn(model(x), y)`` on ``(x, y)`` batches.
 - ``loss="model"``: the model computes its own loss: ``model(**batch)`` for a dict batch,
   ``model(*batch)`` for a tuple, ``model(batch)`` for a tensor; the loss is the result's ``.loss``
-  or ``["loss"]`` (transformers' convention).
+  or ``["loss"]`` (transformers' convention). Metrics then read the result's ``.logits`` against
+  the batch's ``labels`` (the Hugging Face Trainer's ``compute_metrics`` gets the same pair).
 - ``step=fn``: anything else, e.g. ``step=lambda model, batch: model(*batch)[1]`` for a model that
   returns ``(logits, loss)``.
 """
@@ -40,6 +41,11 @@ class StepOutput:
         count: the batch's weight in epoch averages and in gradient accumulation: a Python int or
             a 0-d tensor (e.g. ``(labels != -100).sum()``, read without a host sync). Default:
             the leading dimension of ``outputs``, else of the batch's first tensor.
+        logs: the step's own values to record, ``{"kl": kl, "rec": rec}`` (scalar tensors or
+            numbers; Lightning's ``self.log``): averaged over the epoch weighted by ``count``
+            like the loss, with no host sync per step, and logged as ``train_kl`` /
+            ``val_kl`` (History, history.csv, curves, TensorBoard). Every step of a phase gives
+            the same keys (under DDP they are all-reduced together).
 
     Example:
         >>> import torch, optiloop as ol
@@ -53,9 +59,10 @@ class StepOutput:
     outputs: Any = None
     targets: Any = None
     count: int | torch.Tensor | None = None
+    logs: Mapping[str, Any] | None = None
 
 
-# A step as the loop runs it: (model, batch) -> (loss, outputs, targets, count).
+# A step as the loop runs it: (model, batch) -> (loss, outputs, targets, count, logs).
 Step = Callable[[Any, Any], tuple]
 
 
@@ -67,7 +74,7 @@ def supervised_step(loss_fn: Callable) -> Step:
             raise OptiloopError(_not_a_pair(batch))  # (a dict would unpack to its keys)
         x, y = batch
         out = model(x)
-        return loss_fn(out, y), out, y, None
+        return loss_fn(out, y), out, y, None, None
 
     return step
 
@@ -103,7 +110,14 @@ def model_loss_step(model, batch):
                else f"a {type(result).__name__}")
         raise OptiloopError(f"loss='model': the model returned {got} with no loss in it (.loss or ['loss']); "
                             "include the labels in the batch, or pass step=fn(model, batch) -> loss")
-    return loss, None, None, None
+    # The HF convention for metrics: the result's logits against the batch's labels, when both exist.
+    logits = getattr(result, "logits", None)
+    if logits is None and isinstance(result, Mapping):
+        logits = result.get("logits")
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if logits is None or labels is None:
+        return loss, None, None, None, None
+    return loss, logits, labels, None, None
 
 
 def user_step(fn: Callable) -> Step:
@@ -112,9 +126,9 @@ def user_step(fn: Callable) -> Step:
     def step(model, batch):
         result = fn(model, batch)
         if isinstance(result, torch.Tensor):
-            return result, None, None, None
+            return result, None, None, None, None
         if isinstance(result, StepOutput):
-            return result.loss, result.outputs, result.targets, result.count
+            return result.loss, result.outputs, result.targets, result.count, result.logs
         raise OptiloopError(f"step must return the loss tensor or ol.StepOutput(loss, ...), "
                             f"got {type(result).__name__}")
 

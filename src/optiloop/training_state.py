@@ -31,6 +31,10 @@ SCHEMA: dict[str, tuple[type, ...]] = {
     "epoch_lr": (float, int), "partial_train": (dict, type(None)), "rng": (dict,), "callbacks": (dict,),
     "history": (list,), "settings": (dict,), "config": (dict, type(None)),
 }
+# Keys a checkpoint may lack (written by an older optiloop), with the types they hold when present.
+# eval_model: the weights validation used when they differ from the training weights ("model"): an
+# EMA / SWA average, or a schedule-free optimizer's evaluation point; None when they are the same.
+OPTIONAL: dict[str, tuple[type, ...]] = {"eval_model": (dict, type(None))}
 POSITION = ("epoch", "epoch_done", "batch", "step", "data_seed", "epoch_lr")  # the flat part's keys
 
 
@@ -54,8 +58,10 @@ def check_training_state(ckpt: Any, path: Any) -> dict[str, Any]:
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {version!r}; this optiloop reads "
                               f"version 1 to {VERSION}")
-    for key, types in SCHEMA.items():
+    for key, types in [*SCHEMA.items(), *OPTIONAL.items()]:
         if key not in ckpt:
+            if key in OPTIONAL:
+                continue
             raise CheckpointError(f"checkpoint {path} is incomplete: no {key!r}")
         value = ckpt[key]
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
@@ -63,12 +69,20 @@ def check_training_state(ckpt: Any, path: Any) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {path}: {key!r} must be {want}, got {type(value).__name__}")
     if min(ckpt["epoch"], ckpt["batch"], ckpt["step"]) < 0:
         raise CheckpointError(f"checkpoint {path}: negative epoch, batch or step")
-    bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"checkpoint {path}: model weights must be tensors by name; {bad[0]!r} is not")
+    for key in ("model", "eval_model"):
+        weights = ckpt.get(key) or {}
+        bad = [k for k, v in weights.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            raise CheckpointError(f"checkpoint {path}: {key} weights must be tensors by name; {bad[0]!r} is not")
     if not all(isinstance(r, dict) for r in ckpt["history"]):
         raise CheckpointError(f"checkpoint {path}: history must be a list of rows (dicts)")
     return ckpt
+
+
+def inference_weights(ckpt: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint's validation used, the ones to predict and export with: the
+    averaged (EMA / SWA) or schedule-free evaluation weights when it holds them, else the model's."""
+    return ckpt.get("eval_model") or ckpt["model"]
 
 
 def load_model_weights(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

@@ -31,12 +31,14 @@ class ListCommand(Command):
         print("optimizers (the defaults train, compare and lr-find start from; any torch keyword: "
               "--set optimizer.KEY=VALUE)")
         width = max(len(", ".join(f"{k}={fmt(v)}" for k, v in o.defaults.items())) for o in OPTIMIZERS.values())
+        names = max(16, *(len(n) + 2 for n in OPTIMIZERS))
         for name, info in OPTIMIZERS.items():
             defaults = ", ".join(f"{k}={fmt(v)}" for k, v in info.defaults.items())
-            print(f"  {name:<16}{defaults:<{width}}  torch.optim.{info.torch_class}: {info.description}")
+            print(f"  {name:<{names}}{defaults:<{width}}  {info.module}.{info.torch_class}: {info.description}"
+                  + (f" (pip install 'optiloop[{info.extra}]')" if info.extra else ""))
             if args.torch_defaults:
                 torch_side = ", ".join(f"{k}={fmt(v)}" for k, v in optimizer_defaults(name).items())
-                print(f"  {'':<16}torch's defaults: {torch_side}")
+                print(f"  {'':<{names}}torch's defaults: {torch_side}")
         print("\nschedulers (interval: when it is stepped; warmup: scheduler.warmup_epochs=N)")
         for name in SCHEDULERS:
             print(f"  {name:<16}{describe(name)}")

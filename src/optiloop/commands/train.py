@@ -46,6 +46,11 @@ TRAIN_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--checkpoint-seconds": ("train", "checkpoint_seconds", float,
                              "write last.pt at an epoch's end once this many seconds passed since "
                              "the last save (default 60; 0 = every epoch)"),
+    "--ema": ("train", "ema", float, "keep an exponential moving average of the weights with this decay, e.g. "
+              "0.999; validation, best.pt, predict and export use it (val_loss_raw: the raw weights')"),
+    "--swa": ("train", "swa", int, "stochastic weight averaging from this epoch on: SWALR takes over the LR "
+              "and validation, best.pt, predict and export use the average"),
+    "--swa-lr": ("train", "swa_lr", float, "the LR SWA anneals to (default: the LR reached when it starts)"),
     "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
     "--strategy": ("train", "strategy", str, "under torchrun: ddp (the default: a model copy per "
                    "process) or fsdp (model, gradients and optimizer state sharded across the "
@@ -221,6 +226,13 @@ def header(run: Any, folder: Path) -> str:
         lines.append(f"  resuming {run.resume}/" + (f": changed {'; '.join(run.changed)}" if run.changed else ""))
         if any(c.startswith(("train.epochs ", "train.batch_size ", "train.grad_accum ")) for c in run.changed):
             lines.append("  (the schedule continues with the lengths it was built with)")
+    t = cfg["train"]
+    if t.get("ema") is not None:
+        lines.append(f"  weights averaged (EMA, decay {t['ema']:g}): validation, best.pt and predict use the average")
+    if t.get("swa") is not None:
+        lines.append(f"  weights averaged (SWA) from epoch {t['swa']}, SWALR to "
+                     f"{'lr ' + format(t['swa_lr'], 'g') if t.get('swa_lr') else 'the LR reached then'}: "
+                     "validation, best.pt and predict use the average")
     if cfg["train"].get("tensorboard"):
         lines.append(f"  TensorBoard: tensorboard --logdir {folder}/tensorboard")
     if cfg["train"].get("mlflow"):

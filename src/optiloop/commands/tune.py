@@ -9,6 +9,7 @@ and they share the study.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from . import Command, command
@@ -66,6 +67,10 @@ class TuneCommand(Command):
         p.add_argument("--out", metavar="DIR", help="the tune folder: trials/ (one run folder each), trials.csv, "
                        "best.toml, report.md / report.html (default runs/<study>); a new or empty folder, or this "
                        "study's own (it continues)")
+        p.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
+                       help="log the search to MLflow as one parent run with each new trial as a child (its "
+                       "config, value, history and files); URI as in optiloop train --mlflow (needs: pip install "
+                       "'optiloop[mlflow]')")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="any config key, as in optiloop train; a key set here is no longer searched")
         for flag, (section, key, typ, text) in TASK_FLAGS.items():
@@ -86,9 +91,16 @@ class TuneCommand(Command):
         raw = read_toml(args.config) if args.config else {}
         sections = merge(raw, {k: v for k, v in layer.items()}, renames=False) if layer else raw
         fixed = [f"{s}.{k}" for s, values in layer.items() for k in values]
+        tracker = None
+        if args.mlflow:  # before anything is written: a missing mlflow package is one line
+            from ..trackers import MLflowSweep
+
+            tracker = MLflowSweep(None if args.mlflow is True else args.mlflow,
+                                  run_name=Path(args.out).name if args.out else None)
         result = tune(sections, trials=args.trials, timeout=args.timeout, monitor=args.monitor, epochs=args.epochs,
                       seed=args.seed, pruner=args.pruner, sampler=args.sampler, storage=args.storage,
-                      study=args.study, jobs=args.jobs, out=args.out, fixed=fixed, progress=echo)
+                      study=args.study, jobs=args.jobs, out=args.out, fixed=fixed, progress=echo,
+                      tracker=tracker)
         states: dict[str, int] = {}
         epochs = 0
         for t in result.study.get_trials(deepcopy=False):

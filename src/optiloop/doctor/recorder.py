@@ -20,6 +20,8 @@ What is watched, and how:
   and whether it was computed with gradients; at each plateau step they are read (one host sync
   per plateau step, where the script's own ``float(metric)`` syncs anyway) and summarised.
 - GradScaler: ``GradScaler.step`` wrapped to note steps it skipped (inf/NaN gradients).
+- schedule-free optimizers (``train_mode`` in their param groups): at each pass over a data set
+  and each ``torch.save``, which of them (having stepped) were in train mode: a dict read.
 
 Nothing here changes what the script computes; every wrapper calls the original first or last and
 returns its result unchanged.
@@ -44,7 +46,15 @@ from torch.optim.optimizer import Optimizer, register_optimizer_step_post_hook
 from torch.utils.data import DataLoader
 
 from ..errors import OptiloopError
-from .timeline import LoaderRecord, OptimizerRecord, PlateauEvidence, SaveRecord, SchedulerRecord, Timeline
+from .timeline import (
+    LoaderRecord,
+    ModeCheck,
+    OptimizerRecord,
+    PlateauEvidence,
+    SaveRecord,
+    SchedulerRecord,
+    Timeline,
+)
 
 # Loss functions of torch.nn.functional watched for the plateau check (nn.*Loss modules call them).
 LOSS_FUNCTIONS = ("cross_entropy", "nll_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits",
@@ -90,6 +100,8 @@ class Recorder:
         self._loader_live: list[Any] = []
         self._saves: list[SaveRecord] = []
         self._plateau: list[PlateauEvidence] = []
+        self._schedule_free: list[tuple[int, Any]] = []  # (index, optimizer) of those with train / eval modes
+        self._mode_checks: list[ModeCheck] = []
         self._resets = 0  # zero_grad calls seen
         self._depth = 0  # > 0 while inside a scheduler's __init__ / step: nested steps are not the script's
         self._last_loader: int | None = None
@@ -172,11 +184,21 @@ class Recorder:
         self._opt_index[id(opt)] = index
         self._opt_live.append(opt)
         self._opts.append(OptimizerRecord(
-            index=index, cls=type(opt).__name__, site=_user_site() if created else None,
+            index=index, cls=type(opt).__name__, site=_user_site(opt) if created else None,
             created_seq=next(self._seq) if created else None, groups=len(opt.param_groups)))
         probe = next((p for g in opt.param_groups for p in g["params"] if p.requires_grad), None)
         self._probe.append([probe, None, self._resets])
+        if opt.param_groups and "train_mode" in opt.param_groups[0]:
+            self._opts[index].schedule_free = True
+            self._schedule_free.append((index, opt))
         return index
+
+    def _check_modes(self, event: str, **where: Any) -> None:
+        """Note the schedule-free optimizers in train mode now (those that stepped)."""
+        in_train = [i for i, opt in self._schedule_free
+                    if opt.param_groups[0].get("train_mode") and self._opts[i].steps]
+        if in_train:
+            self._mode_checks.append(ModeCheck(seq=next(self._seq), event=event, in_train=in_train, **where))
 
     def _on_optimizer_step(self, opt: Optimizer, args: Any, kwargs: Any) -> None:
         # The per-step path: list appends and float reads only (no host sync, no allocation on device).
@@ -396,6 +418,8 @@ class Recorder:
             pass
         rec.iter_seq.append(next(self._seq))
         self._last_loader = index
+        if self._schedule_free:
+            self._check_modes("iterate", loader=index)
 
     def _wrap_save(self, original: Callable) -> Callable:
         rec = self
@@ -403,7 +427,12 @@ class Recorder:
         @functools.wraps(original)
         def save(obj, f, *args, **kwargs):
             if rec._installed:
-                rec._saves.append(SaveRecord(seq=next(rec._seq), path=_path_of(f), holds=sorted(_holds(obj))))
+                holds = sorted(_holds(obj))
+                rec._saves.append(SaveRecord(seq=next(rec._seq), path=_path_of(f), holds=holds))
+                # optiloop's own mid-epoch checkpoints keep the evaluation point beside the training one
+                if rec._schedule_free and "model" in holds and not (
+                        isinstance(obj, Mapping) and obj.get("eval_model") is not None):
+                    rec._check_modes("save", path=_path_of(f))
             return _blame_caller(original, obj, f, *args, **kwargs)
 
         return save
@@ -423,11 +452,12 @@ class Recorder:
                 rec.sites[where] = rec.sites.get(where, 0) + count
         return Timeline(torch_version=torch.__version__, optimizers=self._opts, schedulers=self._scheds,
                         loaders=self._loaders, saves=self._saves, plateau=self._plateau,
-                        zero_grad_calls=self._resets, **run)
+                        mode_checks=self._mode_checks, zero_grad_calls=self._resets, **run)
 
     def release(self) -> None:
         """Drop the references to the script's objects (after uninstall)."""
         self._opt_live.clear()
+        self._schedule_free.clear()
         self._sched_live.clear()
         self._loader_live.clear()
         self._probe.clear()
@@ -583,13 +613,16 @@ def _site(frame: Any) -> str:
     return f"{_display_path(frame.f_code.co_filename)}:{frame.f_lineno}"
 
 
-def _user_site() -> str | None:
-    """The innermost calling frame outside torch and optiloop: the script's own line."""
+def _user_site(built: Any = None) -> str | None:
+    """The innermost calling frame outside torch and optiloop: the script's own line. Frames of
+    ``built``'s own methods (a subclass's ``__init__`` in another package, calling torch's) are
+    skipped too."""
     frame = sys._getframe(2)
     fallback = None
     while frame is not None:
         name = os.path.abspath(frame.f_code.co_filename)
-        if not (name.startswith(_TORCH) or name.startswith(_OPTILOOP) or name.startswith("<frozen")):
+        inside = built is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is built
+        if not (inside or name.startswith(_TORCH) or name.startswith(_OPTILOOP) or name.startswith("<frozen")):
             return _site(frame)
         fallback = fallback or frame
         frame = frame.f_back

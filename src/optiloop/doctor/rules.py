@@ -454,6 +454,68 @@ def checkpoint_incomplete(run: Run) -> Iterable[Finding]:
         "torch.save({" + ", ".join(keys) + ", 'epoch': epoch}, path)")
 
 
+_SF_WHY = ("a schedule-free optimizer's parameters hold its training point y until optimizer.eval() switches them "
+           "to the averaged point x, the weights to evaluate and save")
+
+
+def schedule_free_evaluated_in_train_mode(run: Run) -> Iterable[Finding]:
+    tl = run.tl
+    passes: dict[int, list] = {}
+    for c in tl.mode_checks:
+        if c.event == "iterate" and not tl.trains(c.seq):
+            for i in c.in_train:
+                passes.setdefault(i, []).append(c)
+    for i, checks in passes.items():
+        o = tl.optimizers[i]
+        loader = tl.loaders[checks[0].loader].dataset if checks[0].loader is not None else "a data set"
+        epoch = run.epoch(checks[0].seq)
+        yield Finding(
+            "schedule-free-eval-in-train-mode",
+            f"{o.label()} is schedule-free, but {len(checks):,} evaluation pass{'es' if len(checks) > 1 else ''} over "
+            f"{loader} ran while it "
+            f"was in train mode" + (f" (the first in epoch {epoch})" if epoch else "") +
+            ": the model was evaluated at its training point y, not at the averaged weights x it trains",
+            _SF_WHY, "call optimizer.eval() where you call model.eval(), and optimizer.train() where you call "
+            "model.train()", optimizer=i)
+
+
+def schedule_free_saved_in_train_mode(run: Run) -> Iterable[Finding]:
+    tl = run.tl
+    saves: dict[int, list] = {}
+    for c in tl.mode_checks:
+        if c.event == "save":
+            for i in c.in_train:
+                saves.setdefault(i, []).append(c)
+    for i, checks in saves.items():
+        o = tl.optimizers[i]
+        where = _display(checks[0].path) if checks[0].path else "a buffer"
+        yield Finding(
+            "schedule-free-saved-in-train-mode",
+            f"{where} was saved {_plural(len(checks), 'time')} while {o.label()}, a schedule-free optimizer, was in "
+            "train mode: it holds the training point y, and a model loaded from it predicts with the wrong weights",
+            _SF_WHY, "call optimizer.eval() before torch.save(...), then optimizer.train() to go on training",
+            optimizer=i)
+
+
+def scheduler_on_schedule_free(run: Run) -> Iterable[Finding]:
+    for s in run.top_level():
+        o = run.opt(s)
+        if o is None or not o.schedule_free or _warmup_only(s):
+            continue
+        yield Finding(
+            "scheduler-on-schedule-free",
+            f"{s.describe()}{' (' + s.site + ')' if s.site else ''} drives {o.label()}, a schedule-free optimizer, and "
+            f"was stepped {_plural(s.steps, 'time')}",
+            "a schedule-free optimizer replaces the LR schedule by averaging its iterates; a decaying schedule on "
+            "top of it undoes that (warmup is the one schedule it takes)",
+            "drop the scheduler; for warmup pass warmup_steps= to the optimizer", optimizer=o.index)
+
+
+def _warmup_only(s: SchedulerRecord) -> bool:
+    """A linear warmup that ends at the base LR: the one schedule a schedule-free optimizer takes."""
+    return s.cls == "LinearLR" and s.params.get("end_factor", 1.0) == 1.0
+
+
 # -------------------------------------------------------------------------------------------------
 def diagnose(tl: Timeline) -> list[Finding]:
     """All findings for a run, most consequential first; [] when the coupling is right."""
@@ -472,6 +534,9 @@ def diagnose(tl: Timeline) -> list[Finding]:
     findings += lr_at_zero(run, explained)
     findings += zero_grad_missing(run)
     findings += checkpoint_incomplete(run)
+    findings += scheduler_on_schedule_free(run)
+    findings += schedule_free_evaluated_in_train_mode(run)
+    findings += schedule_free_saved_in_train_mode(run)
     return findings
 
 

@@ -28,6 +28,7 @@ class OptimizerRecord:
     lrs: list[list[float]] = field(default_factory=list)  # per step: the LR of every param group
     stale: list[int] = field(default_factory=list)  # steps whose gradients were never cleared since the last step
     skipped: list[int] = field(default_factory=list)  # GradScaler.step calls that skipped the step (inf/NaN)
+    schedule_free: bool = False  # keeps train / eval modes (the schedulefree package's optimizers)
 
     @property
     def steps(self) -> int:
@@ -109,6 +110,18 @@ class SaveRecord:
 
 
 @dataclass
+class ModeCheck:
+    """Which schedule-free optimizers (that had stepped) were in train mode at a moment the
+    evaluation point belongs: a pass over a data set starting ("iterate") or a ``torch.save``."""
+
+    seq: int
+    event: str  # "iterate" or "save"
+    in_train: list[int]  # optimizer indices
+    loader: int | None = None  # the data set iterated
+    path: str | None = None  # the file saved
+
+
+@dataclass
 class PlateauEvidence:
     """The value given to ``ReduceLROnPlateau.step`` next to the losses the script computed since
     the previous one, grouped by phase ("train": with gradients, before the epoch's last optimizer
@@ -135,6 +148,7 @@ class Timeline:
     loaders: list[LoaderRecord] = field(default_factory=list)
     saves: list[SaveRecord] = field(default_factory=list)
     plateau: list[PlateauEvidence] = field(default_factory=list)
+    mode_checks: list[ModeCheck] = field(default_factory=list)  # only where a schedule-free optimizer exists
     zero_grad_calls: int = 0
 
     # -- derived views ----------------------------------------------------------------------------
@@ -183,6 +197,14 @@ class Timeline:
         return [bisect.bisect_left(attempts, b) - bisect.bisect_right(attempts, a)
                 for a, b in zip(starts, starts[1:] + [float("inf")], strict=True)]
 
+    def trains(self, seq: int) -> bool:
+        """A pass over a data set starting at ``seq`` is a training pass: an optimizer steps
+        before the next pass (over any data set) starts."""
+        steps = sorted(s for o in self.optimizers for s in o.attempts())
+        starts = sorted(q for ld in self.loaders for q in ld.iter_seq)
+        i = bisect.bisect_right(starts, seq)
+        return _any_between(steps, seq, starts[i] if i < len(starts) else float("inf"))
+
     def epoch_of(self, seq: int) -> int | None:
         """1-based training epoch an event belongs to (None before the first epoch / unknown)."""
         return bisect.bisect_left(self.epoch_starts(), seq) or None
@@ -195,7 +217,7 @@ class Timeline:
     def from_dict(cls, data: dict[str, Any]) -> Timeline:
         data = {k: v for k, v in data.items() if k != "format"}
         kinds = {"optimizers": OptimizerRecord, "schedulers": SchedulerRecord, "loaders": LoaderRecord,
-                 "saves": SaveRecord, "plateau": PlateauEvidence}
+                 "saves": SaveRecord, "plateau": PlateauEvidence, "mode_checks": ModeCheck}
         for key, kind in kinds.items():
             data[key] = [_build(kind, item) for item in data.get(key, [])]
         return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})

@@ -29,7 +29,7 @@ from ..models import build_model
 from ..preprocessing import Preprocessing
 from ..recipes import rebuild
 from ..sources import find_source, load_dataset
-from ..training_state import load_model_weights
+from ..training_state import inference_weights, load_model_weights
 from .task import INFERENCE, build_task
 
 
@@ -183,7 +183,7 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
         raise OptiloopError(f"{path}: {info.get('no_rows', 'its inputs are not rows of features')}, so optiloop "
                             "cannot apply it to rows of a file; in Python: ol.load_checkpoint(...)['model'] holds "
                             "the weights")
-    load_model_weights(model, ckpt["model"])
+    load_model_weights(model, inference_weights(ckpt))  # an EMA / SWA average where the run validated one
     return Run(model, Preprocessing.from_state_dict(info["preprocessing"]), cfg, path, ckpt.get("epoch"),
                info.get("input_shape"))
 

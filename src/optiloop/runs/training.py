@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import loggers, trackers
+from ..averaging import EMA, SWA
 from ..callbacks import Callback, EarlyStopping, Monitor
 from ..config import FIXED, FREE, extras, resolve, resume_policy
 from ..distributed import (
@@ -32,6 +33,8 @@ from ..files import check_writable
 from ..loggers import TensorBoard
 from ..loop import logged_keys, run_fit
 from ..optim import build_optimizer
+from ..optim import lookup as lookup_optimizer
+from ..schedule_free import check_schedule
 from ..schedules import build_scheduler
 from ..settings import AMP_DTYPES, FitSettings
 from .folder import RunFolder, ensure_empty, short, stamp, versions
@@ -134,7 +137,7 @@ class TrainingRun:
         self.task = task = build_task(cfg)
         cfg = task.config
         t, o, s = cfg["train"], cfg["optimizer"], cfg["scheduler"]
-        log_keys = logged_keys(task.metrics)
+        log_keys = logged_keys(task.metrics, averaged=t.get("ema") is not None or t.get("swa") is not None)
         with_key("train.monitor", lambda m: Monitor(m).check_available(log_keys), t["monitor"])
         self.device = with_key("train.device", resolve_device, t["device"])
         self.strategy = t.get("strategy") or "auto"
@@ -154,6 +157,8 @@ class TrainingRun:
         steps = math.ceil(batches / t["grad_accum"])
         built = build_scheduler({"name": s["name"], **extras(s)}, opt, epochs=t["epochs"], steps_per_epoch=steps)
         del opt
+        if lookup_optimizer(o["name"]).schedule_free:  # refused by fit too, but before any file exists
+            with_key("scheduler.name", check_schedule, built)
         # step / multistep / exponential have no torch default for their one required argument:
         # record the one build_scheduler derived from the run, so config.toml says what ran.
         for key, value in built.recorded.items():
@@ -232,6 +237,10 @@ class TrainingRun:
             extra.append(self.tracker)
         if self.patience:
             extra.append(EarlyStopping(monitor=t["monitor"], patience=self.patience))
+        if t.get("ema") is not None:
+            extra.append(EMA(decay=t["ema"]))
+        if t.get("swa") is not None:
+            extra.append(SWA(start_epoch=t["swa"], swa_lr=t.get("swa_lr")))
         extra += callbacks
         rec = run_callbacks(folder, monitor=t["monitor"], checkpoint_every=t.get("checkpoint_every"),
                             checkpoint_seconds=t["checkpoint_seconds"], grad_norm=norm,

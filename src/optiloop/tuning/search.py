@@ -70,6 +70,7 @@ def tune(
     out: str | os.PathLike | None = None,
     fixed: Sequence[str] = (),
     progress: Callable[[str], None] | None = None,
+    tracker: Any = None,
 ) -> TuneResult:
     """Search the settings of a run on Optuna: each trial trains a real run folder, bad ones are pruned.
 
@@ -105,6 +106,9 @@ def tune(
         fixed: config keys set on the command line that the default space leaves alone
             (``"train.batch_size"``).
         progress: called with one line per event (the header, each finished trial); the CLI prints.
+        tracker: an ``optiloop.trackers.MLflowSweep``: once the search ends, the study becomes one
+            parent run with each new trial as a child (its config, value, history, run folder's files;
+            pruned trials as killed runs), so the tracker's comparison views line the trials up.
 
     Returns:
         A :class:`TuneResult`.
@@ -212,11 +216,37 @@ def tune(
     from .report import write_results
 
     result.files = write_results(result, spc, task.description, seconds=time.perf_counter() - t0)
+    if tracker is not None:
+        _log_trials(tracker, handle, new, folder, {"study": name, "monitor": monitor, "direction": direction,
+                                                   "trials": trials, "epochs": epochs, "data": task.description})
     errors = [w.error for w in workers if w.error]  # after the files: they show what the others did
     if errors:
         raise OptiloopError(errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more "
                             "processes failed)")
     return result
+
+
+def _log_trials(tracker: Any, study: Any, numbers: Sequence[int], folder: Path, settings: Mapping[str, Any]) -> None:
+    """The search as one parent run of the tracker, each of these trials a child of it (from this
+    process, after the workers: a child is logged once, whichever process trained it)."""
+    from ..history import History
+
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    with tracker:
+        tracker.start(params=settings)
+        for n in numbers:
+            t = by_number[n]
+            run_dir = folder / t.user_attrs["run"] if t.user_attrs.get("run") else None
+            history = History.from_csv(run_dir / "history.csv") if run_dir and (run_dir / "history.csv").is_file() \
+                else None
+            figures = {"value": t.value, "best_epoch": t.user_attrs.get("best_epoch"),
+                       "epochs": t.user_attrs.get("epochs"), "seconds": t.user_attrs.get("seconds")}
+            tracker.log_child(f"trial-{n:04d}", params=t.user_attrs.get("config") or dict(t.params),
+                              metrics=figures, history=history, artifacts=run_dir,
+                              tags={"optuna.trial": n, "optuna.state": t.state.name,
+                                    "optuna.note": t.user_attrs.get(NOTE_ATTR, "")},
+                              outcome="finished" if t.state.name == "COMPLETE" else "interrupted")
+        tracker.end(artifacts=folder)
 
 
 def _pick(*values: Any) -> Any:
