@@ -17,10 +17,12 @@ import argparse
 import io
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from .commands import COMMANDS, Command, command
-from .errors import DiskError, OptiloopError
+from .errors import DataWarning, DiskError, OptiloopError
 
 __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
@@ -85,6 +87,16 @@ class _ReaderMayLeave(io.TextIOBase):
         return getattr(self._stream, "encoding", "utf-8")
 
 
+def _note_or(show: Any) -> Any:
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"note: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``optiloop`` console script and ``python -m optiloop``."""
     args = build_parser().parse_args(argv)
@@ -100,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return args._command.run(args)
+        with warnings.catch_warnings():  # what applying a run did to the rows: one "note:" line each
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = _note_or(warnings.showwarning)
+            return args._command.run(args)
     except DiskError as e:  # the machine's fault, not the input's: exit 1
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -27,9 +27,9 @@ from ..inference import predict
 from ..loop import evaluate
 from ..models import build_model
 from ..preprocessing import Preprocessing
-from ..sources import find_source, load_dataset
+from ..sources import find_source
 from ..training_state import load_model_weights
-from .task import INFERENCE, build_task
+from .task import INFERENCE, build_task, run_dataset
 
 
 class _OriginalUnits(nn.Module):
@@ -117,7 +117,7 @@ class Run:
         """The run's own validation split, rebuilt from its data (which must still be there):
         raw features and original labels."""
         d = self.config["data"]
-        ds = load_dataset(d["name"], target=d.get("target"), task=d["task"])
+        ds = run_dataset(d)
         raw = split(ds, val_fraction=d["val_fraction"], seed=d["seed"])
         y = np.asarray(ds.classes, dtype=object)[raw.y_val] if ds.task == "classification" else raw.y_val
         return raw.X_val, y
