@@ -43,7 +43,7 @@ _WHERE: dict[str, str] = {
     "predict": "inference",
     "Run": "runs", "load": "runs",
     "watch": "doctor",
-    "export": "sharded",
+    "export": "exporting",
 }
 
 __all__ = [
@@ -68,7 +68,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    return sorted([*_WHERE, "__version__"])  # the API, not this module's own imports
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
@@ -79,6 +79,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .distributed import FSDP, resolve_device, seed_everything
     from .doctor import watch
     from .errors import CheckpointError, DiskError, NonFiniteLossError, OptiloopError, TrainingInterrupted
+    from .exporting import export
     from .history import History, Steps
     from .inference import predict
     from .loggers import Logger, StepHistory, TensorBoard
@@ -88,5 +89,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .results import summarize, to_frame
     from .runs import Run, load
     from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
-    from .sharded import export
     from .steps import StepOutput
