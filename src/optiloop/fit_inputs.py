@@ -94,7 +94,7 @@ def _array(frame: Any, where: str) -> np.ndarray:
                                 "them first (e.g. df.fillna(df.median())), or train on the table with optiloop train, "
                                 "which fills them")
     arr = np.column_stack(values) if hasattr(frame, "columns") else values[0]
-    return arr.astype(np.float32) if arr.dtype.kind == "f" else np.array(arr)  # (a copy: pandas hands out read-only views)
+    return arr.astype(np.float32) if arr.dtype.kind == "f" else np.array(arr)  # (copies: pandas gives read-only views)
 
 
 # --- validation_split ---------------------------------------------------------------------------------
