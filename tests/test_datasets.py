@@ -73,3 +73,14 @@ def test_csv_integer_labels_stay_integers_and_bad_columns_are_named(tmp_path):
     p.write_text("a,a,y\n1,2,3\n3,4,5\n")
     with pytest.raises(OptiloopError, match="column 'a' appears more than once"):
         load_dataset(str(p))
+
+
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_builtins_are_read_without_importing_scikit_learn_and_equal_its_loaders(name):
+    import sklearn.datasets
+
+    X, y, features = BUILTIN[name][0]()
+    reference = getattr(sklearn.datasets, f"load_{name}")()
+    np.testing.assert_array_equal(X, reference.data)  # diabetes too: scaled as load_diabetes() scales it
+    np.testing.assert_array_equal(y, reference.target)
+    assert features == [str(f) for f in reference.feature_names]
