@@ -88,9 +88,13 @@ class _ReaderMayLeave(io.TextIOBase):
 
 
 def _note_or(show: Any) -> Any:
+    said: set[str] = set()  # eval applies the run twice (figures, then classes): each note once
+
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, DataWarning):
-            print(f"note: {message}", file=sys.stderr)
+            if str(message) not in said:
+                said.add(str(message))
+                print(f"note: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)
 
