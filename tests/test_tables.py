@@ -105,6 +105,15 @@ def test_a_table_of_complete_numbers_needs_no_pipeline(tmp_path):
     ds = prepare(load_dataset(str(tmp_path / "n.csv")), TableOptions())
     assert ds.columns is None and ds.X.dtype == np.float32 and ds.features == ["a", "b"]
     assert ds.notes == ["left out: id (an ID: a different value in every row)"]
+    # numbers only: an integer ID (named like one, or counting rows) is left out too, still no pipeline
+    rng = np.random.default_rng(0)
+    df.assign(id=rng.permutation(40) * 7 + 1000, n=np.arange(40), a=rng.normal(size=40)).rename(
+        columns={"id": "orderId"}).to_csv(tmp_path / "n.csv", index=False)
+    ds = prepare(load_dataset(str(tmp_path / "n.csv"), target="y"), TableOptions())
+    assert ds.columns is None and ds.features == ["a", "b"] and "left out: orderId (an ID" in ds.notes[0]
+    assert "n (an ID" in ds.notes[0]
+    kept = prepare(load_dataset(str(tmp_path / "n.csv"), target="y"), TableOptions(features=("orderId", "a")))
+    assert kept.features == ["orderId", "a"]  # listed in data.features: kept as the user said
 
 
 def test_the_pipeline_travels_as_plain_data_and_is_rebuilt_to_give_the_same_numbers(tmp_path):

@@ -47,7 +47,8 @@ from .errors import OptiloopError
 
 DATE_PARTS = ("year", "month", "day", "weekday")
 _DATE = re.compile(r"^\d{4}[-/]\d{1,2}[-/]\d{1,2}(?:[ T]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$")
-_ID_NAME = re.compile(r"(?:^|[_\s.-])(?:id|uuid|guid|key)$|^(?:id|uuid|guid|key)|[a-z]I[dD]$", re.IGNORECASE)
+# id, user_id, ID, uuid, id_number, customerId, userID (not: paid, identity, keyboard)
+_ID_NAME = re.compile(r"(?i:(?:^|[_\s.-])(?:id|uuid|guid|key)$|^(?:id|uuid|guid)(?:[_\s.-]|$))|[a-z](?:Id|ID)$")
 MIN_ID_ROWS = 20  # below this, a column of distinct values may simply be a small table's categories
 
 
@@ -296,8 +297,18 @@ def prepare(ds: Dataset, options: TableOptions) -> Dataset:
     categorical columns capped, empty cells counted. A table of numbers without an empty cell
     becomes a plain float32 matrix (no pipeline); any other keeps its cells with ``ds.columns``."""
     ds = select(ds, options)
-    if ds.X.dtype != object and (ds.X.dtype.kind != "f" or np.isfinite(ds.X).all()):
-        return ds  # numbers, complete: the fast path
+    if ds.X.dtype != object and (ds.X.dtype.kind != "f" or np.isfinite(ds.X).all()):  # numbers, complete
+        filled = np.ones(len(ds.X), dtype=bool)
+        ids = [c for j, c in enumerate(ds.features) if c not in (options.features or ())
+               and _looks_like_id(c, ds.X[:, j], "numeric", filled)]
+        if not ids:
+            return ds  # the fast path: nothing to type, no pipeline
+        if len(ids) == len(ds.features):
+            raise OptiloopError(f"data {ds.name}: every feature column is an ID ({', '.join(ids)}); keep one with "
+                                "data.features")
+        keep = [j for j, c in enumerate(ds.features) if c not in ids]
+        note = "left out: " + "; ".join(f"{c} (an ID: a different value in every row)" for c in ids)
+        return replace(ds, X=ds.X[:, keep], features=[ds.features[j] for j in keep], notes=[*ds.notes, note])
     cols = Columns.of(ds.X, ds.features, options, where=f"data {ds.name}", explicit=options.features or ())
     idx = [ds.features.index(c) for c in cols.names]
     X = ds.X[:, idx]
