@@ -92,8 +92,9 @@ def _note_or(show: Any) -> Any:
 
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, DataWarning):
-            if str(message) not in said:
-                said.add(str(message))
+            what = str(message).split(": ", 1)[-1]  # (after "where: ", which the two passes name differently)
+            if what not in said:
+                said.add(what)
                 print(f"note: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)
