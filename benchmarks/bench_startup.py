@@ -129,9 +129,10 @@ def report(sources: dict[str, Path], times: dict[tuple[str, str], list[float]], 
               "`torch.optim` class, with or without optiloop): together the floor row. The built-in "
               "data sets are read with numpy from scikit-learn's package folder and numbers are "
               "standardized with numpy, so scikit-learn is not imported (only a table with text "
-              "categories, dates or empty cells needs its pipeline). matplotlib, for the pictures drawn "
-              "at the end, is imported on a background thread while torch imports. A shared machine "
-              "(see the load average) spreads the medians; the minima are the better comparison.", "", END]
+              "categories, dates or empty cells needs its pipeline). What remains above the floor: "
+              "the epoch itself, the config and data, and the two pictures drawn at the end "
+              "(matplotlib's import, curves.png and confusion_matrix.png). A shared machine (see the "
+              "load average) spreads the medians; the minima are the better comparison.", "", END]
     return "\n".join(lines) + "\n"
 
 

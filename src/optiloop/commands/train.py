@@ -83,9 +83,6 @@ class TrainCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from ..config import resolve
         from ..files import check_writable
-        from ..preload import in_background
-
-        in_background("optiloop.plots")  # matplotlib, for the pictures at the end: while torch imports
         from ..runs import TrainingRun, ensure_empty, torchrun_rank
 
         flags: dict[str, dict[str, Any]] = {}
