@@ -9,6 +9,7 @@ import pytest
 from optiloop.datasets import BUILTIN, split
 from optiloop.errors import OptiloopError
 from optiloop.sources import load_dataset
+from optiloop.tables import TableOptions, prepare
 
 
 @pytest.mark.parametrize("name", list(BUILTIN))
@@ -66,9 +67,20 @@ def test_csv_integer_labels_stay_integers_and_bad_columns_are_named(tmp_path):
     p.write_text("a,b,y\n1,2,3\n3,4,5\n5,6,3\n7,8,5\n")
     ds = load_dataset(str(p))
     assert ds.classes == [3, 5] and all(type(c) is int for c in ds.classes)
-    p.write_text("a,b,y\n1,x,3\n3,4,5\n")
-    with pytest.raises(OptiloopError, match="column 'b' is not numeric"):
-        load_dataset(str(p))
+    p.write_text("a,b,y\n1,x,3\n3,4,5\n")  # a number column with a text cell: typed as a mistake, not a category
+    with pytest.raises(OptiloopError, match="column 'b' is not numeric: 1 of its 2 filled cells are text"):
+        prepare(load_dataset(str(p)), TableOptions())
     p.write_text("a,a,y\n1,2,3\n3,4,5\n")
     with pytest.raises(OptiloopError, match="column 'a' appears more than once"):
         load_dataset(str(p))
+
+
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_builtins_are_read_without_importing_scikit_learn_and_equal_its_loaders(name):
+    import sklearn.datasets
+
+    X, y, features = BUILTIN[name][0]()
+    reference = getattr(sklearn.datasets, f"load_{name}")()
+    np.testing.assert_array_equal(X, reference.data)  # diabetes too: scaled as load_diabetes() scales it
+    np.testing.assert_array_equal(y, reference.target)
+    assert features == [str(f) for f in reference.feature_names]

@@ -160,7 +160,7 @@ def test_regression_predictions_and_eval_are_in_the_targets_units(tmp_path):
 @pytest.mark.parametrize(("rows", "needle"), [
     (lambda df: df.drop(columns=["alcohol", "ash"]), "missing feature columns alcohol, ash"),
     (lambda df: df.assign(hue="dark"), "column 'hue' is not numeric"),
-    (lambda df: df.assign(hue=np.nan), "column 'hue' has missing"),
+    (lambda df: df.assign(hue=np.inf), "column 'hue' has missing, NaN or infinite"),  # (an empty cell is filled)
     (lambda df: df.drop(columns=["cultivar"]).to_numpy()[:, :5], "5 columns, but the run takes 13"),
 ])
 def test_bad_rows_are_one_line_naming_the_problem(tmp_path, rows, needle):

@@ -46,7 +46,7 @@ _WHERE: dict[str, str] = {
     "predict": "inference", "make_model": "recipes",
     "Run": "runs", "load": "runs",
     "watch": "doctor",
-    "export": "sharded",
+    "export": "exporting",
     "OptunaPruning": "tuning", "tune": "tuning",
 }
 
@@ -73,7 +73,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    return sorted([*_WHERE, "__version__"])  # the API, not this module's own imports
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported eagerly
@@ -85,6 +85,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .distributed import FSDP, resolve_device, seed_everything
     from .doctor import watch
     from .errors import CheckpointError, DiskError, NonFiniteLossError, OptiloopError, TrainingInterrupted
+    from .exporting import export
     from .history import History, Steps
     from .inference import predict
     from .loggers import Logger, StepHistory, TensorBoard
@@ -96,7 +97,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from .runs import Run, load
     from .schedules import SCHEDULERS, Schedule, build_scheduler, preview_schedule
     from .several import Optimizers, manual
-    from .sharded import export
     from .steps import StepOutput
     from .trackers import MLflow, MLflowSweep
     from .tuning import OptunaPruning, tune

@@ -17,10 +17,12 @@ import argparse
 import io
 import os
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from .commands import COMMANDS, Command, command
-from .errors import DiskError, OptiloopError, did_you_mean
+from .errors import DataWarning, DiskError, OptiloopError, did_you_mean
 
 __all__ = ["COMMANDS", "Command", "build_parser", "command", "main"]
 
@@ -93,6 +95,21 @@ class _ReaderMayLeave(io.TextIOBase):
         return getattr(self._stream, "encoding", "utf-8")
 
 
+def _note_or(show: Any) -> Any:
+    said: set[str] = set()  # eval applies the run twice (figures, then classes): each note once
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            what = str(message).split(": ", 1)[-1]  # (after "where: ", which the two passes name differently)
+            if what not in said:
+                said.add(what)
+                print(f"note: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``optiloop`` console script and ``python -m optiloop``."""
     args = build_parser().parse_args(argv)
@@ -108,7 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return args._command.run(args)
+        with warnings.catch_warnings():  # what applying a run did to the rows: one "note:" line each
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = _note_or(warnings.showwarning)
+            return args._command.run(args)
     except DiskError as e:  # the machine's fault, not the input's: exit 1
         print(f"error: {e}", file=sys.stderr)
         return 1

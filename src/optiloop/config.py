@@ -106,6 +106,18 @@ class DataConfig(_Closed):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = Field(0, ge=0, le=SEED_MAX)
     standardize: bool = True
+    # A table as it comes (optiloop.tables): which columns, and what to do with empty cells, dates
+    # and text. They change what the model sees: like the other data keys, a resume takes them
+    # only with force_resume.
+    drop: list[str] = Field(default_factory=list, description="columns to leave out", **_resume(FORCED))
+    features: list[str] | None = Field(None, description="the columns to use, in this order (default: all but "
+                                       "the target, IDs and data.drop)", **_resume(FORCED))
+    impute: bool = Field(True, description="fill empty cells with the train split's median (numbers, dates) or "
+                         "most frequent value (categories); false refuses them", **_resume(FORCED))
+    max_categories: int = Field(50, ge=2, le=100_000, description="most levels a text column may have for one-hot "
+                                "encoding; more is refused", **_resume(FORCED))
+    dates: Literal["expand", "drop"] = Field("expand", description="date columns: year, month, day and weekday, "
+                                             "or left out", **_resume(FORCED))
 
 
 class ModelConfig(_Open):

@@ -19,7 +19,10 @@ Example:
 from __future__ import annotations
 
 import csv
+import gzip
 import importlib
+import importlib.util
+import math
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,26 +36,67 @@ from .errors import OptiloopError
 TASKS = ("auto", "classification", "regression")
 
 
-def _sklearn(loader: str) -> Callable[[], tuple[np.ndarray, np.ndarray, list[str]]]:
-    def load() -> tuple[np.ndarray, np.ndarray, list[str]]:
-        import sklearn.datasets  # imported on use: it takes a moment and most commands skip it
+def _sklearn_data(name: str) -> Path:
+    """A data file inside the installed scikit-learn, found without importing it (its import pulls
+    in scipy and costs seconds; reading an 8x8 digits array needs neither)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise OptiloopError("the built-in data sets ship inside scikit-learn: pip install scikit-learn")
+    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
 
-        bunch = getattr(sklearn.datasets, loader)()
-        return bunch.data, bunch.target, [str(f) for f in bunch.feature_names]
 
-    return load
+def _gz_text(name: str) -> np.ndarray:
+    with gzip.open(_sklearn_data(name), "rt", encoding="utf-8") as f:
+        return np.loadtxt(f, delimiter="," if name.startswith("digits") else None)
 
+
+def _counted_csv(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``n_samples,n_features,class names`` header, then rows of features + class id."""
+    with open(_sklearn_data(name), encoding="utf-8") as f:
+        header = f.readline().split(",")
+        rows = np.loadtxt(f, delimiter=",", ndmin=2)
+    n, k = int(header[0]), int(header[1])
+    return rows[:n, :k], rows[:n, k].astype(np.int64)
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    data = _gz_text("digits.csv.gz")
+    return data[:, :-1], data[:, -1].astype(np.int64), [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+
+
+def _wine() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return (*_counted_csv("wine_data.csv"), list(WINE_FEATURES))
+
+
+def _breast_cancer() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return (*_counted_csv("breast_cancer.csv"), list(CANCER_FEATURES))
+
+
+def _diabetes() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's ``load_diabetes()``: each feature centred and scaled by its standard deviation
+    times the square root of the sample count (its ``scaled=True`` default)."""
+    data, target = _gz_text("diabetes_data_raw.csv.gz"), _gz_text("diabetes_target.csv.gz")
+    data = (data - data.mean(axis=0)) / data.std(axis=0)
+    return data / len(data) ** 0.5, target, ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+
+
+WINE_FEATURES = ("alcohol", "malic_acid", "ash", "alcalinity_of_ash", "magnesium", "total_phenols", "flavanoids",
+                 "nonflavanoid_phenols", "proanthocyanins", "color_intensity", "hue",
+                 "od280/od315_of_diluted_wines", "proline")
+_CANCER = ("radius", "texture", "perimeter", "area", "smoothness", "compactness", "concavity", "concave points",
+           "symmetry", "fractal dimension")
+CANCER_FEATURES = (*(f"mean {m}" for m in _CANCER), *(f"{m} error" for m in _CANCER), *(f"worst {m}" for m in _CANCER))
 
 # name -> (loader of (X, y, feature names), task, one-line description). All ship inside
-# scikit-learn: no download.
+# scikit-learn's package folder (no download); read with numpy, without importing scikit-learn.
 BUILTIN: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray, list[str]]], str, str]] = {
-    "digits": (_sklearn("load_digits"), "classification",
+    "digits": (_digits, "classification",
                "handwritten digits, 8x8 images: 1797 samples, 64 features, 10 classes"),
-    "breast_cancer": (_sklearn("load_breast_cancer"), "classification",
+    "breast_cancer": (_breast_cancer, "classification",
                       "breast cancer Wisconsin: 569 samples, 30 features, 2 classes"),
-    "wine": (_sklearn("load_wine"), "classification",
+    "wine": (_wine, "classification",
              "wine recognition: 178 samples, 13 features, 3 classes"),
-    "diabetes": (_sklearn("load_diabetes"), "regression",
+    "diabetes": (_diabetes, "regression",
                  "diabetes progression: 442 samples, 10 features, regression target"),
 }
 
@@ -68,6 +112,8 @@ class Dataset:
     classes: list[Any] = field(default_factory=list)  # original labels, index = class id
     features: list[str] = field(default_factory=list)  # column names, in X's order
     target: str = "target"  # the label column's name (a CSV's own; "target" otherwise)
+    notes: list[str] = field(default_factory=list)  # what reading it did (rows left out ...): the run header says it
+    columns: Any = None  # a table's typed columns (optiloop.tables.Columns) when X holds raw cells
 
     @property
     def num_classes(self) -> int:
@@ -145,18 +191,58 @@ def read_table(path: Path, what: str = "data.name") -> dict[str, list[str]]:
     return {h: [r[i].strip() for r in body] for i, h in enumerate(header)}
 
 
-def numeric_column(values: Any, name: str, where: Any) -> np.ndarray:
-    """One feature column as float64; a non-numeric or missing value is one line naming it."""
-    try:
-        col = np.asarray(values, dtype=np.float64)
-    except (ValueError, TypeError):
-        raise OptiloopError(f"{where}: column {name!r} is not numeric; "
-                            "only numeric feature columns are supported") from None
+MISSING = frozenset({"", "na", "n/a", "nan", "null", "none"})  # cells read as empty (any case)
+
+
+def is_missing(v: Any) -> bool:
+    """An empty cell: None, NaN, NaT, pandas' NA, or text such as "", "NA", "null"."""
+    if v is None:
+        return True
+    if isinstance(v, str):
+        return v.strip().lower() in MISSING
+    if isinstance(v, (float, np.floating)):
+        return math.isnan(v)
+    if isinstance(v, np.datetime64):
+        return bool(np.isnat(v))
+    return type(v).__name__ in ("NAType", "NaTType")  # pandas' missing markers, without importing pandas
+
+
+def to_number(v: Any) -> float:
+    """A cell as a float (NaN when empty); ValueError when it is not a number."""
+    if is_missing(v):
+        return math.nan
+    if isinstance(v, str):
+        return float(v.strip())
+    if isinstance(v, (bool, np.bool_, int, float, np.integer, np.floating)):
+        return float(v)
+    raise ValueError(v)
+
+
+def numeric_column(values: Any, name: str, where: Any, *, empty: bool = False) -> np.ndarray:
+    """One feature column as float64; a non-numeric value is one line naming it, and so is an
+    empty cell unless ``empty`` (then NaN)."""
+    col = np.asarray(values)
     if col.ndim != 1:
         raise OptiloopError(f"{where}: column {name!r} must hold one number per row")
-    if not np.isfinite(col).all():
+    if col.dtype.kind not in "biuf":
+        try:
+            col = np.array([to_number(v) for v in col], dtype=np.float64)
+        except (ValueError, TypeError):
+            bad = next(v for v in col if not _is_number(v))
+            raise OptiloopError(f"{where}: column {name!r} is not numeric (a cell holds {str(bad)[:40]!r}); "
+                                "the run took numbers there") from None
+    col = col.astype(np.float64)
+    if np.isinf(col).any() or not empty and np.isnan(col).any():
         raise OptiloopError(f"{where}: column {name!r} has missing, NaN or infinite values")
     return col
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        to_number(v)
+        return True
+    except (ValueError, TypeError):
+        return False
 
 
 def labels(values: list[str]) -> np.ndarray:
@@ -169,8 +255,10 @@ def labels(values: list[str]) -> np.ndarray:
     return np.array(values)
 
 
-def read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
-    """(X, y, feature names, target name) of a CSV; ``target`` defaults to the last column."""
+def read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str, list[str]]:
+    """(cells, y, feature names, target name, notes) of a CSV; ``target`` defaults to the last
+    column. The cells stay text (``optiloop.tables`` types them); rows without a label are left out,
+    said in the notes."""
     table = read_table(path)
     header = list(table)
     if target is None:
@@ -181,8 +269,17 @@ def read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray, li
     features = [h for h in header if h != target]
     if not features:
         raise OptiloopError(f"{path}: no feature columns besides the target {target!r}")
-    X = np.column_stack([numeric_column(table[h], h, path) for h in features])
-    return X, labels(table[target]), features, target
+    X = np.array([table[h] for h in features], dtype=object).T
+    y = np.array(table[target], dtype=object)
+    unlabelled = np.array([is_missing(v) for v in y], dtype=bool)
+    notes = []
+    if unlabelled.any():
+        if unlabelled.all():
+            raise OptiloopError(f"{path}: the target column {target!r} is empty in every row")
+        notes.append(f"left out {int(unlabelled.sum())} row{'s' if unlabelled.sum() > 1 else ''} with an empty "
+                     f"{target!r} (no label to learn from)")
+        X, y = X[~unlabelled], y[~unlabelled]
+    return X, labels(list(y)), features, target, notes
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -226,12 +323,7 @@ def _checked(name: str, X: Any, y: Any, task: str) -> Dataset:
         raise OptiloopError(f"data {name!r}: X has {len(X)} samples but y has {len(y)}")
     if len(X) < 2:
         raise OptiloopError(f"data {name!r}: needs at least 2 samples, got {len(X)}")
-    try:
-        X = X.astype(np.float32)
-    except ValueError:
-        raise OptiloopError(f"data {name!r}: X must be numeric") from None
-    if not np.isfinite(X).all():
-        raise OptiloopError(f"data {name!r}: X has NaN or infinite values")
+    X = _cells(name, X)
     numeric = np.issubdtype(y.dtype, np.number) or y.dtype == bool
     if task == "auto":
         integral = numeric and np.all(np.mod(y.astype(np.float64), 1) == 0)
@@ -245,7 +337,23 @@ def _checked(name: str, X: Any, y: Any, task: str) -> Dataset:
             raise OptiloopError(f"data {name!r}: y has NaN or infinite values")
         return Dataset(name, X, y, "regression")
     classes, codes = np.unique(y, return_inverse=True)
-    return Dataset(name, X, codes.astype(np.int64), "classification", [c.item() for c in classes])
+    return Dataset(name, X, codes.astype(np.int64), "classification",
+                   [c.item() if isinstance(c, np.generic) else c for c in classes])
+
+
+def _cells(name: str, X: np.ndarray) -> np.ndarray:
+    """Numbers as float32 (NaN where a cell is empty); anything else (text, dates, a mix) as the
+    cells themselves, an object array that ``optiloop.tables`` types column by column."""
+    if X.dtype.kind in "biuf":
+        X = X.astype(np.float32)
+        if np.isinf(X).any():
+            raise OptiloopError(f"data {name!r}: X has infinite values")
+        return X
+    try:
+        numbers = X.astype(np.float32)
+    except (ValueError, TypeError):
+        return X.astype(object)
+    return numbers if np.isfinite(numbers).all() else X.astype(object)
 
 
 def split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0) -> Split:

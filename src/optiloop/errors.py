@@ -34,6 +34,11 @@ class SettingsChanged(OptiloopError):
         return SettingsChanged(self.path, self.changes, remedy)
 
 
+class DataWarning(UserWarning):
+    """What applying a run to new rows did beyond the plain transform (empty cells filled, a category
+    never seen in training): one line; the CLI prints it as a note."""
+
+
 def choices(names) -> str:
     """Format valid choices for an error line: 'a, b, c'."""
     return ", ".join(sorted(names))

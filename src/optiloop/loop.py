@@ -39,6 +39,7 @@ from .checkpoint import CheckpointFolder, load_resumable
 from .data import make_batches, map_batch
 from .distributed import check_fsdp, resolve_device, seed_everything
 from .errors import CheckpointError, NonFiniteLossError, OptiloopError, SettingsChanged, TrainingInterrupted
+from .fit_inputs import prepared
 from .history import History
 from .metrics import Metrics, MetricSet, metric_keys
 from .optim import build_optimizer
@@ -70,9 +71,9 @@ def fit(
     weight_decay: float | None = None,
     scheduler: str | Mapping[str, Any] | Any = None,
     epochs: int = 10,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     metrics: Metrics = (),
-    callbacks: Iterable[Callback] = (),
+    callbacks: Iterable[Callback] | Callback = (),
     device: str | torch.device = "auto",
     seed: int | None = None,
     grad_accum: int = 1,
@@ -89,15 +90,17 @@ def fit(
     fast: bool = True,
     strategy: str | D.FSDP = "auto",
     config: dict[str, Any] | None = None,
+    validation_split: float | None = None,
 ) -> History:
     """Train ``model`` and return its per-epoch History.
 
     Args:
         model: any nn.Module; moved to ``device``.
         train_data, val_data: a DataLoader, a Dataset, or in-memory tensors / numpy arrays: an
-            ``(X, y)`` pair, a tuple, or a dict of equal-length arrays (batched by index: the fast
-            path). A batch may have any structure (tuple, dict, namedtuple, dataclass of tensors);
-            it is moved to the device whole. val_data is evaluated after every epoch.
+            ``(X, y)`` pair (pandas DataFrame / Series too), a tuple, or a dict of equal-length
+            arrays (batched by index: the fast path). A batch may have any structure (tuple, dict,
+            namedtuple, dataclass of tensors); it is moved to the device whole. val_data is
+            evaluated after every epoch.
         loss: a name (cross_entropy, mse, l1, bce, huber, smooth_l1, nll) or callable(out, y),
             used as ``loss(model(x), y)`` on ``(x, y)`` batches; or ``"model"``: the model
             computes its own loss (``model(**batch).loss`` for a dict batch, ``model(*batch)``
@@ -113,14 +116,15 @@ def fit(
             train / eval modes). Several optimizers: a dict of named ones, ``{"generator":
             {"name": "adam", "params": "generator", "scheduler": ...}, ...}`` (optiloop.several).
         scheduler: see ``build_scheduler``; None = constant LR. Stepped by its interval.
-        epochs, batch_size: run length and batch size (per process under DDP).
+        epochs, batch_size: run length and batch size (per process under DDP; default 32). A
+            DataLoader batches by itself: a different batch_size warns.
         metrics: names (accuracy, top5, mse, mae), callables(out, y) -> batch mean (the epoch's
             value: the mean of batch means weighted by batch size), or torchmetrics ``Metric``
             objects (exact epoch values: F1, AUROC, R² ...; named by class, ``MulticlassF1Score``
             -> ``f1``), on the step's outputs and targets; a dict names them:
             ``{"f1_macro": MulticlassF1Score(10, average="macro")}``.
         callbacks: EarlyStopping, Checkpoint, LRMonitor, EMA / SWA (validation, best.pt and
-            predict then use the averaged weights), your own Callback subclasses.
+            predict then use the averaged weights), your own Callback subclasses (one or a list).
         device: "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps".
         seed: seeds python / numpy / torch and the data order; None leaves global RNG as is.
         grad_accum: micro-batches per optimizer step; gradients equal the big batch's, each
@@ -152,6 +156,8 @@ def fit(
             FSDP's own mixed precision, and the optimizer is passed by name or dict (it is
             built on the sharded parameters).
         config: a resolved config to store in checkpoints (the CLI passes its own).
+        validation_split: hold out this share of in-memory ``train_data`` as ``val_data``, drawn
+            with ``seed`` (0 when None), per class for cross_entropy / nll (Keras' name).
 
     Example:
         >>> import torch, optiloop as ol
@@ -161,7 +167,9 @@ def fit(
         2
     """
     args = locals()  # fit's keywords by name: the settings take theirs
+    args.update(prepared(model, args))  # pandas, validation_split, one callback, a DataLoader's batch size
     settings = FitSettings(**{f.name: args[f.name] for f in dataclasses.fields(FitSettings)})
+    train_data, val_data, callbacks = args["train_data"], args["val_data"], args["callbacks"]
     if out is not None or resume is not None:
         from .runs.fitted import fit_in_folder, wants_folder  # only a run folder needs its writers
 

@@ -37,4 +37,5 @@ class CNN(nn.Module):
                                   nn.Linear(width, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x.reshape(len(x), 1, self.side, self.side)))
+        # -1, not len(x): an exported graph (ONNX) keeps its batch dimension free
+        return self.head(self.features(x.reshape(-1, 1, self.side, self.side)))

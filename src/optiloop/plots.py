@@ -53,7 +53,8 @@ def _use_log(values: Sequence[float]) -> bool:
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
     with atomic_open(path, "wb") as f:  # a crash never leaves a half-written PNG
-        fig.savefig(f, format="png", dpi=110)
+        # zlib's fastest level: a third of the encoding time for files about 10% larger
+        fig.savefig(f, format="png", dpi=110, pil_kwargs={"compress_level": 1})
 
 
 def _finish_overlay(fig: Figure, ax: Any, path: str | os.PathLike, title: str | None) -> Figure:

@@ -28,6 +28,12 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NONFINITE = ("stop", "skip", "ignore")
 
 
+def check_fraction(fraction: Any) -> None:
+    """``validation_split``: a share of the rows, strictly between 0 and 1."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise OptiloopError(f"validation_split must be a fraction between 0 and 1 (e.g. 0.2), got {fraction!r}")
+
+
 @dataclass(frozen=True, eq=False)
 class FitSettings:
     """The settings of one training run; ``fit``'s docstring says what each means."""
@@ -55,6 +61,7 @@ class FitSettings:
     fast: bool = True
     strategy: Any = "auto"
     config: dict[str, Any] | None = None
+    validation_split: float | None = None  # fit() holds the rows out before the loop is built
 
     def __post_init__(self) -> None:
         epochs, accum = self.epochs, self.grad_accum
@@ -74,6 +81,8 @@ class FitSettings:
         if isinstance(self.optimizer, torch.optim.Optimizer) and (self.lr is not None
                                                                   or self.weight_decay is not None):
             raise OptiloopError("lr/weight_decay go to build_optimizer; a built optimizer is used as is")
+        if self.validation_split is not None:
+            check_fraction(self.validation_split)
         if not isinstance(self.metrics, Mapping):  # a generator would be used up by the first look
             object.__setattr__(self, "metrics", list(self.metrics))
 

@@ -44,10 +44,9 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorS
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from . import distributed as D
-from .checkpoint import load_checkpoint
-from .errors import CheckpointError, OptiloopError
-from .files import TEMP_SUFFIX, atomic_open, fsync_dir
-from .training_state import FORMAT, inference_weights
+from .errors import CheckpointError
+from .files import TEMP_SUFFIX, fsync_dir
+from .training_state import FORMAT
 
 METADATA = ".metadata"  # DCP's commit file, written last
 _SHARED = "train"  # the blob of the run's own state, written by rank 0
@@ -452,44 +451,9 @@ def _remove(path: Path) -> None:
 
 
 # --- export: one plain file ------------------------------------------------------------------------
-def export(source: str | os.PathLike, out: str | os.PathLike, *, which: str = "best",
-           dtype: torch.dtype | None = None) -> Path:
-    """Write the model weights of a checkpoint as one plain ``state_dict`` file.
-
-    ``source`` is a run folder (its ``best`` checkpoint, else its ``last``; ``which="last"`` for
-    the latest), a sharded checkpoint folder or a ``.pt`` checkpoint. Shards of any number of
-    processes are consolidated on this one process. The file holds only tensors under the
-    model's own keys: ``model.load_state_dict(torch.load(out, weights_only=True))`` loads it,
-    with no optiloop installed. ``dtype`` (e.g. ``torch.bfloat16``) casts floating tensors.
-    Returns the checkpoint it was made from.
-
-    Example:
-        >>> import optiloop as ol
-        >>> ol.export("runs/demo", "model.pt")  # doctest: +SKIP
-        PosixPath('runs/demo/best')
-    """
-    if which not in ("best", "last"):
-        raise OptiloopError(f"unknown which={which!r}; choose one of: best, last")
-    src = _export_source(Path(source), which)
-    if src.is_dir():
-        weights = read_consolidated(src)["model"]
-    else:
-        ckpt = load_checkpoint(src)
-        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-            raise CheckpointError(f"{src} holds no model weights to export")
-        weights = inference_weights(ckpt)  # an EMA / SWA average where the run validated one
-    if dtype is not None:
-        weights = {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-                   for k, v in weights.items()}
-    out = Path(out)
-    if out.is_dir():
-        raise OptiloopError(f"--out {out} is a folder; give a file name such as {out / 'model.pt'}")
-    with atomic_open(out, "wb") as f:
-        torch.save(dict(weights), f)
-    return src
-
-
 def _export_source(path: Path, which: str) -> Path:
+    """The checkpoint an export of ``path`` reads (``optiloop.exporting``): a file, a sharded
+    folder, or a run folder's ``which`` (else its last)."""
     if path.is_file() or (path.is_dir() and (path / METADATA).exists()):
         return path
     if not path.is_dir():

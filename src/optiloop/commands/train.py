@@ -219,6 +219,7 @@ def header(run: Any, folder: Path) -> str:
         f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
         "  " + length_line(run.epochs, run.patience, run.monitor),
         "  " + step_line(cfg),
+        *(f"  data: {note}" for note in task.notes),  # columns left out or encoded, empty cells filled
     ]
     if run.resume is not None and run.from_start:
         lines.append(f"  {run.resume}/ saved nothing before it stopped: starting it from its beginning")

@@ -28,9 +28,9 @@ from ..loop import evaluate
 from ..models import build_model
 from ..preprocessing import Preprocessing
 from ..recipes import rebuild
-from ..sources import find_source, load_dataset
+from ..sources import find_source
 from ..training_state import inference_weights, load_model_weights
-from .task import INFERENCE, build_task
+from .task import INFERENCE, build_task, run_dataset
 
 
 class _OriginalUnits(nn.Module):
@@ -125,7 +125,7 @@ class Run:
         d = self.config.get("data")
         if d is None:
             raise OptiloopError("it was trained by fit() on data of its own, which optiloop cannot load again")
-        ds = load_dataset(d["name"], target=d.get("target"), task=d["task"])
+        ds = run_dataset(d)
         raw = split(ds, val_fraction=d["val_fraction"], seed=d["seed"])
         y = np.asarray(ds.classes, dtype=object)[raw.y_val] if ds.task == "classification" else raw.y_val
         return raw.X_val, y

@@ -30,6 +30,7 @@ from ..metrics import get_loss, resolve_metric
 from ..models import build_model
 from ..preprocessing import Preprocessing
 from ..sources import load_dataset
+from ..tables import TableOptions, prepare
 
 INFERENCE = "inference"  # the key of the checkpoint config that holds what applying the model needs
 
@@ -68,8 +69,14 @@ class Task:
     def new_model(self) -> nn.Module:
         """A freshly initialised model (seed the RNG first for reproducible weights)."""
         m = self.config["model"]
-        return build_model(m["name"], len(self.preprocessing.features), self.preprocessing.out_features,
+        return build_model(m["name"], len(self.preprocessing.encoded), self.preprocessing.out_features,
                            **extras(m))
+
+    @property
+    def notes(self) -> list[str]:
+        """What reading the data did (columns left out or encoded, empty cells filled, rows without
+        a label): the run header's lines."""
+        return list(self.dataset.notes)
 
     @property
     def description(self) -> str:
@@ -81,7 +88,7 @@ class Task:
         """What applying the model needs, as plain data: it goes into every checkpoint."""
         m = self.config["model"]
         return {"preprocessing": self.preprocessing.state_dict(),
-                "model": {"name": m["name"], "in_features": len(self.preprocessing.features),
+                "model": {"name": m["name"], "in_features": len(self.preprocessing.encoded),
                           "out_features": self.preprocessing.out_features, "options": extras(m)}}
 
 
@@ -99,22 +106,32 @@ def build_task(cfg: Mapping[str, Any]) -> Task:
     d, t = cfg["data"], cfg["train"]
     if not is_user_function(d["name"]) and Path(d["name"]).suffix.lower() in (".csv", ".npz"):
         d["name"] = str(Path(d["name"]).resolve())  # re-runnable from any folder
-    ds = load_dataset(d["name"], target=d.get("target"), task=d.get("task", "auto"))
+    ds = run_dataset(d)
     d["task"] = ds.task
     raw = split(ds, val_fraction=d["val_fraction"], seed=d["seed"])
-    prep = Preprocessing.fit(ds, raw.X_train, raw.y_train, standardize=d.get("standardize", True))
+    prep = Preprocessing.fit(ds, raw.X_train, raw.y_train, standardize=d.get("standardize", True),
+                             impute=d.get("impute", True))
     regression = ds.task == "regression"
     t.setdefault("loss", "mse" if regression else "cross_entropy")
     t.setdefault("metrics", ["mae"] if regression else ["accuracy"])
     with_key("train.loss", get_loss, t["loss"])
     for m in t["metrics"]:
         with_key("train.metrics", resolve_metric, m)
+    unseen: list[str] = []  # a category only the validation rows have: expected, and said once
     task = Task(config=cfg, dataset=ds, raw=raw, preprocessing=prep,
-                train_data=(prep.inputs(raw.X_train, ds.name), _targets(prep, raw.y_train)),
-                val_data=(prep.inputs(raw.X_val, ds.name), _targets(prep, raw.y_val)),
+                train_data=(prep.inputs(raw.X_train, ds.name, notes=[]), _targets(prep, raw.y_train)),
+                val_data=(prep.inputs(raw.X_val, ds.name, notes=unseen), _targets(prep, raw.y_val)),
                 loss=t["loss"], metrics=list(t["metrics"]), batch_size=t["batch_size"])
+    ds.notes += [f"validation split: {n}" for n in unseen if "never seen" in n]
     task.new_model()  # a bad model key fails now, before any folder exists
     return task
+
+
+def run_dataset(d: Mapping[str, Any]) -> Dataset:
+    """The data set a run's ``[data]`` section names, its columns selected and typed
+    (``optiloop.tables``): what the split is made of, at training and when the split is rebuilt."""
+    ds = load_dataset(d["name"], target=d.get("target"), task=d.get("task", "auto"))
+    return prepare(ds, TableOptions.of(d))
 
 
 def _targets(prep: Preprocessing, y: np.ndarray) -> np.ndarray:

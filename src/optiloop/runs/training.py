@@ -9,6 +9,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..distributed import (
     resolve_strategy,
     seed_everything,
 )
-from ..errors import OptiloopError, SettingsChanged
+from ..errors import DataWarning, OptiloopError, SettingsChanged
 from ..files import check_writable
 from ..loggers import TensorBoard
 from ..loop import logged_keys, run_fit
@@ -268,7 +269,10 @@ class TrainingRun:
 
         raw, classes = self.task.raw, self.task.preprocessing.classes
         run = load(folder.path)
-        report = run_class_report(run, raw.X_val, np.asarray(classes, dtype=object)[raw.y_val], where="validation")
+        with warnings.catch_warnings():  # the header said what the validation rows need already
+            warnings.simplefilter("ignore", DataWarning)
+            report = run_class_report(run, raw.X_val, np.asarray(classes, dtype=object)[raw.y_val],
+                                      where="validation")
         folder.write_class_report(report, title=f"{folder.path.name}: validation split, epoch {run.epoch} "
                                   f"({run.checkpoint.name}), accuracy {report.accuracy:.4f}")
         return {"checkpoint": run.checkpoint.name, "epoch": run.epoch, **report.to_dict()}

@@ -46,11 +46,11 @@ class DataSource:
     def rows(self, spec: str, features: list[str], task: str, *, target: str, need_labels: bool, what: str,
              target_arg: str) -> tuple[Any, np.ndarray | None]:
         """Rows to apply a run to: (a mapping of columns by name, or an array in ``features``' order;
-        the labels in their original values, or None). By default: the whole data set, whose features
-        must be the run's."""
+        the labels in their original values, or None). By default: the whole data set, which must
+        have the run's features (by name)."""
         ds = self.load(spec, target=None, task=task)
-        if len(ds.features) != len(features) or set(ds.features) != set(features):
-            missing = [f for f in features if f not in ds.features]
+        missing = [f for f in features if f not in ds.features]
+        if missing:  # (extra columns are fine: a run may have left some out)
             raise OptiloopError(f"{what} {spec} has {len(ds.features)} features but not the run's {len(features)}"
                                 f" (missing: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''})")
         table = {f: ds.X[:, i] for i, f in enumerate(ds.features)}

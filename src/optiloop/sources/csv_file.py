@@ -1,5 +1,6 @@
 """A CSV file with a header row: feature columns by name, the label column named by ``data.target``
-(default the last one)."""
+(default the last one). Cells stay as written until ``optiloop.tables`` types the columns (numbers,
+dates, categories, IDs, empty cells)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ class CsvFile(DataSource):
         return spec.lower().endswith(".csv")
 
     def load(self, spec: str, *, target: str | None, task: str) -> Dataset:
-        X, y, features, target = read_csv(Path(spec), target)
-        return finish(spec, X, y, task, features, target)
+        X, y, features, target, notes = read_csv(Path(spec), target)
+        ds = finish(spec, X, y, task, features, target)
+        ds.notes = notes
+        return ds
 
     def rows(self, spec: str, features: list[str], task: str, *, target: str, need_labels: bool, what: str,
              target_arg: str) -> tuple[Any, np.ndarray | None]:
