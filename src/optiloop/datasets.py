@@ -98,8 +98,12 @@ def import_function(spec: str, what: str) -> Callable[..., Any]:
     mod_name, _, fn_name = spec.partition(":")
     try:
         module = importlib.import_module(mod_name)
-    except ImportError as e:
+    except ModuleNotFoundError as e:
         raise OptiloopError(f"{what} {spec!r}: cannot import {mod_name!r} ({e})") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module may raise anything: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise OptiloopError(f"{what} {spec!r}: importing {mod_name!r} raised {type(e).__name__}"
+                            f"{': ' + first[:200] if first else ''}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise OptiloopError(f"{what} {spec!r}: module {mod_name!r} has no function {fn_name!r}")
@@ -166,7 +170,7 @@ def read_table(path: Path, what: str = "data.name") -> dict[str, list[str]]:
     if not path.is_file():
         raise OptiloopError(f"{what}: no CSV file at {path}")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             rows = list(csv.reader(f))
     except UnicodeDecodeError as e:
         raise OptiloopError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); "
@@ -197,6 +201,10 @@ def numeric_column(values: Any, name: str, where: Any) -> np.ndarray:
         raise OptiloopError(f"{where}: column {name!r} must hold one number per row")
     if not np.isfinite(col).all():
         raise OptiloopError(f"{where}: column {name!r} has missing, NaN or infinite values")
+    beyond = np.abs(col) > np.finfo(np.float32).max
+    if beyond.any():
+        raise OptiloopError(f"{where}: column {name!r} has the value {col[beyond][0]:g}, beyond the float32 range "
+                            "(±3.4e+38) the model computes in")
     return col
 
 
@@ -244,7 +252,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _finish(name: str, X: Any, y: Any, task: str) -> Dataset:
-    X, y = np.asarray(X), np.asarray(y)
+    X, y = _array(X, name, "X"), _array(y, name, "y")
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
@@ -276,6 +284,15 @@ def _finish(name: str, X: Any, y: Any, task: str) -> Dataset:
         return Dataset(name, X, y, "regression")
     classes, codes = np.unique(y, return_inverse=True)
     return Dataset(name, X, codes.astype(np.int64), "classification", [c.item() for c in classes])
+
+
+def _array(values: Any, name: str, what: str) -> np.ndarray:
+    try:
+        return np.asarray(values)
+    except ValueError as e:  # rows of different lengths, mostly
+        first = str(e).strip().splitlines()[0][:160]
+        raise OptiloopError(f"data {name!r}: {what} is not a table of numbers (rows of different lengths?): "
+                            f"{first}") from None
 
 
 def split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0) -> Split:
