@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG
 
 import optiloop as ol
 
@@ -85,13 +87,20 @@ def test_resume_refuses_changed_settings_and_unsafe_checkpoints(tmp_path):
     assert not marker.exists()
 
 
-def test_torchrun_two_processes_one_run_folder(tmp_path):
+@pytest.mark.slow
+def test_torchrun_two_processes_one_run_folder_named_by_time_with_a_header_that_says_so(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "optiloop", "train", "--epochs", "2"]
-    p = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+           "-m", "optiloop", "train", "--epochs", "2", "--batch-size", "32"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=HANG)
     assert p.returncode == 0, p.stderr[-3000:]
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1, runs
+    assert re.fullmatch(r"digits-mlp-adamw-\d{8}-\d{6}", runs[0].name), runs[0].name  # as one process names it
+    header = p.stdout.splitlines()[:3]
+    assert header[0].startswith("optiloop train: ") and header[0].endswith(f"-> runs/{runs[0].name}/"), header
+    assert header[1] == ("  2 processes (ddp): batch size 32 per process, 64 in all per optimizer step; the LR is "
+                         "not scaled for it"), header
+    assert p.stdout.count("optiloop train: ") == 1  # the header too is rank 0's alone
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert {"config.toml", "history.csv", "best.pt", "last.pt", "curves.png", "summary.json"} <= \

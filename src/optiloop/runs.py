@@ -476,10 +476,15 @@ class TrainingRun:
                 ensure_empty(out, "out", ", or continue it (resume=)")
             return Path(out), False
         check_writable("runs", "the default run folder under")
-        # Every rank must derive the same name: torchrun's run id is shared, a clock is not.
-        when = os.environ["TORCHELASTIC_RUN_ID"][:12] if multi else stamp()
-        name = f"{short(cfg['data']['name'])}-{short(cfg['model']['name'])}-{cfg['optimizer']['name']}-{when}"
-        return Path("runs") / name, not multi
+        name = f"{short(cfg['data']['name'])}-{short(cfg['model']['name'])}-{cfg['optimizer']['name']}"
+        if not multi:
+            return Path("runs") / f"{name}-{stamp()}", True
+        # Every rank must use the same folder, a restarted attempt too: rank 0's time, kept in
+        # torchrun's store (without one, torchrun's run id, which every rank shares).
+        from .distributed import agreed
+
+        path = agreed("run-folder", lambda: str(free_name(Path("runs") / f"{name}-{stamp()}")))
+        return (Path(path) if path else Path("runs") / f"{name}-{os.environ['TORCHELASTIC_RUN_ID'][:12]}"), False
 
     @property
     def is_main_process(self) -> bool:

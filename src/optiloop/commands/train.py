@@ -152,6 +152,7 @@ def header(run: Any, folder: Path) -> str:
     args = keywords(s, "interval")
     lines = [
         f"optiloop train: {task.description} ({run.parameters:,} parameters) on {run.device} -> {folder}/",
+        *processes_line(run),
         f"  optimizer {cfg['optimizer']['name']}: {keywords(cfg['optimizer']) or 'torch defaults'}; "
         f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
         "  " + length_line(run.epochs, run.patience, run.monitor),
@@ -165,6 +166,22 @@ def header(run: Any, folder: Path) -> str:
     if cfg["train"].get("tensorboard"):
         lines.append(f"  TensorBoard: tensorboard --logdir {folder}/tensorboard")
     return "\n".join(lines)
+
+
+def processes_line(run: Any) -> list[str]:
+    """Under torchrun: how many processes, and the batch each takes against the batch each
+    optimizer step sees (what the LR is for)."""
+    from ..distributed import launched_world, resolve_strategy
+
+    world = launched_world()
+    if not world.distributed:
+        return []
+    t = run.cfg["train"]
+    strategy = resolve_strategy(run.strategy, world)[0]
+    batch, accum, n = t["batch_size"], t["grad_accum"], world.world_size
+    total = f"{batch * n * accum} per optimizer step ({batch} x {n} processes x {accum} accumulated)" \
+        if accum > 1 else f"{batch * n} in all per optimizer step"
+    return [f"  {n} processes ({strategy}): batch size {batch} per process, {total}; the LR is not scaled for it"]
 
 
 def length_line(epochs: int, patience: int, monitor: str) -> str:
