@@ -160,6 +160,7 @@ def configs(draw):
 CASE = itertools.count()
 
 
+@pytest.mark.slow  # sixty configs, most of them trained: a CI check, not the quick loop
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cfg=configs())
 def test_any_config_trains_or_is_refused_in_one_line_with_nothing_written(run_main, tmp_path, cfg):

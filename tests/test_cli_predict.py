@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import HANG
 from sklearn.datasets import load_diabetes, load_wine
 from sklearn.preprocessing import StandardScaler
 
@@ -30,7 +31,7 @@ CULTIVARS = np.array(["barolo", "grignolino", "barbera"])
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
     return subprocess.run([sys.executable, "-m", "optiloop", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=HANG)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -74,6 +75,7 @@ def wine_run(tmp_path, monkeypatch):
     return copy, df, expected
 
 
+@pytest.mark.slow
 def test_predict_writes_original_labels_and_probabilities_of_the_in_process_model(tmp_path, wine_run):
     run, df, logits = wine_run
     proc = cli(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "predictions.csv")
@@ -96,6 +98,7 @@ def test_predict_writes_original_labels_and_probabilities_of_the_in_process_mode
     assert printed.stdout.replace("\r\n", "\n") == (tmp_path / "predictions.csv").read_text().replace("\r\n", "\n")
 
 
+@pytest.mark.slow
 def test_eval_on_new_rows_after_the_data_is_gone(tmp_path, wine_run):
     run, df, logits = wine_run
     proc = cli(tmp_path, "eval", str(run), "--data", "new.csv", "--json")
@@ -111,6 +114,7 @@ def test_eval_on_new_rows_after_the_data_is_gone(tmp_path, wine_run):
     one_line_error(cli(tmp_path, "eval", str(run)), "wine.csv", "--data")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("edit", "needles"), [
     (lambda df: df.drop(columns=["alcohol", "hue"]), ["--data new.csv", "missing feature columns", "alcohol, hue"]),
     (lambda df: df.assign(magnesium="lots"), ["--data new.csv", "column 'magnesium' is not numeric"]),
@@ -122,6 +126,7 @@ def test_predict_bad_rows_are_one_line_and_write_nothing(tmp_path, wine_run, edi
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.slow
 def test_predict_refuses_to_overwrite_and_names_bad_runs(tmp_path, wine_run):
     run, _, _ = wine_run
     (tmp_path / "p.csv").write_text("keep")
@@ -130,6 +135,7 @@ def test_predict_refuses_to_overwrite_and_names_bad_runs(tmp_path, wine_run):
     one_line_error(cli(tmp_path, "predict", "nowhere", "--data", "new.csv"), "nowhere")
 
 
+@pytest.mark.slow
 def test_regression_predict_and_eval_in_the_targets_units(tmp_path, monkeypatch):
     b = load_diabetes(as_frame=True, scaled=False)
     df = b.data.assign(progression=b.target)

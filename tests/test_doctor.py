@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG
 from matplotlib.image import imread
 
 from optiloop.cli import main
@@ -93,6 +94,7 @@ def _case_id(script: str, args: list[str]) -> str:
 MISTAKES = [_case_id(script, args) for script, args, _, _ in expected_mistakes(0)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", MISTAKES)  # one script per test: one failure hides no other
 def test_every_mistake_is_flagged_with_its_numbers_and_nothing_else(batches, case):
     script, args, rule, needles = expected_mistakes(batches)[MISTAKES.index(case)]
@@ -105,6 +107,7 @@ def test_every_mistake_is_flagged_with_its_numbers_and_nothing_else(batches, cas
     assert "rule: " in text and "fix: " in text
 
 
+@pytest.mark.slow
 def test_scheduler_per_micro_batch_under_gradient_accumulation(batches):
     w, code, _, _ = watched("accumulation_per_micro_batch.py")
     micro = math.ceil(1438 / 32)  # the script's loader: batch size 32
@@ -116,6 +119,7 @@ def test_scheduler_per_micro_batch_under_gradient_accumulation(batches):
     assert f"used up by optimizer step {math.ceil(optimizer_steps / 4)}" in text
 
 
+@pytest.mark.slow
 def test_a_script_that_raises_keeps_the_findings_so_far(monkeypatch):
     # OneCycleLR stepped per micro-batch runs out of steps: torch raises in the second epoch
     script = CORPUS / "accumulation_per_micro_batch.py"
@@ -149,6 +153,7 @@ CORRECT = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args, coupling", CORRECT, ids=[_case_id(s, a) for s, a, _ in CORRECT])
 def test_correct_scripts_have_no_findings(script, args, coupling):
     w, code, error, _ = watched(script, *args)
@@ -159,6 +164,7 @@ def test_correct_scripts_have_no_findings(script, args, coupling):
     assert coupling in report, report  # the doctor saw the coupling it vouches for
 
 
+@pytest.mark.slow
 def test_the_correct_scripts_exercised_what_they_claim(batches):
     w, *_ = watched("amp_onecycle.py")
     opt = w.timeline.optimizers[0]
@@ -311,6 +317,7 @@ def test_epochs_come_from_the_training_data_not_the_validation_data():
     assert tl.steps_per_epoch(tl.optimizers[0]) == [10, 10, 10]
 
 
+@pytest.mark.slow
 def test_timeline_survives_json():
     w, *_ = watched("checkpoint_model_only.py", "--save", "notes")
     data = json.loads(json.dumps(w.timeline.to_dict()))
@@ -432,12 +439,13 @@ def test_watching_reads_no_tensor_value_except_once_per_plateau_step(tmp_path):
 # the command line, by subprocess, as a user runs it
 # -------------------------------------------------------------------------------------------------
 def doctor(cwd: Path, *args: str, entry: tuple[str, ...] = ("-m", "optiloop", "doctor"),
-           timeout: float = 180) -> subprocess.CompletedProcess:
+           timeout: float = HANG) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
     return subprocess.run([sys.executable, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_streams_the_script_then_diagnoses_and_writes_json_and_png(tmp_path, batches):
     proc = doctor(tmp_path, "--out", "diag", str(CORPUS / "steplr_per_batch.py"))
     assert proc.returncode == 0, proc.stderr
@@ -457,6 +465,7 @@ def test_cli_streams_the_script_then_diagnoses_and_writes_json_and_png(tmp_path,
     assert img.shape[1] >= 1000 and img[..., :3].std() > 0.05
 
 
+@pytest.mark.slow
 def test_cli_a_raising_script_shows_its_own_traceback_then_the_findings_so_far(tmp_path):
     proc = doctor(tmp_path, "--out", "d", str(CORPUS / "accumulation_per_micro_batch.py"), "--scheduler", "onecycle",
                   entry=("-m", "optiloop.doctor"))  # the other way in
@@ -475,6 +484,7 @@ def test_cli_a_raising_script_shows_its_own_traceback_then_the_findings_so_far(t
     assert "raised ValueError: Tried to step" in out[first] and out[first + 1] == "1 problem so far:"
 
 
+@pytest.mark.slow
 def test_cli_ctrl_c_and_a_script_without_optimizer(tmp_path):
     # The script prints, then "Ctrl-C" reaches its whole process group (as from a terminal): the
     # script gets KeyboardInterrupt (its traceback, exit code 130), the waiting doctor survives it
@@ -488,7 +498,7 @@ def test_cli_ctrl_c_and_a_script_without_optimizer(tmp_path):
     # SIGINT as a terminal leaves it: a suite started in the background (`.ci/run &`) inherits it
     # ignored, and Python keeps an ignored SIGINT ignored, so the script would sleep on, exit 0.
     proc = subprocess.run([sys.executable, "-m", "optiloop", "doctor", "hello.py", "--out", "x"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120, start_new_session=True,
+                          env=env, capture_output=True, text=True, timeout=HANG, start_new_session=True,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == 130, (proc.stdout, proc.stderr)
     assert proc.stdout.splitlines() == [
@@ -508,13 +518,14 @@ def test_cli_missing_script_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_parent_process_never_imports_torch():
     # What `optiloop doctor` runs in its own process (the arguments, the diagnosis, the report and
     # the picture) needs no torch: only the child that runs the script imports it.
     code = ("import sys, argparse, optiloop.doctor.command as c, optiloop.doctor.report, optiloop.doctor.rules; "
             "c.add_arguments(argparse.ArgumentParser()); "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG,
                           env={**os.environ, "PYTHONPATH": str(SRC)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -580,7 +591,6 @@ SLEEPER = ("import os, pathlib, sys, time\n"
 def test_a_signal_sent_to_the_doctor_reaches_the_script_and_the_doctor_exits_with_its_code(tmp_path, sig, code, said):
     """`kill -TERM PID` (or -INT, -HUP) to the doctor's own pid, not its process group: the script
     gets the signal too, no orphan is left, and the doctor exits with the script's code."""
-    from conftest import HANG
 
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
@@ -627,6 +637,7 @@ def test_optimizers_built_in_spawned_child_processes_are_said_to_be_out_of_sight
     assert "started 2 child processes" in last and "does not follow" in last, last
 
 
+@pytest.mark.slow
 def test_a_best_model_snapshot_loaded_back_for_testing_is_said_to_matter_only_for_resuming():
     w, code, error, out = watched("best_model_snapshot.py")
     assert code == 0 and error is None and "test: loss" in out

@@ -11,6 +11,7 @@ sys.path.insert(0, str(EXAMPLES))
 import char_gpt  # noqa: E402
 
 
+@pytest.mark.slow
 def test_char_gpt_learns_the_text_well_below_the_unigram_baseline(capsys):
     result = char_gpt.main(["--no-progress", "--dim", "64", "--epochs", "1"])
     history, baseline = result["history"], result["baseline"]
@@ -43,6 +44,7 @@ def test_char_gpt_trains_through_the_step_contract_with_warmup_cosine_and_no_dec
     assert lrs[-1] < lrs[4] == 1e-2
 
 
+@pytest.mark.slow
 def test_transformers_model_on_dict_batches_with_its_own_loss(capsys):
     pytest.importorskip("transformers")
     import hf_model
