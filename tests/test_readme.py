@@ -3,6 +3,12 @@ project ships (a copy of examples/): the lines of its ```bash blocks, and the ``
 transcripts, whose shown output must match what the command prints. The walk-through's Python
 snippet runs too. A few commands are not run; NOT_RUN says which and why.
 
+A plain ``optiloop ARGS`` line (no shell syntax in it) runs in this process, through the very
+function the ``optiloop`` console script calls (``optiloop.cli.main``), with the arguments the
+shell would pass: the same command, without paying an interpreter and torch start-up for each of
+thirty lines (the doctor aside: its script's output
+is a child process's). Every other line runs through bash, with ``optiloop`` and ``python`` on PATH.
+
     python -m pytest -q tests/test_readme.py        # about 3 minutes on 2 CPU cores
 
 Matching a transcript: shown lines match printed lines in order; a line ``...`` stands for any
@@ -14,6 +20,8 @@ shown line.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
@@ -21,6 +29,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +161,33 @@ def shell(tmp_path_factory):
     return work, env
 
 
+_SHELL_SYNTAX = set("$`|&;<>*?~(){}[]\\'\"")
+
+
+def run_shown(command: str, work: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run one README line from ``work``: a plain ``optiloop ARGS`` in this process, anything else
+    through bash."""
+    argv = shlex.split(command, comments=True)
+    # (the doctor's script is a child process writing to the real stdout: it goes through bash)
+    plain = argv[:1] == ["optiloop"] and argv[1:2] != ["doctor"] and not _SHELL_SYNTAX & set(command.split("#")[0])
+    if not plain:
+        return subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=HANG)
+    from optiloop.cli import main
+
+    out, err, before = io.StringIO(), io.StringIO(), Path.cwd()
+    os.chdir(work)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("default")  # printed on stderr, as in a terminal
+            code = main(argv[1:])
+    except SystemExit as e:  # argparse's own exits (--help, a usage error)
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
 def test_the_readme_lists_what_it_does_not_run_and_every_file_it_names_ships():
     commands = shown_commands(README.read_text())
     skipped = {s.skipped for s in commands if s.skipped}
@@ -182,8 +218,7 @@ def test_every_command_the_readme_shows_runs_as_written(shell):
         key = shlex.join(shlex.split(s.command, comments=True))
         proc = done.get(key)  # shown twice (a block, then its transcript): run once, its output checked
         if proc is None:
-            proc = done[key] = subprocess.run(["bash", "-c", s.command], cwd=work, env=env, capture_output=True,
-                                              text=True, timeout=HANG)
+            proc = done[key] = run_shown(s.command, work, env)
         error = s.output is not None and bool(s.output) and s.output[0].startswith("error:")
         if proc.returncode != (2 if error else 0):
             failures.append(f"README line {s.line}: {s.command}\nexit code {proc.returncode}\n{proc.stderr[-2000:]}")
