@@ -4,7 +4,9 @@ the in-process model's predictions."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -56,23 +58,50 @@ def in_process_outputs(run: Path, data: Path, target: str, rows: pd.DataFrame) -
         return model.eval()(torch.from_numpy(X.astype(np.float32))).numpy()
 
 
-@pytest.fixture
-def wine_run(tmp_path, monkeypatch):
-    """A run trained in-process on a CSV with text labels; then the CSV is gone and the run moved."""
+@contextlib.contextmanager
+def _chdir(path: Path):  # contextlib.chdir, which Python 3.10 lacks
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture(scope="module")
+def trained_wine(tmp_path_factory):
+    """A run trained in-process on a CSV with text labels; then the CSV is gone and the run moved.
+    Trained once for the module; the tests only read it."""
+    base = tmp_path_factory.mktemp("wine")
     b = load_wine(as_frame=True)
     df = b.data.copy()
     df.insert(0, "cultivar", CULTIVARS[b.target.to_numpy()])
-    data = tmp_path / "wine.csv"
+    data = base / "wine.csv"
     df.to_csv(data, index=False)
-    monkeypatch.chdir(tmp_path)
-    assert main(["train", "--data", "wine.csv", "--target", "cultivar", "--epochs", "3", "--out", "run"]) == 0
-    expected = in_process_outputs(tmp_path / "run", data, "cultivar", df)
-    copy = shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")
-    shutil.rmtree(tmp_path / "run")
+    with _chdir(base), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--data", "wine.csv", "--target", "cultivar", "--epochs", "3", "--out", "run"]) == 0
+    expected = in_process_outputs(base / "run", data, "cultivar", df)
+    copy = shutil.copytree(base / "run", base / "elsewhere" / "run")
+    shutil.rmtree(base / "run")
     data.unlink()
+    return copy, df, expected
+
+
+@pytest.fixture
+def wine_run(trained_wine, tmp_path):
+    """The trained run, and new.csv in tmp_path: its rows reordered, with extra columns."""
+    copy, df, expected = trained_wine
     new = df[list(reversed(df.columns))].assign(batch="2024-A", extra=7.5)  # reordered, extra columns
     new.to_csv(tmp_path / "new.csv", index=False)
-    return copy, df, expected
+    return copy, df.copy(), expected
+
+
+def in_process(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``optiloop ARGS`` run by this process (the CLI's own error handling, no start-up to pay)."""
+    out, err = io.StringIO(), io.StringIO()
+    with _chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.mark.slow
@@ -114,7 +143,6 @@ def test_eval_on_new_rows_after_the_data_is_gone(tmp_path, wine_run):
     one_line_error(cli(tmp_path, "eval", str(run)), "wine.csv", "--data")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("edit", "needles"), [
     (lambda df: df.drop(columns=["alcohol", "hue"]), ["--data new.csv", "missing feature columns", "alcohol, hue"]),
     (lambda df: df.assign(magnesium="lots"), ["--data new.csv", "column 'magnesium' is not numeric"]),
@@ -122,17 +150,17 @@ def test_eval_on_new_rows_after_the_data_is_gone(tmp_path, wine_run):
 def test_predict_bad_rows_are_one_line_and_write_nothing(tmp_path, wine_run, edit, needles):
     run, df, _ = wine_run
     edit(df).to_csv(tmp_path / "new.csv", index=False)
-    one_line_error(cli(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "p.csv"), *needles)
+    one_line_error(in_process(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "p.csv"), *needles)
     assert not (tmp_path / "p.csv").exists()
 
 
-@pytest.mark.slow
 def test_predict_refuses_to_overwrite_and_names_bad_runs(tmp_path, wine_run):
     run, _, _ = wine_run
     (tmp_path / "p.csv").write_text("keep")
-    one_line_error(cli(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "p.csv"), "p.csv", "exists")
+    one_line_error(in_process(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "p.csv"), "p.csv",
+                   "exists")
     assert (tmp_path / "p.csv").read_text() == "keep"
-    one_line_error(cli(tmp_path, "predict", "nowhere", "--data", "new.csv"), "nowhere")
+    one_line_error(in_process(tmp_path, "predict", "nowhere", "--data", "new.csv"), "nowhere")
 
 
 @pytest.mark.slow

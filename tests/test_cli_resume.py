@@ -69,8 +69,10 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert a["step"] == b["step"] and b["epoch"] == 4
 
 
-@pytest.mark.slow
-def test_resume_refuses_changed_settings_and_unsafe_checkpoints(tmp_path):
+def test_resume_refuses_changed_settings_and_unsafe_checkpoints(run_main, tmp_path):
+    def optiloop(cwd, *args):  # in-process: the same command line, without a start-up per call
+        return subprocess.CompletedProcess(args, *run_main(*args))
+
     assert optiloop(tmp_path, *TRAIN[:2], "2", "--out", "run").returncode == 0
     one_line_error(optiloop(tmp_path, "train", "--resume", "run", "--batch-size", "32"),
                    "settings changed (train.batch_size 64 -> 32); pass --force-resume")
@@ -110,10 +112,9 @@ def test_torchrun_two_processes_one_run_folder_named_by_time_with_a_header_that_
     assert p.stdout.count("done: 2 epochs") == 1  # the summary is printed by rank 0 only
 
 
-@pytest.mark.slow
-def test_checkpoint_every_writes_mid_epoch_checkpoints(tmp_path):
-    p = optiloop(tmp_path, "train", "--epochs", "1", "--checkpoint-every", "5", "--out", "run")
-    assert p.returncode == 0, p.stderr
+def test_checkpoint_every_writes_mid_epoch_checkpoints(run_main, tmp_path):
+    code, _, err = run_main("train", "--epochs", "1", "--checkpoint-every", "5", "--out", "run")
+    assert code == 0, err
     # 23 steps per epoch: saves at steps 5, 10, 15, 20 (mid-epoch), then the epoch's own save;
     # the one before the last is kept as last.prev.pt
     prev = ol.load_checkpoint(tmp_path / "run" / "last.prev.pt")
@@ -121,11 +122,11 @@ def test_checkpoint_every_writes_mid_epoch_checkpoints(tmp_path):
     assert ol.load_checkpoint(tmp_path / "run" / "last.pt")["epoch_done"] is True
 
 
-@pytest.mark.slow
-def test_trust_settings_are_validated_before_anything_is_written(tmp_path):
-    one_line_error(optiloop(tmp_path, "train", "--set", "train.nonfinite=maybe"), "train.nonfinite")
-    one_line_error(optiloop(tmp_path, "train", "--checkpoint-every", "0"), "train.checkpoint_every")
-    one_line_error(optiloop(tmp_path, "train", "--checkpoint-seconds", "-1"), "train.checkpoint_seconds")
+def test_trust_settings_are_validated_before_anything_is_written(run_main, tmp_path):
+    for args, needle in ((["--set", "train.nonfinite=maybe"], "train.nonfinite"),
+                         (["--checkpoint-every", "0"], "train.checkpoint_every"),
+                         (["--checkpoint-seconds", "-1"], "train.checkpoint_seconds")):
+        one_line_error(subprocess.CompletedProcess(args, *run_main("train", *args)), needle)
     assert list(tmp_path.iterdir()) == []
 
 

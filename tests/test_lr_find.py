@@ -146,11 +146,10 @@ def test_cli_lr_find_on_digits(tmp_path):
     assert (tmp_path / "lf" / "lr_find.csv").read_text().startswith("step,lr,loss")
 
 
-@pytest.mark.slow
-def test_cli_lr_find_bad_input_exits_2_and_writes_nothing(tmp_path):
-    proc = _cli(tmp_path, "lr-find", "--min-lr", "1", "--max-lr", "0.1", "--out", "lf", timeout=HANG)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+def test_cli_lr_find_bad_input_exits_2_and_writes_nothing(run_main, tmp_path):
+    code, _, err = run_main("lr-find", "--min-lr", "1", "--max-lr", "0.1", "--out", "lf")
+    assert code == 2, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0] == "error: min_lr must be below max_lr (got 1 and 0.1)"
     assert not (tmp_path / "lf").exists() and not (tmp_path / "runs").exists()
 
