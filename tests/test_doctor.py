@@ -578,7 +578,7 @@ def _alive(pid: int) -> bool:
 
 SLEEPER = ("import os, pathlib, sys, time\n"
            "pathlib.Path(sys.argv[1]).write_text(str(os.getpid()))\n"
-           "time.sleep(60)\n"
+           "time.sleep(600)\n"
            "print('slept', flush=True)\n")
 
 
