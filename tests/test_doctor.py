@@ -594,9 +594,13 @@ def test_a_signal_sent_to_the_doctor_reaches_the_script_and_the_doctor_exits_wit
 
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
+    def as_from_a_terminal():  # a suite started with `&` or nohup inherits SIGINT / SIGHUP ignored
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "optiloop", "doctor", "sleeper.py", "pid.txt"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            start_new_session=True, preexec_fn=as_from_a_terminal)
     pid_file, script_pid = tmp_path / "pid.txt", None
     try:
         while script_pid is None and proc.poll() is None:
