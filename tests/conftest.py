@@ -1,8 +1,19 @@
-"""Fixtures shared by the command-line tests."""
+"""Fixtures shared by the tests: the command line in-process, and trained runs shared by a session."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import shutil
+from pathlib import Path
+
 import pytest
+
+# A subprocess a test starts gets this long before the test calls it hung. It guards against a
+# hang only, never against slowness: a correct run on the busiest machine ends long before it
+# (override with OPTILOOP_TEST_HANG_SECONDS).
+HANG = float(os.environ.get("OPTILOOP_TEST_HANG_SECONDS", 1800))
 
 
 @pytest.fixture
@@ -19,3 +30,38 @@ def run_main(tmp_path, monkeypatch, capsys):
         return code, out.out, out.err
 
     return run
+
+
+def _train(folder: Path, *args: str) -> Path:
+    """``optiloop train ARGS --out folder`` in-process; its output is dropped."""
+    from optiloop.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        code = main(["train", *args, "--out", str(folder)])
+    assert code == 0, err.getvalue()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory):
+    """Small wine runs trained once per session, by name: ``adamw`` (the defaults), ``sgd``, and
+    ``step`` (adamw with a StepLR). Each ran 2 epochs with a save every epoch, so it holds
+    last.pt (epoch 2), last.prev.pt (epoch 1) and best.pt. Read-only for tests: copy one with
+    ``copy_run`` before changing anything in it."""
+    base = tmp_path_factory.mktemp("trained-runs")
+    common = ["--data", "wine", "--epochs", "2", "--checkpoint-seconds", "0"]
+    return {
+        "adamw": _train(base / "adamw", *common),
+        "sgd": _train(base / "sgd", *common, "--optimizer", "sgd"),
+        "step": _train(base / "step", *common, "--scheduler", "step"),
+    }
+
+
+@pytest.fixture
+def copy_run(trained_runs, tmp_path):
+    """``copy_run("adamw")``: a private copy of a shared trained run, as ``tmp_path/run``."""
+
+    def copy(name: str = "adamw", to: str = "run") -> Path:
+        return Path(shutil.copytree(trained_runs[name], tmp_path / to))
+
+    return copy

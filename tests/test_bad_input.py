@@ -35,7 +35,10 @@ def _inputs(folder: Path) -> None:
     (folder / "input-empty.npz").write_bytes(b"")
     (folder / "input-garbage.npz").write_bytes(b"PK\x03\x04 this is no zip at all")
     (folder / "input-mod.py").write_text("def data():\n    raise ValueError('no rows today')\n\n"
-                                         "def model(in_features, out_features):\n    return 1 / 0\n")
+                                         "def model(in_features, out_features):\n    return 1 / 0\n\n"
+                                         "def ragged():\n    return [[1.0, 2.0], [3.0]] * 5, [0, 1] * 5\n")
+    (folder / "input-broken.py").write_text("def data(:\n    return 1\n")  # a syntax error
+    (folder / "input-raises.py").write_text("import os\nraise RuntimeError('no GPU here')\n")  # on import
 
 
 CASES = [
@@ -54,6 +57,12 @@ CASES = [
     (["--data", "input-garbage.npz"], "not a readable .npz"),
     (["--data", "input-mod:data"], "raised ValueError: no rows today"),
     (["--model", "input-mod:model"], "raised ZeroDivisionError: division by zero"),
+    (["--data", "input-mod:ragged"], "data 'input_mod:ragged': X is not a table of numbers"),
+    (["--data", "input-broken:data"], "data 'input_broken:data': importing 'input_broken' raised SyntaxError"),
+    (["--model", "input-broken:model"], "model 'input_broken:model': importing 'input_broken' raised SyntaxError"),
+    (["--data", "input-raises:data"], "data 'input_raises:data': importing 'input_raises' raised RuntimeError: "
+                                      "no GPU here"),
+    (["--model", "input-raises:model"], "importing 'input_raises' raised RuntimeError: no GPU here"),
     (["--out", "/proc/optiloop-run"], "--out /proc/optiloop-run: cannot create anything in /proc"),
     (["--out", "x" * 300], "is longer than the 255 bytes"),
     (["--out", "input-mod.py/run"], "input-mod.py is a file, not a folder"),
@@ -64,11 +73,12 @@ CASES = [
 def test_train_refuses_bad_input_in_one_line_and_writes_nothing(run_main, tmp_path, monkeypatch, args, needle):
     _inputs(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # input-mod is importable as a user's module
-    args = [a.replace("input-mod:", "input_mod:") for a in args]
-    (tmp_path / "input_mod.py").write_text((tmp_path / "input-mod.py").read_text())
+    for name in ("mod", "broken", "raises"):  # importable as a user's module
+        args = [a.replace(f"input-{name}:", f"input_{name}:") for a in args]
+        (tmp_path / f"input_{name}.py").write_text((tmp_path / f"input-{name}.py").read_text())
     code, _, err = run_main("train", "--set", "train.epochs=1", *args)
     assert_refused(code, err, needle)
-    assert [w for w in written(tmp_path) if not w.startswith(("input_mod", "__pycache__"))] == []
+    assert [w for w in written(tmp_path) if not w.startswith(("input_", "__pycache__"))] == []
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -80,6 +90,14 @@ def test_other_commands_check_their_outputs_before_working(run_main, tmp_path, a
     code, _, err = run_main(*args)
     assert_refused(code, err, needle)
     assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", [["schedule", "cosine"], ["lr-find"]], ids=["schedule", "lr-find"])
+def test_a_plot_onto_a_folder_is_bad_input(run_main, tmp_path, command):
+    (tmp_path / "lr.png").mkdir()
+    code, out, err = run_main(*command, "--plot", "lr.png")
+    assert_refused(code, err, "--plot lr.png: is a folder; give a file name")
+    assert out == "" and written(tmp_path) == ["lr.png"]
 
 
 # --- the property: any config is run in full or refused in one line with nothing written ----------
@@ -142,6 +160,7 @@ def configs(draw):
 CASE = itertools.count()
 
 
+@pytest.mark.slow  # sixty configs, most of them trained: a CI check, not the quick loop
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cfg=configs())
 def test_any_config_trains_or_is_refused_in_one_line_with_nothing_written(run_main, tmp_path, cfg):
@@ -159,3 +178,60 @@ def test_any_config_trains_or_is_refused_in_one_line_with_nothing_written(run_ma
         assert not (case / "run").exists()
     else:
         assert {"config.toml", "history.csv", "last.pt", "summary.json"} <= {p.name for p in (case / "run").iterdir()}
+
+
+# --- rows for a trained run: predict and eval ------------------------------------------------------
+def _wine_csv(path: Path, *, bom: bool = False, edit=None) -> Path:
+    """The wine data set as a CSV with its label column, optionally as Excel's "CSV UTF-8" (a BOM)."""
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame
+    if edit is not None:
+        edit(frame)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + frame.to_csv(index=False).encode())
+    return path
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_a_number_beyond_float32_in_the_rows_is_one_line(run_main, copy_run, tmp_path, command):
+    run = copy_run()
+
+    def huge(frame):
+        frame.loc[3, "proline"] = 1e300
+
+    _wine_csv(tmp_path / "input.csv", edit=huge)
+    code, out, err = run_main(command, str(run), "--data", "input.csv")
+    assert_refused(code, err, "column 'proline'", "1e+300", "float32")
+    assert out == ""
+
+
+def test_a_csv_with_a_byte_order_mark_reads_like_any_csv(run_main, copy_run, tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM: its first column is still the first column."""
+    run = copy_run()
+    _wine_csv(tmp_path / "input-bom.csv", bom=True)
+    _wine_csv(tmp_path / "input-plain.csv")
+    got = {}
+    for name in ("bom", "plain"):
+        code, out, err = run_main("predict", str(run), "--data", f"input-{name}.csv")
+        assert code == 0, err
+        got[name] = out
+        code, out, err = run_main("eval", str(run), "--data", f"input-{name}.csv", "--json")
+        assert code == 0, err
+    assert got["bom"] == got["plain"] and len(got["bom"].splitlines()) == 179
+    # and a run trained on it names its first feature as written
+    code, _, err = run_main("train", "--data", "input-bom.csv", "--epochs", "1", "--out", "bom-run")
+    assert code == 0, err
+    assert ol_load(tmp_path / "bom-run").features[0] == "alcohol"
+
+
+def ol_load(path):
+    import optiloop as ol
+
+    return ol.load(path)
+
+
+def test_eval_out_into_a_folder_it_cannot_write_is_one_line_before_any_work(run_main, copy_run, tmp_path):
+    run = copy_run()
+    code, out, err = run_main("eval", str(run), "--out", "/proc/optiloop-eval")
+    assert_refused(code, err, "--out /proc/optiloop-eval: cannot create anything in /proc")
+    assert out == ""  # refused before evaluating

@@ -187,11 +187,12 @@ def test_model_shape_mismatch_lists_keys(tmp_path):
 def test_changed_settings_are_refused_unless_forced(tmp_path):
     train(tmp_path, epochs=1)
     X, y = data()
+    same = {"scheduler": "cosine", "progress": False, "resume": tmp_path}  # the run's own scheduler
     with pytest.raises(ol.OptiloopError, match="settings changed \\(batch_size 8 -> 16\\)"):
-        ol.fit(net(), (X, y), epochs=2, batch_size=16, progress=False, resume=tmp_path)
+        ol.fit(net(), (X, y), epochs=2, batch_size=16, **same)
     with pytest.raises(ol.OptiloopError, match="train_data 48 samples.*-> 40 samples"):
-        ol.fit(net(), (X[:40], y[:40]), epochs=2, batch_size=8, progress=False, resume=tmp_path)
-    h = ol.fit(net(), (X, y), epochs=2, batch_size=16, progress=False, resume=tmp_path, force_resume=True)
+        ol.fit(net(), (X[:40], y[:40]), epochs=2, batch_size=8, **same)
+    h = ol.fit(net(), (X, y), epochs=2, batch_size=16, force_resume=True, **same)
     assert h["epoch"] == [1, 2]
 
 

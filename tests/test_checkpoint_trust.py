@@ -7,8 +7,10 @@ import errno
 import io
 import os
 import random
+import shutil
 import warnings
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +191,143 @@ def test_code_in_a_crafted_checkpoint_never_runs_and_a_model_mismatch_is_not_dam
     with pytest.raises(ol.CheckpointError, match="checkpoint does not fit the model; shape mismatch"):
         ol.fit(nn.Linear(4, 3), data, epochs=3, batch_size=8, progress=False, resume=tmp_path)
     assert zipfile.is_zipfile(tmp_path / "last.pt")  # a wrong model leaves the run's files alone
+
+
+# --- a run's files, crafted or swapped, through the command line ------------------------------------
+def one_line(code: int, err: str, want: int = 2) -> str:
+    lines = err.strip().splitlines()
+    assert code == want, err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def snapshot(folder) -> dict:
+    return {p.name: (p.read_bytes() if p.is_file() else "folder") for p in folder.iterdir()}
+
+
+def craft(path, **changes) -> None:
+    """Rewrite a checkpoint with some entries changed: a CRC-valid file whose content is wrong."""
+    ckpt = torch.load(path, weights_only=True)
+    for key, value in changes.items():
+        ckpt[key] = value(ckpt) if callable(value) else value
+    torch.save(ckpt, path)
+
+
+WRONG_TYPES = {
+    "model a tensor": {"model": torch.zeros(3)},
+    "model a list": {"model": [1.0, 2.0]},
+    "config a string": {"config": "adamw"},
+    "config without its inference part": {"config": lambda c: {**c["config"], "inference": "x"}},
+    "preprocessing of the wrong shape": {"config": lambda c: {**c["config"], "inference": {
+        **c["config"]["inference"], "preprocessing": {"task": "classification", "features": 13}}}},
+}
+
+
+@pytest.mark.parametrize("case", WRONG_TYPES, ids=list(WRONG_TYPES))
+@pytest.mark.parametrize("command", ["eval", "predict"])
+def test_eval_and_predict_of_a_checkpoint_with_wrong_content_types_is_one_line(run_main, copy_run, command, case):
+    run = copy_run()
+    craft(run / "best.pt", **WRONG_TYPES[case])
+    code, out, err = run_main(command, str(run))
+    assert "best.pt" in one_line(code, err) and out == ""
+    with pytest.raises(ol.CheckpointError, match="best.pt"):
+        ol.load(run)
+
+
+def _nan(ckpt):
+    return {k: torch.full_like(v, float("nan")) for k, v in ckpt["model"].items()}
+
+
+# Each makes last.pt a file that must not be resumed; last.prev.pt (epoch 1) is still good.
+UNFIT = {
+    "optimizer = {}": (lambda run, other: craft(run / "last.pt", optimizer={}), "optimizer"),
+    "another run's sgd last.pt": (lambda run, other: shutil.copy(other["sgd"] / "last.pt", run / "last.pt"),
+                                  "optimizer"),
+    "another run's last.pt with a StepLR": (
+        lambda run, other: shutil.copy(other["step"] / "last.pt", run / "last.pt"), "scheduler"),
+    "NaN weights": (lambda run, other: craft(run / "last.pt", model=_nan), "non-finite"),
+    "an absurd epoch": (lambda run, other: craft(run / "last.pt", epoch=10**9), "epoch"),
+}
+
+
+@pytest.mark.parametrize("case", UNFIT, ids=list(UNFIT))
+def test_resume_falls_back_from_a_last_pt_that_does_not_fit_and_says_which(run_main, copy_run, trained_runs, case):
+    make, why = UNFIT[case]
+    run = copy_run()
+    make(run, trained_runs)
+    with pytest.warns(UserWarning) as caught:
+        code, out, err = run_main("train", "--resume", str(run))
+    assert code == 0, err
+    said = " ".join(str(w.message) for w in caught)
+    assert "last.pt" in said and "resuming from" in said and "last.prev.pt" in said and why in said, said
+    assert "epoch 2/2" in out  # it continued from last.prev.pt (epoch 1), not from the crafted epoch
+    assert len((run / "history.csv").read_text().splitlines()) == 3  # header + epochs 1 and 2
+
+
+@pytest.mark.parametrize("case", UNFIT, ids=list(UNFIT))
+def test_resume_refuses_when_no_checkpoint_fits_and_writes_nothing(run_main, copy_run, trained_runs, case):
+    make, why = UNFIT[case]
+    run = copy_run()
+    make(run, trained_runs)
+    (run / "last.prev.pt").write_bytes((run / "last.pt").read_bytes())  # both unfit
+    before = snapshot(run)
+    code, _, err = run_main("train", "--resume", str(run))
+    line = one_line(code, err)
+    assert "no valid checkpoint to resume from" in line and why in line, line
+    assert snapshot(run) == before
+
+
+def test_a_folder_in_place_of_last_pt_is_one_line_exit_2_and_nothing_written(run_main, copy_run):
+    run = copy_run()
+    (run / "last.pt").unlink()
+    (run / "last.pt").mkdir()
+    before = snapshot(run)
+    code, _, err = run_main("train", "--resume", str(run))
+    line = one_line(code, err)
+    assert "last.pt is a folder" in line, line
+    assert snapshot(run) == before  # best.pt, last.prev.pt and the folder as they were
+
+
+def test_a_run_folder_made_read_only_during_training_is_one_line_exit_1_and_leaves_no_temporary(
+        run_main, tmp_path, monkeypatch):
+    """After the first epoch the folder refuses every change, as a read-only folder does for a
+    non-root user (root ignores chmod, so the refusal is simulated at the os calls)."""
+    import optiloop.runs as R
+
+    run = tmp_path / "run"
+    locked = {"on": False}
+
+    def refuse(real, *where):
+        def call(*a, **k):
+            paths = [a[i] for i in where if i < len(a)] + [k.get("dir")]
+            if locked["on"] and any(p is not None and str(run) in str(Path(p).resolve()) for p in paths):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+            return real(*a, **k)
+        return call
+
+    for mod in (F, C):
+        monkeypatch.setattr(mod.os, "unlink", refuse(os.unlink, 0))
+        monkeypatch.setattr(mod.os, "replace", refuse(os.replace, 0, 1))
+        monkeypatch.setattr(mod.os, "link", refuse(os.link, 0, 1))
+    monkeypatch.setattr(F.tempfile, "mkstemp", refuse(F.tempfile.mkstemp))
+    real_history = R.RunFolder.write_history
+
+    def history_then_lock(self, history):
+        real_history(self, history)
+        locked["on"] = True
+
+    monkeypatch.setattr(R.RunFolder, "write_history", history_then_lock)
+    code, _, err = run_main("train", "--data", "wine", "--epochs", "3", "--checkpoint-seconds", "0",
+                            "--out", str(run))
+    line = one_line(code, err, want=1)
+    assert "Permission denied" in line and str(run) in line, line
+    locked["on"] = False
+    assert not [p.name for p in run.iterdir() if p.name.endswith(F.TEMP_SUFFIX)]
+
+
+def test_temporaries_a_failed_writer_could_not_remove_are_cleaned_at_the_next_start(tmp_path):
+    for name in (".last.prev.pt.123.link.optiloop-tmp", ".history.csv.x1.optiloop-tmp", ".best.pt.x2.optiloop-tmp"):
+        (tmp_path / name).write_bytes(b"half")
+    (tmp_path / "notes.optiloop-tmp.txt").write_text("the user's")
+    removed = C.remove_stale_temporaries(tmp_path)
+    assert len(removed) == 3 and [p.name for p in tmp_path.iterdir()] == ["notes.optiloop-tmp.txt"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG
 from matplotlib.image import imread
 
 from optiloop.cli import COMMANDS
@@ -23,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 def cli(tmp_path):
     """``cli("train", "--epochs", "2")``: ``python -m optiloop`` in tmp_path, as a user runs it."""
 
-    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def run(*args: str, timeout: float = HANG) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
         return subprocess.run([sys.executable, "-m", "optiloop", *args], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=timeout)
@@ -55,6 +56,7 @@ def test_registry_holds_every_subcommand():
     assert {"train", "schedule", "list", "eval"} <= set(COMMANDS)
 
 
+@pytest.mark.slow
 def test_default_train_reaches_95_percent_and_writes_the_run_folder(cli, tmp_path):
     proc = cli("train")  # the true default: digits, mlp, adamw + cosine, 30 epochs
     assert proc.returncode == 0, proc.stderr
@@ -140,6 +142,7 @@ def test_train_bad_input_is_one_line_exit_2_and_writes_nothing(run_main, tmp_pat
     assert list(tmp_path.iterdir()) == []  # no run folder, nothing half-written
 
 
+@pytest.mark.slow
 def test_train_bad_input_by_subprocess_has_no_traceback(cli, tmp_path):
     assert_one_line_error(cli("train", "--lr", "-1"), "optimizer.lr: must be > 0 (got -1.0)")
     assert_one_line_error(cli("train", "--no-such-flag"), "--no-such-flag")
@@ -154,6 +157,7 @@ def test_out_folder_is_never_overwritten(run_main, tmp_path):
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["x"]
 
 
+@pytest.mark.slow
 def test_schedule_every_name_prints_a_table_and_plots(cli, tmp_path):
     from optiloop import SCHEDULERS
 
@@ -207,6 +211,7 @@ def test_schedule_bad_input(run_main, tmp_path, args, needles):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow
 def test_list_shows_every_name_with_defaults(cli):
     proc = cli("list")
     assert proc.returncode == 0, proc.stderr
@@ -221,23 +226,24 @@ def test_list_shows_every_name_with_defaults(cli):
     assert "nesterov=False" in proc.stdout  # torch's default for sgd
 
 
+@pytest.mark.slow
 def test_eval_bad_input(cli, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert_one_line_error(cli("eval", "bad.pt"), "bad.pt", "corrupt")
 
 
-def test_eval_on_other_data(run_main, tmp_path):
+def test_eval_on_other_data(run_main, tmp_path, trained_runs):
     import numpy as np
     from sklearn.datasets import load_wine
 
-    assert run_main("train", "--data", "wine", "--epochs", "2", "--out", "w")[0] == 0
+    w = str(trained_runs["adamw"])  # wine, 2 epochs
     X, y = load_wine(return_X_y=True)
     np.savez(tmp_path / "wine.npz", X=X[:50], y=y[:50])
-    code, out, err = run_main("eval", "w", "--data", "wine.npz", "--json")
+    code, out, err = run_main("eval", w, "--data", "wine.npz", "--json")
     assert code == 0, err
     got = json.loads(out)
     assert got["samples"] == 50 and 0 <= got["acc"] <= 1
-    code, _, err = run_main("eval", "w", "--data", "digits")
+    code, _, err = run_main("eval", w, "--data", "digits")
     assert code == 2 and "64 features" in err and "13" in err
     code, _, err = run_main("eval", "nothere.pt")
     assert code == 2 and "nothere.pt" in err

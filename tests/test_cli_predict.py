@@ -4,7 +4,9 @@ the in-process model's predictions."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import HANG
 from sklearn.datasets import load_diabetes, load_wine
 from sklearn.preprocessing import StandardScaler
 
@@ -31,7 +34,7 @@ CULTIVARS = np.array(["barolo", "grignolino", "barbera"])
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
     return subprocess.run([sys.executable, "-m", "optiloop", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=HANG)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
@@ -56,25 +59,53 @@ def in_process_outputs(run: Path, data: Path, target: str, rows: pd.DataFrame) -
         return model.eval()(torch.from_numpy(X.astype(np.float32))).numpy()
 
 
-@pytest.fixture
-def wine_run(tmp_path, monkeypatch):
-    """A run trained in-process on a CSV with text labels; then the CSV is gone and the run moved."""
+@contextlib.contextmanager
+def _chdir(path: Path):  # contextlib.chdir, which Python 3.10 lacks
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+@pytest.fixture(scope="module")
+def trained_wine(tmp_path_factory):
+    """A run trained in-process on a CSV with text labels; then the CSV is gone and the run moved.
+    Trained once for the module; the tests only read it."""
+    base = tmp_path_factory.mktemp("wine")
     b = load_wine(as_frame=True)
     df = b.data.copy()
     df.insert(0, "cultivar", CULTIVARS[b.target.to_numpy()])
-    data = tmp_path / "wine.csv"
+    data = base / "wine.csv"
     df.to_csv(data, index=False)
-    monkeypatch.chdir(tmp_path)
-    assert main(["train", "--data", "wine.csv", "--target", "cultivar", "--epochs", "3", "--out", "run"]) == 0
-    expected = in_process_outputs(tmp_path / "run", data, "cultivar", df)
-    copy = shutil.copytree(tmp_path / "run", tmp_path / "elsewhere" / "run")
-    shutil.rmtree(tmp_path / "run")
+    with _chdir(base), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["train", "--data", "wine.csv", "--target", "cultivar", "--epochs", "3", "--out", "run"]) == 0
+    expected = in_process_outputs(base / "run", data, "cultivar", df)
+    copy = shutil.copytree(base / "run", base / "elsewhere" / "run")
+    shutil.rmtree(base / "run")
     data.unlink()
-    new = df[list(reversed(df.columns))].assign(batch="2024-A", extra=7.5)  # reordered, extra columns
-    new.to_csv(tmp_path / "new.csv", index=False)
     return copy, df, expected
 
 
+@pytest.fixture
+def wine_run(trained_wine, tmp_path):
+    """The trained run, and new.csv in tmp_path: its rows reordered, with extra columns."""
+    copy, df, expected = trained_wine
+    new = df[list(reversed(df.columns))].assign(batch="2024-A", extra=7.5)  # reordered, extra columns
+    new.to_csv(tmp_path / "new.csv", index=False)
+    return copy, df.copy(), expected
+
+
+def in_process(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``optiloop ARGS`` run by this process (the CLI's own error handling, no start-up to pay)."""
+    out, err = io.StringIO(), io.StringIO()
+    with _chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+@pytest.mark.slow
 def test_predict_writes_original_labels_and_probabilities_of_the_in_process_model(tmp_path, wine_run):
     run, df, logits = wine_run
     proc = cli(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "predictions.csv")
@@ -97,6 +128,7 @@ def test_predict_writes_original_labels_and_probabilities_of_the_in_process_mode
     assert printed.stdout.replace("\r\n", "\n") == (tmp_path / "predictions.csv").read_text().replace("\r\n", "\n")
 
 
+@pytest.mark.slow
 def test_eval_on_new_rows_after_the_data_is_gone(tmp_path, wine_run):
     run, df, logits = wine_run
     proc = cli(tmp_path, "eval", str(run), "--data", "new.csv", "--json")
@@ -119,18 +151,20 @@ def test_eval_on_new_rows_after_the_data_is_gone(tmp_path, wine_run):
 def test_predict_bad_rows_are_one_line_and_write_nothing(tmp_path, wine_run, edit, needles):
     run, df, _ = wine_run
     edit(df).to_csv(tmp_path / "new.csv", index=False)
-    one_line_error(cli(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "p.csv"), *needles)
+    one_line_error(in_process(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "p.csv"), *needles)
     assert not (tmp_path / "p.csv").exists()
 
 
 def test_predict_refuses_to_overwrite_and_names_bad_runs(tmp_path, wine_run):
     run, _, _ = wine_run
     (tmp_path / "p.csv").write_text("keep")
-    one_line_error(cli(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "p.csv"), "p.csv", "exists")
+    one_line_error(in_process(tmp_path, "predict", str(run), "--data", "new.csv", "--out", "p.csv"), "p.csv",
+                   "exists")
     assert (tmp_path / "p.csv").read_text() == "keep"
-    one_line_error(cli(tmp_path, "predict", "nowhere", "--data", "new.csv"), "nowhere")
+    one_line_error(in_process(tmp_path, "predict", "nowhere", "--data", "new.csv"), "nowhere")
 
 
+@pytest.mark.slow
 def test_regression_predict_and_eval_in_the_targets_units(tmp_path, monkeypatch):
     b = load_diabetes(as_frame=True, scaled=False)
     df = b.data.assign(progression=b.target)

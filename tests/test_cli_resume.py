@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG
 
 import optiloop as ol
 
@@ -26,7 +28,7 @@ def env():
             "OMP_NUM_THREADS": "1"}
 
 
-def optiloop(cwd, *args, timeout=240):
+def optiloop(cwd, *args, timeout=HANG):
     return subprocess.run([sys.executable, "-m", "optiloop", *args], cwd=cwd, env=env(),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -42,6 +44,7 @@ def one_line_error(proc, needle):
     assert needle in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
     straight = optiloop(tmp_path, *TRAIN, "--out", "a")
     assert straight.returncode == 0, straight.stderr
@@ -51,7 +54,7 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
         if line.startswith("epoch 2/4"):
             p.send_signal(signal.SIGKILL)
             break
-    p.wait(timeout=60)
+    p.wait(timeout=HANG)
     assert p.returncode == -signal.SIGKILL
     assert not (tmp_path / "b" / "summary.json").exists()  # it really died before the end
     # the epochs it finished are on disk already, not only in the checkpoint
@@ -66,7 +69,10 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert a["step"] == b["step"] and b["epoch"] == 4
 
 
-def test_resume_refuses_changed_settings_and_unsafe_checkpoints(tmp_path):
+def test_resume_refuses_changed_settings_and_unsafe_checkpoints(run_main, tmp_path):
+    def optiloop(cwd, *args):  # in-process: the same command line, without a start-up per call
+        return subprocess.CompletedProcess(args, *run_main(*args))
+
     assert optiloop(tmp_path, *TRAIN[:2], "2", "--out", "run").returncode == 0
     one_line_error(optiloop(tmp_path, "train", "--resume", "run", "--batch-size", "32"),
                    "settings changed (train.batch_size 64 -> 32); pass --force-resume")
@@ -85,13 +91,20 @@ def test_resume_refuses_changed_settings_and_unsafe_checkpoints(tmp_path):
     assert not marker.exists()
 
 
-def test_torchrun_two_processes_one_run_folder(tmp_path):
+@pytest.mark.slow
+def test_torchrun_two_processes_one_run_folder_named_by_time_with_a_header_that_says_so(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "optiloop", "train", "--epochs", "2"]
-    p = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+           "-m", "optiloop", "train", "--epochs", "2", "--batch-size", "32"]
+    p = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=HANG)
     assert p.returncode == 0, p.stderr[-3000:]
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1, runs
+    assert re.fullmatch(r"digits-mlp-adamw-\d{8}-\d{6}", runs[0].name), runs[0].name  # as one process names it
+    header = p.stdout.splitlines()[:3]
+    assert header[0].startswith("optiloop train: ") and header[0].endswith(f"-> runs/{runs[0].name}/"), header
+    assert header[1] == ("  2 processes (ddp): batch size 32 per process, 64 in all per optimizer step; the LR is "
+                         "not scaled for it"), header
+    assert p.stdout.count("optiloop train: ") == 1  # the header too is rank 0's alone
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert summary["world_size"] == 2
     assert {"config.toml", "history.csv", "best.pt", "last.pt", "curves.png", "summary.json"} <= \
@@ -99,9 +112,9 @@ def test_torchrun_two_processes_one_run_folder(tmp_path):
     assert p.stdout.count("done: 2 epochs") == 1  # the summary is printed by rank 0 only
 
 
-def test_checkpoint_every_writes_mid_epoch_checkpoints(tmp_path):
-    p = optiloop(tmp_path, "train", "--epochs", "1", "--checkpoint-every", "5", "--out", "run")
-    assert p.returncode == 0, p.stderr
+def test_checkpoint_every_writes_mid_epoch_checkpoints(run_main, tmp_path):
+    code, _, err = run_main("train", "--epochs", "1", "--checkpoint-every", "5", "--out", "run")
+    assert code == 0, err
     # 23 steps per epoch: saves at steps 5, 10, 15, 20 (mid-epoch), then the epoch's own save;
     # the one before the last is kept as last.prev.pt
     prev = ol.load_checkpoint(tmp_path / "run" / "last.prev.pt")
@@ -109,10 +122,11 @@ def test_checkpoint_every_writes_mid_epoch_checkpoints(tmp_path):
     assert ol.load_checkpoint(tmp_path / "run" / "last.pt")["epoch_done"] is True
 
 
-def test_trust_settings_are_validated_before_anything_is_written(tmp_path):
-    one_line_error(optiloop(tmp_path, "train", "--set", "train.nonfinite=maybe"), "train.nonfinite")
-    one_line_error(optiloop(tmp_path, "train", "--checkpoint-every", "0"), "train.checkpoint_every")
-    one_line_error(optiloop(tmp_path, "train", "--checkpoint-seconds", "-1"), "train.checkpoint_seconds")
+def test_trust_settings_are_validated_before_anything_is_written(run_main, tmp_path):
+    for args, needle in ((["--set", "train.nonfinite=maybe"], "train.nonfinite"),
+                         (["--checkpoint-every", "0"], "train.checkpoint_every"),
+                         (["--checkpoint-seconds", "-1"], "train.checkpoint_seconds")):
+        one_line_error(subprocess.CompletedProcess(args, *run_main("train", *args)), needle)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -122,6 +136,7 @@ def cli(run_main):
     return lambda *args: subprocess.CompletedProcess(args, *run_main(*args))
 
 
+@pytest.mark.slow
 def test_resume_decides_per_setting_and_writes_config_only_once_accepted(cli, tmp_path):
     assert cli("train", "--data", "wine", "--epochs", "2", "--out", "run").returncode == 0
     config = (tmp_path / "run" / "config.toml").read_bytes()
@@ -150,6 +165,7 @@ def test_resume_decides_per_setting_and_writes_config_only_once_accepted(cli, tm
     assert cli("train", "--resume", "run").returncode == 0  # the recorded config resumes
 
 
+@pytest.mark.slow
 def test_a_run_folder_in_use_is_refused_and_a_dead_holder_frees_it(cli, tmp_path):
     from optiloop.files import FolderLock
 
@@ -177,11 +193,12 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_holder_frees_it(cli, tmp_path
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     holder.kill()
-    holder.wait(timeout=30)
+    holder.wait(timeout=HANG)
     assert (tmp_path / "fresh" / ".optiloop.lock").exists()
     assert cli("train", "--data", "wine", "--epochs", "1", "--out", "fresh").returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [("compare", "--optimizers", "sgd", "--epochs", "1"),
                                      ("lr-find", "--steps", "5")])
 def test_compare_and_lr_find_refuse_a_folder_in_use(cli, tmp_path, command):
@@ -200,6 +217,7 @@ def test_compare_and_lr_find_refuse_a_folder_in_use(cli, tmp_path, command):
     assert not (run / ".optiloop.lock").exists() and any(run.iterdir())  # written, then released
 
 
+@pytest.mark.slow
 def test_training_goes_on_when_the_reader_of_its_output_leaves(tmp_path):
     """`optiloop train | head -2`: printing stops, training finishes, the folder is whole."""
     p = subprocess.Popen([sys.executable, "-m", "optiloop", "train", "--data", "wine", "--epochs", "25",
@@ -208,7 +226,7 @@ def test_training_goes_on_when_the_reader_of_its_output_leaves(tmp_path):
     assert p.stdout.readline().startswith("optiloop train:")
     p.stdout.close()  # the reader leaves
     err = p.stderr.read()
-    assert p.wait(timeout=240) == 0, err
+    assert p.wait(timeout=HANG) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert len(history_without_time(tmp_path / "run")) == 25
     assert {"config.toml", "history.csv", "last.pt", "curves.png", "summary.json"} <= \

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HANG
 
 import optiloop
 from optiloop.cli import COMMANDS
@@ -28,13 +29,14 @@ def imported(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess, set[st
     """Run ``python -X importtime -m optiloop ARGS``; the top-level packages it imported."""
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "optiloop", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=HANG)
     names = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
              if line.startswith("import time:") and "|" in line}
     assert "optiloop" in names  # the report is really there
     return proc, names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["--help"], ["list"], *([name, "--help"] for name in COMMANDS)],
                          ids=lambda a: " ".join(a))
 def test_help_and_list_import_no_torch(tmp_path, args):
@@ -44,6 +46,7 @@ def test_help_and_list_import_no_torch(tmp_path, args):
     assert proc.stdout.strip()
 
 
+@pytest.mark.slow
 def test_list_torch_defaults_does_import_torch(tmp_path):
     proc, names = imported(tmp_path, "list", "--torch-defaults")
     assert proc.returncode == 0 and "torch" in names  # the check above would see an import
@@ -70,6 +73,7 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sets", "sklearn"), [
     ([], False),  # the default run: digits
     (["data.name=wine"], False),
@@ -83,7 +87,7 @@ def test_train_imports_sklearn_only_for_a_table_that_needs_it_and_matplotlib_onl
     (tmp_path / "table.csv").write_text("x,kind,y\n" + "\n".join(rows) + "\n")
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
     proc = subprocess.run([sys.executable, "-c", TRAIN, *sets], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=180)
+                          capture_output=True, text=True, timeout=HANG)
     assert proc.returncode == 0, proc.stderr[-2000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen == {"matplotlib_before_drawing": False, "matplotlib_after": True, "sklearn": sklearn}

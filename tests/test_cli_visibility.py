@@ -92,9 +92,9 @@ def test_train_writes_steps_class_figures_and_tensorboard(run_main, tmp_path):
         tomllib.loads((run / "config.toml").read_text())
 
 
-def test_eval_prints_and_writes_the_class_figures(run_main, tmp_path):
-    assert run_main("train", "--data", "wine", "--epochs", "2", "--out", "w")[0] == 0
-    code, out, err = run_main("eval", "w", "--json", "--out", "ev")
+def test_eval_prints_and_writes_the_class_figures(run_main, tmp_path, trained_runs):
+    w = str(trained_runs["adamw"])  # wine, 2 epochs
+    code, out, err = run_main("eval", w, "--json", "--out", "ev")
     assert code == 0, err
     got = json.loads(out)
     matrix = np.array(got["classes"]["confusion_matrix"])
@@ -107,9 +107,9 @@ def test_eval_prints_and_writes_the_class_figures(run_main, tmp_path):
     assert json.loads((tmp_path / "ev" / "eval.json").read_text()) == got
     assert_picture(tmp_path / "ev" / "confusion_matrix.png")
 
-    code, out, err = run_main("eval", "w")  # the terminal: per-class table and the matrix
+    code, out, err = run_main("eval", w)  # the terminal: per-class table and the matrix
     assert code == 0 and "precision  recall" in out and "rows: true class, columns: predicted" in out
-    code, _, err = run_main("eval", "w", "--out", "ev")  # never overwritten
+    code, _, err = run_main("eval", w, "--out", "ev")  # never overwritten
     assert code == 2 and "ev already exists" in err and len(err.strip().splitlines()) == 1
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG
 
 import optiloop as ol
 
@@ -25,7 +26,7 @@ def torchrun(out, *args, nproc=2, restarts=0):
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            f"--max-restarts={restarts}", str(HERE / "ddp_worker.py"), str(out), *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG)
     assert p.returncode == 0, p.stderr[-3000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
 
@@ -45,6 +46,7 @@ def single_process(scheduler, batch_size, custom_step=False):
 
 # --custom-step: dict batches through step= with two micro-batches per step, so DDP's no_sync
 # accumulation runs on the custom path too
+@pytest.mark.slow
 @pytest.mark.parametrize("custom", [False, True], ids=["default-step", "custom-step"])
 def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path, custom):
     ranks = torchrun(tmp_path / "ddp", *(["--custom-step"] if custom else []))
@@ -64,6 +66,7 @@ def test_two_processes_batch_b_equal_one_process_batch_2b(tmp_path, custom):
             assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
 
 
+@pytest.mark.slow
 def test_one_scheduler_step_per_optimizer_step_whatever_the_world_size(tmp_path):
     ranks = torchrun(tmp_path / "ddp")
     _, _, lrs = single_process("onecycle", 2 * ddp_worker.B)
@@ -73,6 +76,7 @@ def test_one_scheduler_step_per_optimizer_step_whatever_the_world_size(tmp_path)
     assert ranks[0]["lrs"] == ranks[1]["lrs"] == pytest.approx(lrs)
 
 
+@pytest.mark.slow
 def test_plateau_steps_on_the_all_reduced_metric(tmp_path):
     ranks = torchrun(tmp_path / "ddp", "--scheduler", "plateau")
     _, history, _ = single_process("plateau", 2 * ddp_worker.B)
@@ -84,6 +88,7 @@ def test_plateau_steps_on_the_all_reduced_metric(tmp_path):
 # 6 steps per epoch, a checkpoint every 2 steps: dying after step 5 resumes mid-epoch from step 4
 # (each rank must get back its own partial-epoch figures), after step 7 from epoch 1's end; a
 # script may create its Checkpoint on rank 0 only (the loop, not the callback, gathers).
+@pytest.mark.slow
 @pytest.mark.parametrize("die_at, extra", [(5, ()), (7, ()), (5, ("--checkpoint-on-rank0-only",))])
 def test_one_run_folder_from_rank_zero_and_exact_restart_after_a_killed_rank(tmp_path, die_at, extra):
     straight = torchrun(tmp_path / "a", "--run-dir", str(tmp_path / "run_a"), *extra)
@@ -98,6 +103,7 @@ def test_one_run_folder_from_rank_zero_and_exact_restart_after_a_killed_rank(tmp
     assert len(restarted[0]["lrs"]) < len(straight[0]["lrs"])
 
 
+@pytest.mark.slow
 def test_dataset_input_uses_a_distributed_sampler_and_early_stopping_stops_every_rank_together(tmp_path):
     # min_delta=0.5 on val_acc: no epoch after the first counts as an improvement, so patience 1
     # stops at epoch 2, on every rank from the same all-reduced figure

@@ -11,8 +11,9 @@ sys.path.insert(0, str(EXAMPLES))
 import char_gpt  # noqa: E402
 
 
+@pytest.mark.slow
 def test_char_gpt_learns_the_text_well_below_the_unigram_baseline(capsys):
-    result = char_gpt.main(["--no-progress", "--dim", "64", "--epochs", "1"])
+    result = char_gpt.main(["--no-progress", "--dim", "64", "--epochs", "1", "--stride", "16"])
     history, baseline = result["history"], result["baseline"]
     assert 3.0 < baseline < 4.0  # nats per character of English under its letter frequencies
     assert history["val_loss"][-1] < baseline - 0.5  # it learned context, not just frequencies
@@ -43,6 +44,7 @@ def test_char_gpt_trains_through_the_step_contract_with_warmup_cosine_and_no_dec
     assert lrs[-1] < lrs[4] == 1e-2
 
 
+@pytest.mark.slow
 def test_transformers_model_on_dict_batches_with_its_own_loss(capsys):
     pytest.importorskip("transformers")
     import hf_model

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 import optiloop as ol
@@ -29,7 +30,7 @@ def torchrun(out, *args, nproc=2, restarts=0, ok=True):
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            f"--max-restarts={restarts}", str(HERE / "fsdp_worker.py"), str(out), *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=HANG)
     if not ok:
         return p
     assert p.returncode == 0, p.stderr[-3000:]
@@ -58,6 +59,7 @@ def assert_same_run(ranks, weights, history):
             assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
 
 
+@pytest.mark.slow
 def test_two_sharded_processes_batch_b_equal_one_process_batch_2b_with_one_scheduler_step_per_step(tmp_path):
     ranks = torchrun(tmp_path / "fsdp")
     weights, history, lrs = single_process("onecycle")
@@ -70,6 +72,7 @@ def test_two_sharded_processes_batch_b_equal_one_process_batch_2b_with_one_sched
     assert ranks[0]["lrs"] == ranks[1]["lrs"] == pytest.approx(lrs)
 
 
+@pytest.mark.slow
 def test_plateau_steps_on_the_all_reduced_metric_with_a_custom_step_accumulation_and_chosen_blocks(tmp_path):
     # dict batches through step=, two micro-batches per optimizer step weighed by their counts:
     # FSDP reduce-scatters each micro-batch, and the rescaling works on sharded gradients;
@@ -94,6 +97,7 @@ def straight(tmp_path_factory):
 # 6 steps per epoch, a checkpoint every 2 steps (asynchronous): dying after step 5 resumes mid-epoch
 # (each rank gets back its own partial figures and its own RNG), after step 7 from epoch 1's end
 # or later, whichever save had committed
+@pytest.mark.slow
 @pytest.mark.parametrize("die_at", [5, 7])
 def test_a_killed_rank_restarts_and_ends_bit_identical_to_an_uninterrupted_run(tmp_path, straight, die_at):
     run_a, uninterrupted = straight
@@ -120,6 +124,7 @@ class Capture(ol.Callback):
         self.lr = state.optimizer.param_groups[0]["lr"]
 
 
+@pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_on_one_process_with_the_consolidated_state(tmp_path, straight):
     run_a, ranks = straight
     # torch's own consolidation of the sharded folder: the reference, independent of optiloop's loader
@@ -149,6 +154,7 @@ def test_a_two_process_checkpoint_resumes_on_one_process_with_the_consolidated_s
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in h] == ranks[0]["history"]
 
 
+@pytest.mark.slow
 def test_export_writes_one_plain_file_that_loads_without_optiloop(tmp_path, straight):
     run_a, ranks = straight
     src = ol.export(run_a, tmp_path / "model.pt", which="last")
@@ -167,7 +173,7 @@ net.load_state_dict(sd)
 torch.save(net(torch.load({str(tmp_path / "x.pt")!r})).detach(), {str(tmp_path / "y.pt")!r})
 """
     torch.save(X, tmp_path / "x.pt")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG,
                        env={**os.environ, "PYTHONPATH": ""})
     assert p.returncode == 0, p.stderr[-2000:]
     reference = W.model(0.2).eval()
@@ -183,9 +189,10 @@ def cli(cwd, *args, nproc=0):
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
     return subprocess.run([sys.executable, *launcher, "-m", "optiloop", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=HANG)
 
 
+@pytest.mark.slow
 def test_cli_trains_with_fsdp_and_bf16_then_exports_and_evaluates_the_sharded_run(tmp_path):
     p = cli(tmp_path, "train", "--strategy", "fsdp", "--set", 'train.amp="bf16"', "--epochs", "3",
             "--early-stopping", "0", "--checkpoint-seconds", "0", "--out", "run", nproc=2)
@@ -223,6 +230,7 @@ def test_cli_bad_strategy_is_one_line_and_writes_nothing(tmp_path, monkeypatch, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_checkpoint_made_on_rank_zero_only_is_refused_with_one_line(tmp_path):
     p = torchrun(tmp_path / "fsdp", "--run-dir", str(tmp_path / "run"), "--checkpoint-on-rank0-only", ok=False)
     assert p.returncode != 0
@@ -231,6 +239,7 @@ def test_a_checkpoint_made_on_rank_zero_only_is_refused_with_one_line(tmp_path):
     assert not (tmp_path / "run" / "last").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (nccl)")
 def test_two_gpus_with_nccl_equal_one_cpu_process_batch_2b(tmp_path):  # pragma: no cover - no GPU in CI
     ranks = torchrun(tmp_path / "fsdp", "--device", "cuda")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG
 from torch import nn
 
 import optiloop as ol
@@ -118,6 +119,7 @@ def test_training_in_another_thread_keeps_the_processes_handlers(tmp_path):
     assert len(out["h"]) == 1 and signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.slow
 def test_sigterm_on_the_command_line_saves_exits_143_and_resumes_to_the_same_end(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
     args = [sys.executable, "-m", "optiloop", "train", "--data", "wine", "--epochs", "30", "--batch-size", "16"]
@@ -128,7 +130,7 @@ def test_sigterm_on_the_command_line_saves_exits_143_and_resumes_to_the_same_end
         if line.startswith("epoch 5/30"):
             p.send_signal(signal.SIGTERM)
             break
-    rest, err = p.communicate(timeout=120)
+    rest, err = p.communicate(timeout=HANG)
     assert p.returncode == 143, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].endswith("saved b/last.pt; continue with: optiloop train --resume b")

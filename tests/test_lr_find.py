@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import HANG
 from matplotlib.image import imread
 
 import optiloop as ol
@@ -127,12 +128,13 @@ def test_bad_arguments(kwargs, needle):
 
 
 # --- the command line, by subprocess ------------------------------------------------------------
-def _cli(tmp_path, *args, timeout=120):
+def _cli(tmp_path, *args, timeout=HANG):
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
     return subprocess.run([sys.executable, "-m", "optiloop", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cli_lr_find_on_digits(tmp_path):
     proc = _cli(tmp_path, "lr-find", "--steps", "40", "--out", "lf")
     assert proc.returncode == 0, proc.stderr
@@ -144,10 +146,10 @@ def test_cli_lr_find_on_digits(tmp_path):
     assert (tmp_path / "lf" / "lr_find.csv").read_text().startswith("step,lr,loss")
 
 
-def test_cli_lr_find_bad_input_exits_2_and_writes_nothing(tmp_path):
-    proc = _cli(tmp_path, "lr-find", "--min-lr", "1", "--max-lr", "0.1", "--out", "lf", timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+def test_cli_lr_find_bad_input_exits_2_and_writes_nothing(run_main, tmp_path):
+    code, _, err = run_main("lr-find", "--min-lr", "1", "--max-lr", "0.1", "--out", "lf")
+    assert code == 2, err
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0] == "error: min_lr must be below max_lr (got 1 and 0.1)"
     assert not (tmp_path / "lf").exists() and not (tmp_path / "runs").exists()
 

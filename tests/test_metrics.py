@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import HANG
 
 import optiloop as ol
 from optiloop.metrics import MetricSet, get_loss, resolve_metric
@@ -238,6 +239,7 @@ def test_handing_over_in_chunks_gives_the_same_values(tm, monkeypatch):
     assert epoch() == whole
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_exact_metrics_under_ddp_are_computed_over_every_ranks_samples(tm, tmp_path):
@@ -253,7 +255,7 @@ def test_exact_metrics_under_ddp_are_computed_over_every_ranks_samples(tm, tmp_p
            "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         str(here / "ddp_metrics_worker.py"), str(tmp_path)], capture_output=True, text=True,
-                       env=env, timeout=300)
+                       env=env, timeout=HANG)
     assert p.returncode == 0, p.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert ranks[0]["history"] == ranks[1]["history"]  # every rank logs the same exact values

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG
 
 import optiloop as ol
 
@@ -26,7 +27,7 @@ def start(run_dir, out, *extra):
 
 def run_to_end(run_dir, out, *extra):
     p = start(run_dir, out, *extra)
-    stdout, err = p.communicate(timeout=300)
+    stdout, err = p.communicate(timeout=HANG)
     assert p.returncode == 0, err
     result = torch.load(out, weights_only=True)
     result["first_step"] = int(next(ln for ln in stdout.splitlines() if ln.startswith("STEP")).split()[1])
@@ -46,7 +47,7 @@ def kill_when(p, marker):
     for line in p.stdout:
         if line.strip() == marker:
             p.send_signal(signal.SIGKILL)
-            p.wait(timeout=30)
+            p.wait(timeout=HANG)
             return
     raise AssertionError(f"worker ended before {marker!r}: {p.stderr.read()}")
 
@@ -80,6 +81,7 @@ def assert_same_as(reference, result, run_dir):
     assert not list(run_dir.glob("*optiloop-tmp"))  # the killed write's temporary was cleaned up
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkill_at_a_random_step_then_resume_is_bit_exact(reference, tmp_path, seed):
     step = random.Random(seed).randint(5, 45)  # 10 steps per epoch, 50 in all
@@ -89,6 +91,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(reference, tmp_path, 
     assert_same_as(reference, result, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_sigkill_at_an_epoch_boundary_then_resume_is_bit_exact(reference, tmp_path):
     p = start(tmp_path / "run", tmp_path / "out.pt")
     kill_when(p, "EPOCH 2")
@@ -97,6 +100,7 @@ def test_sigkill_at_an_epoch_boundary_then_resume_is_bit_exact(reference, tmp_pa
     assert_same_as(reference, result, tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_then_resume_is_bit_exact(reference, tmp_path):
     run = tmp_path / "run"
     p = start(run, tmp_path / "out.pt", "--slow-save", "5")
@@ -107,6 +111,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_is_bit_exact(reference, t
     assert_same_as(reference, result, run)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_exact_on_a_custom_step(custom_reference, tmp_path):
     """Dict batches, step=, a device-tensor count and accumulation: the same guarantee."""
     p = start(tmp_path / "run", tmp_path / "out.pt", "--custom-step")

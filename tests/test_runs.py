@@ -48,6 +48,16 @@ def train(tmp_path: Path, data: Path, *sets: str, out: str = "run") -> TrainingR
     return run
 
 
+@pytest.fixture(scope="module")
+def wine_run(tmp_path_factory):
+    """One run on the wine CSV with text labels, trained once for the tests that only read it:
+    (the TrainingRun, its folder, the data as a DataFrame)."""
+    base = tmp_path_factory.mktemp("wine-run")
+    df = wine_csv(base / "wine.csv")
+    run = train(base, base / "wine.csv", "data.target=cultivar")
+    return run, base / "run", df
+
+
 def moved(folder: Path, tmp_path: Path, *gone: Path) -> Path:
     """A copy of the run folder elsewhere, with the training data deleted."""
     copy = shutil.copytree(folder, tmp_path / "elsewhere" / folder.name)
@@ -93,17 +103,16 @@ def test_preprocessing_round_trips_as_plain_data():
     np.testing.assert_array_equal(again.targets(raw.y_val), prep.targets(raw.y_val))
 
 
-def test_checkpoint_carries_what_applying_the_model_needs_and_loads_weights_only(tmp_path):
-    df = wine_csv(tmp_path / "wine.csv")
-    run = train(tmp_path, tmp_path / "wine.csv", "data.target=cultivar")
-    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)  # no code, no sklearn pickles
+def test_checkpoint_carries_what_applying_the_model_needs_and_loads_weights_only(wine_run):
+    run, folder, df = wine_run
+    ckpt = torch.load(folder / "best.pt", weights_only=True)  # no code, no sklearn pickles
     info = ckpt["config"]["inference"]
     assert info["preprocessing"]["classes"] == ["barbera", "barolo", "grignolino"]
     assert info["preprocessing"]["features"] == [c for c in df.columns if c != "cultivar"]
     assert info["preprocessing"]["target"] == "cultivar" and info["preprocessing"]["task"] == "classification"
     assert info["model"] == {"name": "mlp", "in_features": 13, "out_features": 3,
                              "options": {"hidden": [128], "dropout": 0.0}}
-    with zipfile.ZipFile(tmp_path / "run" / "best.pt") as z:
+    with zipfile.ZipFile(folder / "best.pt") as z:
         assert not any(b"sklearn" in z.read(n) for n in z.namelist() if n.endswith(".pkl"))
     assert ckpt["config"]["optimizer"] == run.cfg["optimizer"]
 
@@ -163,21 +172,17 @@ def test_regression_predictions_and_eval_are_in_the_targets_units(tmp_path):
     (lambda df: df.assign(hue=np.inf), "column 'hue' has missing, NaN or infinite"),  # (an empty cell is filled)
     (lambda df: df.drop(columns=["cultivar"]).to_numpy()[:, :5], "5 columns, but the run takes 13"),
 ])
-def test_bad_rows_are_one_line_naming_the_problem(tmp_path, rows, needle):
-    data = tmp_path / "wine.csv"
-    df = wine_csv(data)
-    train(tmp_path, data, "data.target=cultivar", "train.epochs=1")
+def test_bad_rows_are_one_line_naming_the_problem(wine_run, rows, needle):
+    _, folder, df = wine_run
     with pytest.raises(ol.OptiloopError) as e:
-        ol.load(tmp_path / "run").predict(rows(df))
+        ol.load(folder).predict(rows(df))
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-def test_eval_labels_outside_the_runs_classes_are_refused(tmp_path):
-    data = tmp_path / "wine.csv"
-    df = wine_csv(data)
-    train(tmp_path, data, "data.target=cultivar", "train.epochs=1")
+def test_eval_labels_outside_the_runs_classes_are_refused(wine_run):
+    _, folder, df = wine_run
     with pytest.raises(ol.OptiloopError, match="label 'nebbiolo' is not among the run's classes"):
-        ol.load(tmp_path / "run").evaluate(df, df["cultivar"].replace("barolo", "nebbiolo"))
+        ol.load(folder).evaluate(df, df["cultivar"].replace("barolo", "nebbiolo"))
 
 
 def test_load_refuses_what_is_not_a_run(tmp_path):

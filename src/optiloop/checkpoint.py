@@ -21,6 +21,7 @@ import time
 import warnings
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -83,14 +84,25 @@ def keep_as_previous(path: Path) -> None:
     except OSError:
         os.replace(path, prev)
         return
-    os.replace(tmp, prev)
+    try:
+        os.replace(tmp, prev)
+    except OSError:
+        with contextlib.suppress(OSError):  # (a folder made read-only keeps it: the next start removes it)
+            tmp.unlink()
+        raise
+
+
+# The files optiloop writes into a run or checkpoint folder: their temporaries are ``.NAME.*`` + TEMP_SUFFIX.
+_WRITTEN = ("best.pt", "last.pt", "last.prev.pt", "config.toml", "history.csv", "steps.csv", "summary.json",
+            "curves.png", "confusion_matrix.png", "confusion_matrix.csv", "per_class.csv")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Delete temporaries a killed checkpoint writer left (``.best.pt.*.optiloop-tmp`` and the
-    like); nothing else in the folder is touched."""
+    """Delete temporaries a killed writer left, or one that could not remove its own (a folder
+    made read-only mid-write): ``.best.pt.*.optiloop-tmp``, ``.history.csv.*.optiloop-tmp`` and
+    the like, of the files optiloop writes; nothing else in the folder is touched."""
     folder = Path(folder)
-    stale = [f for name in ("best.pt", "last.pt") for f in folder.glob(f".{name}.*{TEMP_SUFFIX}")] \
+    stale = [f for name in _WRITTEN for f in folder.glob(f".{name}.*{TEMP_SUFFIX}")] \
         if folder.is_dir() else []
     for f in stale:
         f.unlink(missing_ok=True)
@@ -205,19 +217,28 @@ def find_resumable(run_dir: str | os.PathLike) -> Path:
     return load_resumable(run_dir)[0]
 
 
-def load_resumable(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+def load_resumable(run_dir: str | os.PathLike, fits: Callable[[dict[str, Any], Path], None] | None = None
+                   ) -> tuple[Path, dict[str, Any]]:
     """The newest checkpoint of a run folder that reads, loads and has the shape of a training
-    state, loaded: ``last.pt``, else ``last.prev.pt`` with a warning naming both files. Any
-    failure to read or load one counts as damage. A file given directly gets no fallback.
+    state, loaded: ``last.pt``, else ``last.prev.pt`` with a warning naming both files and why.
+    Any failure to read or load one counts as damage, and so does a state ``fits`` (called with
+    the loaded state and its path) refuses: another run's optimizer or scheduler. A file given
+    directly gets no fallback.
     """
     run_dir = Path(run_dir)
     candidates = [run_dir] if run_dir.is_file() else [run_dir / "last.pt", previous_path(run_dir / "last.pt")]
+    for c in candidates:  # saves write these names: a folder there is no damage to fall back from
+        if c.exists() and not c.is_file():
+            raise CheckpointError(f"{c} is a folder, not a checkpoint: move it out of the way to resume "
+                                  f"{run_dir} (its checkpoints are written under that name)")
     errors = []
     for c in candidates:
         if not c.exists():
             continue
         try:
             ckpt = check_training_state(load_checkpoint(c, map_location="cpu"), c)
+            if fits is not None:
+                fits(ckpt, c)
         except CheckpointError as e:
             errors.append(str(e))
             continue

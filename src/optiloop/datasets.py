@@ -146,8 +146,12 @@ def import_function(spec: str, what: str) -> Callable[..., Any]:
     mod_name, _, fn_name = spec.partition(":")
     try:
         module = importlib.import_module(mod_name)
-    except ImportError as e:
+    except ModuleNotFoundError as e:
         raise OptiloopError(f"{what} {spec!r}: cannot import {mod_name!r} ({e})") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module may raise anything: one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise OptiloopError(f"{what} {spec!r}: importing {mod_name!r} raised {type(e).__name__}"
+                            f"{': ' + first[:200] if first else ''}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise OptiloopError(f"{what} {spec!r}: module {mod_name!r} has no function {fn_name!r}")
@@ -171,7 +175,7 @@ def read_table(path: Path, what: str = "data.name") -> dict[str, list[str]]:
     if not path.is_file():
         raise OptiloopError(f"{what}: no CSV file at {path}")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's "CSV UTF-8" starts with a BOM
             rows = list(csv.reader(f))
     except UnicodeDecodeError as e:
         raise OptiloopError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#x} at offset {e.start}); "
@@ -234,6 +238,10 @@ def numeric_column(values: Any, name: str, where: Any, *, empty: bool = False) -
     col = col.astype(np.float64)
     if np.isinf(col).any() or not empty and np.isnan(col).any():
         raise OptiloopError(f"{where}: column {name!r} has missing, NaN or infinite values")
+    beyond = np.abs(col) > np.finfo(np.float32).max
+    if beyond.any():
+        raise OptiloopError(f"{where}: column {name!r} has the value {col[beyond][0]:g}, beyond the float32 range "
+                            "(±3.4e+38) the model computes in")
     return col
 
 
@@ -311,7 +319,7 @@ def finish(name: str, X: Any, y: Any, task: str, features: list[str] | None = No
 
 
 def _checked(name: str, X: Any, y: Any, task: str) -> Dataset:
-    X, y = np.asarray(X), np.asarray(y)
+    X, y = _array(X, name, "X"), _array(y, name, "y")
     if X.ndim == 1:
         X = X[:, None]
     if X.ndim != 2:
@@ -354,6 +362,15 @@ def _cells(name: str, X: np.ndarray) -> np.ndarray:
     except (ValueError, TypeError):
         return X.astype(object)
     return numbers if np.isfinite(numbers).all() else X.astype(object)
+
+
+def _array(values: Any, name: str, what: str) -> np.ndarray:
+    try:
+        return np.asarray(values)
+    except ValueError as e:  # rows of different lengths, mostly
+        first = str(e).strip().splitlines()[0][:160]
+        raise OptiloopError(f"data {name!r}: {what} is not a table of numbers (rows of different lengths?): "
+                            f"{first}") from None
 
 
 def split(ds: Dataset, *, val_fraction: float = 0.2, seed: int = 0) -> Split:

@@ -103,6 +103,23 @@ def _attempt_store(rank: int, world_size: int) -> dist.Store:
     return dist.PrefixStore(f"optiloop/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
+def agreed(key: str, make) -> str | None:
+    """One value every process of this torchrun job agrees on, the same again after a restart
+    (``--max-restarts``): rank 0 makes it once and leaves it in torchrun's own store, the others
+    read it from there. None where there is no such store (a plain process; an agent without one).
+
+    Example: the default run folder's name, whose time part no two processes' clocks would agree on.
+    """
+    if not launched_by_torchrun() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(minutes=10))
+    key = f"optiloop/{key}"
+    if int(os.environ["RANK"]) == 0 and not store.check([key]):
+        store.set(key, make())
+    return store.get(key).decode()
+
+
 def local_device(device: torch.device, world: World) -> torch.device:
     """Under torchrun each process takes the GPU of its LOCAL_RANK."""
     if device.type == "cuda" and device.index is None and world.distributed:

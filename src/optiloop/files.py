@@ -73,10 +73,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def check_writable(path: str | os.PathLike, what: str) -> Path:
+def check_writable(path: str | os.PathLike, what: str, *, file: bool = False) -> Path:
     """Fail now, in one line, if ``path`` could not be created and written (a name too long, a
-    read-only or missing parent): before any work starts, not after it. Returns ``path``."""
+    read-only or missing parent; with ``file``, a folder where a file is to go): before any work
+    starts, not after it. Returns ``path``."""
     path = Path(path)
+    if file and path.is_dir():
+        raise OptiloopError(f"{what} {path}: is a folder; give a file name, e.g. {path / 'lr.png'}")
     for part in path.parts:  # first: a too-long name makes even exists() raise
         if len(os.fsencode(part)) > 255:
             raise OptiloopError(f"{what} {path}: the name {part[:40]}... is longer than the 255 bytes file "
@@ -143,7 +146,8 @@ class FolderLock:
         """Remove the lock file and let go (removed while held: nobody can take a removed file)."""
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
+        # A folder made read-only keeps the file: harmless, the lock itself ends with the close.
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
         os.close(self._fd)
         self._fd = None

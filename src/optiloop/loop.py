@@ -629,8 +629,11 @@ class _Loop:
         elif self.strategy == "fsdp":
             raise CheckpointError(f"{path} holds whole-state .pt checkpoints; strategy='fsdp' resumes sharded "
                                   "checkpoints only: resume it with 'ddp' or on one process")
-        else:  # verified, loaded and its shape checked: nothing of it is used before that
-            source, ckpt = load_resumable(path)
+        else:  # verified, loaded, its shape checked and its kind this run's: nothing of it is used before that
+            from .checkpoint_checks import check_fits
+
+            source, ckpt = load_resumable(path, fits=lambda c, p: check_fits(
+                c, p, optimizer=self.state.optimizer, schedule=self.state.schedule))
         saved = ckpt.get("settings", {})
         changed = [f"{k} {saved[k]} -> {v}" for k, v in self.resume_guard.items() if k in saved and saved[k] != v]
         if changed and not force:

@@ -525,6 +525,7 @@ class Schedule:
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "name": self.name,  # a resume checks it is this run's kind of schedule
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "interval": self.interval,
             "steps_done": self.steps_done,

@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .checkpoint_checks import check_content
 from .errors import CheckpointError
 
 FORMAT = "optiloop.checkpoint"
@@ -76,6 +77,7 @@ def check_training_state(ckpt: Any, path: Any) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {path}: {key} weights must be tensors by name; {bad[0]!r} is not")
     if not all(isinstance(r, dict) for r in ckpt["history"]):
         raise CheckpointError(f"checkpoint {path}: history must be a list of rows (dicts)")
+    check_content(ckpt, path)  # finite weights, a position its history agrees with, states of the right shape
     return ckpt
 
 

@@ -29,11 +29,12 @@ class EvalCommand(Command):
                        "eval.json and, for classification, confusion_matrix.png / .csv and per_class.csv")
 
     def run(self, args: argparse.Namespace) -> int:
-        from ..files import write_text
+        from ..files import check_writable, write_text
         from ..runs import RunFolder, ensure_empty, load
         from .common import rows_to_use
 
-        if args.out is not None:
+        if args.out is not None:  # checked before any work, as train's --out
+            check_writable(args.out, "--out")
             ensure_empty(args.out, "--out")
         run = load(args.checkpoint)
         X, y = rows_to_use(run, args.data, target=args.target, need_labels=True,

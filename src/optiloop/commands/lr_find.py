@@ -42,7 +42,7 @@ class LRFindCommand(Command):
         if args.plot is not None:
             from ..files import check_writable
 
-            check_writable(args.plot, "--plot")
+            check_writable(args.plot, "--plot", file=True)
         flags = task_flags(args)
         flags["optimizer"] = {"name": args.optimizer}
         flags["train"]["seed"] = args.seed

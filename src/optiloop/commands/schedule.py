@@ -62,7 +62,7 @@ class ScheduleCommand(Command):
         if args.plot:
             from ..files import check_writable
 
-            check_writable(args.plot, "--plot")
+            check_writable(args.plot, "--plot", file=True)
         common, scoped = self._sets(args.set, names, parse_value)
 
         stepped = [n for n in names if _per_step({**common, **scoped.get(n, {})}, SCHEDULERS[n].interval)]

@@ -215,6 +215,7 @@ def header(run: Any, folder: Path) -> str:
         when += f" after a linear warmup over {warm} optimizer step{'s' if warm > 1 else ''}"
     lines = [
         f"optiloop train: {task.description} ({run.parameters:,} parameters) on {run.device} -> {folder}/",
+        *processes_line(run),
         f"  optimizer {cfg['optimizer']['name']}: {keywords(cfg['optimizer']) or 'torch defaults'}; "
         f"scheduler {s['name']}, {when}{': ' + args if args else ''}",
         "  " + length_line(run.epochs, run.patience, run.monitor),
@@ -242,6 +243,22 @@ def header(run: Any, folder: Path) -> str:
         uri = cfg["train"]["mlflow"]
         lines.append(f"  MLflow: experiment {experiment_name(None)!r} in {resolve_uri(None if uri is True else uri)}")
     return "\n".join(lines)
+
+
+def processes_line(run: Any) -> list[str]:
+    """Under torchrun: how many processes, and the batch each takes against the batch each
+    optimizer step sees (what the LR is for)."""
+    from ..distributed import launched_world, resolve_strategy
+
+    world = launched_world()
+    if not world.distributed:
+        return []
+    t = run.cfg["train"]
+    strategy = resolve_strategy(run.strategy, world)[0]
+    batch, accum, n = t["batch_size"], t["grad_accum"], world.world_size
+    total = f"{batch * n * accum} per optimizer step ({batch} x {n} processes x {accum} accumulated)" \
+        if accum > 1 else f"{batch * n} in all per optimizer step"
+    return [f"  {n} processes ({strategy}): batch size {batch} per process, {total}; the LR is not scaled for it"]
 
 
 def length_line(epochs: int, patience: int, monitor: str) -> str:

@@ -64,7 +64,7 @@ def _strip_doctor_frames(e: BaseException | None, seen: set[int]) -> None:
         if os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) != _HERE:
             kept.append(tb)
         tb = tb.tb_next
-    for a, b in zip(kept, kept[1:] + [None], strict=True):
+    for a, b in zip(kept, [*kept[1:], None], strict=False):  # (no frame kept: nothing to link)
         a.tb_next = b
     e.__traceback__ = kept[0] if kept else None
     _strip_doctor_frames(e.__cause__, seen)

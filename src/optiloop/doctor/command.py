@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -50,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
                             "train.py --epochs 3")
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise OptiloopError(f"--out {args.out} is a file; give a folder for doctor.json and doctor.png")
+    _check_python(script, args.script)
 
     with tempfile.TemporaryDirectory(prefix="optiloop-doctor-") as tmp:
         record = Path(tmp) / "timeline.json"
@@ -80,19 +79,30 @@ def run(args: argparse.Namespace) -> int:
     return _exit_status(code)
 
 
+def _check_python(script: Path, name: str) -> None:
+    """Refuse, in one line, a script Python could not even compile (shell text, a binary): no
+    process is started for it. Compiling imports nothing and runs nothing of it."""
+    try:
+        compile(script.read_bytes(), str(script), "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as e:
+        where = f"line {e.lineno}: " if isinstance(e, SyntaxError) and e.lineno else ""
+        reason = (e.msg if isinstance(e, SyntaxError) else str(e)).strip().splitlines()[0][:120]
+        raise OptiloopError(f"{name} is not a Python script ({where}{reason}); optiloop doctor runs a Python "
+                            "training script, as python SCRIPT would") from None
+    except OSError as e:
+        raise OptiloopError(f"{name}: cannot read it ({e.strerror or e})") from None
+
+
 def _run_child(script: str, script_args: list[str], record: Path) -> int:
-    """Run the child; Ctrl-C reaches the script (same process group), not this waiting parent."""
+    """Run the child in a process group of its own that gets every signal this process gets
+    (``optiloop.doctor.process``); return its exit code."""
+    from .process import run
+
     root = str(Path(__file__).resolve().parents[2])  # the folder holding this optiloop package
     cmd = [sys.executable, "-c", _BOOTSTRAP, root, str(record), script, *script_args]
     sys.stdout.flush()
     sys.stderr.flush()
-    child = subprocess.Popen(cmd)
-    # Ignored only now: an ignored SIGINT would be inherited, and Python keeps it ignored.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        return child.wait()
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return run(cmd)
 
 
 def _read(record: Path) -> dict | None:

@@ -14,7 +14,11 @@ What is watched, and how:
   SequentialLR / ChainedScheduler on its parts, are not the script's and are not counted.
 - epochs: ``DataLoader.__iter__`` wrapped; each pass over a data set is a candidate epoch.
 - checkpoints: ``torch.save`` wrapped; what the saved object holds (model / optimizer / scheduler
-  state) is classified from its structure, never by reading tensors.
+  state) is classified from its structure, never by reading tensors. ``torch.load`` wrapped to
+  note which files the script reads back (a best-model snapshot loaded for a test pass).
+- child processes: ``multiprocessing``'s ``Process.start`` wrapped to count the processes the
+  script starts (``torch.multiprocessing.spawn`` ...; DataLoader workers aside): the doctor does
+  not follow them, and says so when the optimizers were built there.
 - losses (only once a ReduceLROnPlateau exists): the loss functions of ``torch.nn.functional``
   (which ``nn.*Loss`` modules call) wrapped to keep each scalar loss, detached, with its batch size
   and whether it was computed with gradients; at each plateau step they are read (one host sync
@@ -32,6 +36,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import multiprocessing.process
 import os
 import sys
 import warnings
@@ -48,6 +53,7 @@ from torch.utils.data import DataLoader
 from ..errors import OptiloopError
 from .timeline import (
     LoaderRecord,
+    LoadRecord,
     ModeCheck,
     OptimizerRecord,
     PlateauEvidence,
@@ -99,6 +105,8 @@ class Recorder:
         self._loader_index: dict[int, int] = {}
         self._loader_live: list[Any] = []
         self._saves: list[SaveRecord] = []
+        self._loads: list[LoadRecord] = []
+        self._children = 0
         self._plateau: list[PlateauEvidence] = []
         self._schedule_free: list[tuple[int, Any]] = []  # (index, optimizer) of those with train / eval modes
         self._mode_checks: list[ModeCheck] = []
@@ -131,6 +139,9 @@ class Recorder:
             self._patch(DataLoader, "__iter__", self._wrap_loader_iter)
             self._patch(torch, "save", self._wrap_save)
             self._patch(torch.serialization, "save", self._wrap_save)
+            self._patch(torch, "load", self._wrap_load)
+            self._patch(torch.serialization, "load", self._wrap_load)
+            self._patch(multiprocessing.process.BaseProcess, "start", self._wrap_process_start)
             self._patch(torch.amp.GradScaler, "step", self._wrap_scaler_step)
             for cls in _subclasses(tls.LRScheduler):
                 self._wrap_scheduler_class(cls)
@@ -437,6 +448,29 @@ class Recorder:
 
         return save
 
+    def _wrap_load(self, original: Callable) -> Callable:
+        rec = self
+
+        @functools.wraps(original)
+        def load(f, *args, **kwargs):
+            if rec._installed:
+                rec._loads.append(LoadRecord(seq=next(rec._seq), path=_path_of(f)))
+            return _blame_caller(original, f, *args, **kwargs)
+
+        return load
+
+    def _wrap_process_start(self, original: Callable) -> Callable:
+        rec = self
+
+        @functools.wraps(original)
+        def start(process, *args, **kwargs):
+            target = getattr(process, "_target", None)
+            if rec._installed and not getattr(target, "__module__", "").startswith("torch.utils.data"):
+                rec._children += 1  # (DataLoader workers only load data)
+            return original(process, *args, **kwargs)
+
+        return start
+
     # ---------------------------------------------------------------------------------------------
     # the result
     # ---------------------------------------------------------------------------------------------
@@ -451,8 +485,9 @@ class Recorder:
                 where = f"{_display_path(code.co_filename)}:{line}"
                 rec.sites[where] = rec.sites.get(where, 0) + count
         return Timeline(torch_version=torch.__version__, optimizers=self._opts, schedulers=self._scheds,
-                        loaders=self._loaders, saves=self._saves, plateau=self._plateau,
-                        mode_checks=self._mode_checks, zero_grad_calls=self._resets, **run)
+                        loaders=self._loaders, saves=self._saves, plateau=self._plateau, loads=self._loads,
+                        mode_checks=self._mode_checks, zero_grad_calls=self._resets,
+                        child_processes=self._children, **run)
 
     def release(self) -> None:
         """Drop the references to the script's objects (after uninstall)."""

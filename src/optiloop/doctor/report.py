@@ -45,6 +45,14 @@ def header(tl: Timeline, name: str | None = None) -> str:
 def format_report(tl: Timeline, findings: list[Finding], *, name: str | None = None) -> str:
     """The diagnosis as printed after the script's output."""
     name = name or tl.script or "the watched code"
+    if not tl.optimizers and tl.child_processes:
+        ended = f" ({tl.error})" if tl.error else ""
+        n = tl.child_processes
+        return (f"optiloop doctor: {name} started {n} child process{'es' if n != 1 else ''} (multiprocessing, "
+                f"torch.multiprocessing.spawn){ended} and trained there, if anywhere: its own process stepped "
+                "no optimizer, and the doctor does not follow child processes, so there is nothing to diagnose; "
+                "run the training function in the script's own process (one worker), or watch it there with "
+                "optiloop.watch()")
     if not tl.optimizers:
         ended = f" ({tl.error})" if tl.error else ""
         return (f"optiloop doctor: {name} built no torch.optim optimizer{ended}, so there is nothing to "
@@ -86,10 +94,18 @@ _SCHED_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
 def plot(tl: Timeline, findings: list[Finding], path: str | os.PathLike, *, name: str | None = None) -> None:
+    """doctor.png: the ``figure`` below, written atomically."""
+    fig = figure(tl, findings, name=name)
+    with atomic_open(path, "wb") as f:  # a crash never leaves a half-written PNG
+        fig.savefig(f, format="png", dpi=100)
+
+
+def figure(tl: Timeline, findings: list[Finding], *, name: str | None = None):
     """LR of every param group at each optimizer step; epochs, scheduler steps and saves marked.
 
     One panel per optimizer that stepped (up to three), and one for ReduceLROnPlateau's metric
-    next to the training and validation losses when the script used one.
+    next to the training and validation losses when the script used one. Returns the matplotlib
+    Figure.
     """
     from matplotlib.figure import Figure  # matplotlib: imported when a picture is drawn
 
@@ -106,8 +122,7 @@ def plot(tl: Timeline, findings: list[Finding], path: str | os.PathLike, *, name
     problems = (f"{len(findings)} problem" + ("s" if len(findings) != 1 else "") + ": "
                 + ", ".join(dict.fromkeys(f.rule for f in findings))) if findings else "no problems found"
     fig.suptitle(f"optiloop doctor: {name or tl.script or 'watched code'} — {problems}", fontsize=11)
-    with atomic_open(path, "wb") as f:  # a crash never leaves a half-written PNG
-        fig.savefig(f, format="png", dpi=100)
+    return fig
 
 
 def _lr_panel(ax, run: Run, o) -> None:
@@ -115,9 +130,16 @@ def _lr_panel(ax, run: Run, o) -> None:
     groups = len(o.lrs[0])
     values = [v for lrs in o.lrs for v in lrs]
     positive = [v for v in values if v > 0]
+    series = [[lrs[g] if g < len(lrs) else float("nan") for lrs in o.lrs] for g in range(groups)]
+    # Groups often share their LRs (a no-decay group): of groups with the very same LRs, each is
+    # drawn thinner than the one before, on top of it and dashed, so every one stays visible.
+    first = [next(h for h in range(g + 1) if series[h] == series[g]) for g in range(groups)]
     for g in range(groups):  # each step's LR holds for that step: draw it as a step function
-        ax.plot(x, [lrs[g] if g < len(lrs) else float("nan") for lrs in o.lrs], lw=1.4, drawstyle="steps-mid",
-                label=f"LR, param group {g}" if groups > 1 else "LR")
+        same = [h for h in range(groups) if first[h] == first[g]]
+        k = same.index(g)
+        label = "LR" if groups == 1 else f"LR, param group {g}" + (f" (= group {first[g]})" if k else "")
+        ax.plot(x, series[g], lw=1.5 + 2.5 * (len(same) - 1 - k), ls=(0, (6, 4)) if k else "-",
+                drawstyle="steps-mid", color=f"C{g % 10}", zorder=2 + g / groups, label=label)
     if positive and max(positive) / min(positive) > 1e3:
         ax.set_yscale("log")
     peaks = [max(lrs[g] for lrs in o.lrs if g < len(lrs)) for g in range(groups)]

@@ -446,10 +446,16 @@ def checkpoint_incomplete(run: Run) -> Iterable[Finding]:
     restart = " and ".join(lost[k] for k in missing)
     keys = ["'model': model.state_dict()", "'optimizer': optimizer.state_dict()"] + (
         ["'scheduler': scheduler.state_dict()"] if scheduled else [])
+    if _loaded_after(tl, first_path, steps[-1]):
+        purpose = ("; the script loaded it back after training, as a best-model snapshot for a test pass is, and as "
+                   "such it needs only the model: this matters only for a checkpoint meant for resuming")
+    else:
+        purpose = ("; this matters only for a checkpoint meant for resuming (a best-model snapshot for evaluation or "
+                   "export needs only the model)")
     yield Finding(
         "checkpoint-incomplete",
         f"{_display(first_path)}{more} was saved {_plural(len(saves), 'time')} during training{last}, holding the "
-        f"{held} state but not the {' and '.join(missing)} state: resuming from it would restart {restart}",
+        f"{held} state but not the {' and '.join(missing)} state: resuming from it would restart {restart}{purpose}",
         "a checkpoint to resume from holds the whole training state: model, optimizer, scheduler (and the epoch)",
         "torch.save({" + ", ".join(keys) + ", 'epoch': epoch}, path)")
 
@@ -514,6 +520,12 @@ def scheduler_on_schedule_free(run: Run) -> Iterable[Finding]:
 def _warmup_only(s: SchedulerRecord) -> bool:
     """A linear warmup that ends at the base LR: the one schedule a schedule-free optimizer takes."""
     return s.cls == "LinearLR" and s.params.get("end_factor", 1.0) == 1.0
+
+
+def _loaded_after(tl: Timeline, path: str | None, seq: int) -> bool:
+    """The script read ``path`` back (torch.load) after event ``seq``."""
+    same = os.path.normpath(path) if path else None
+    return any(load.seq > seq and load.path and os.path.normpath(load.path) == same for load in tl.loads)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -122,6 +122,14 @@ class ModeCheck:
 
 
 @dataclass
+class LoadRecord:
+    """One ``torch.load`` call: which file the script read back, and when."""
+
+    seq: int
+    path: str | None
+
+
+@dataclass
 class PlateauEvidence:
     """The value given to ``ReduceLROnPlateau.step`` next to the losses the script computed since
     the previous one, grouped by phase ("train": with gradients, before the epoch's last optimizer
@@ -149,7 +157,9 @@ class Timeline:
     saves: list[SaveRecord] = field(default_factory=list)
     plateau: list[PlateauEvidence] = field(default_factory=list)
     mode_checks: list[ModeCheck] = field(default_factory=list)  # only where a schedule-free optimizer exists
+    loads: list[LoadRecord] = field(default_factory=list)
     zero_grad_calls: int = 0
+    child_processes: int = 0  # started through multiprocessing (torch.multiprocessing.spawn ...), not followed
 
     # -- derived views ----------------------------------------------------------------------------
     def total_steps(self) -> int:
@@ -217,7 +227,8 @@ class Timeline:
     def from_dict(cls, data: dict[str, Any]) -> Timeline:
         data = {k: v for k, v in data.items() if k != "format"}
         kinds = {"optimizers": OptimizerRecord, "schedulers": SchedulerRecord, "loaders": LoaderRecord,
-                 "saves": SaveRecord, "plateau": PlateauEvidence, "mode_checks": ModeCheck}
+                 "saves": SaveRecord, "plateau": PlateauEvidence, "mode_checks": ModeCheck,
+                 "loads": LoadRecord}
         for key, kind in kinds.items():
             data[key] = [_build(kind, item) for item in data.get(key, [])]
         return cls(**{k: v for k, v in data.items() if k in {f.name for f in fields(cls)}})

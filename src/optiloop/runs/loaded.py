@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_checkpoint
+from ..checkpoint_checks import check_run_checkpoint
 from ..config import validate
 from ..datasets import split
 from ..errors import OptiloopError
@@ -166,9 +167,8 @@ def load(run: str | os.PathLike, *, checkpoint: str = "best") -> Run:
         ckpt = read_consolidated(path)
     else:
         ckpt = load_checkpoint(path)
-    raw = ckpt.get("config") if isinstance(ckpt, dict) else None
-    if not raw or "model" not in ckpt:
-        raise OptiloopError(f"{path} holds no run config: load checkpoints written by optiloop train")
+    check_run_checkpoint(ckpt, path)  # each part of the type optiloop writes, before any is used
+    raw = ckpt["config"]
     cfg = {k: v for k, v in raw.items() if k != INFERENCE}
     info = raw.get(INFERENCE)
     if info is None:  # a run from before checkpoints carried their preprocessing: rebuild it

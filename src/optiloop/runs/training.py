@@ -22,6 +22,7 @@ from ..averaging import EMA, SWA
 from ..callbacks import Callback, EarlyStopping, Monitor
 from ..config import FIXED, FREE, extras, resolve, resume_policy
 from ..distributed import (
+    agreed,
     check_fsdp,
     launched_by_torchrun,
     launched_world,
@@ -38,7 +39,7 @@ from ..optim import lookup as lookup_optimizer
 from ..schedule_free import check_schedule
 from ..schedules import build_scheduler
 from ..settings import AMP_DTYPES, FitSettings
-from .folder import RunFolder, ensure_empty, short, stamp, versions
+from .folder import RunFolder, ensure_empty, free_name, short, stamp, versions
 from .loaded import load
 from .record import best_row, files_so_far, finish_run, run_callbacks
 from .task import INFERENCE, build_task, with_key
@@ -192,10 +193,13 @@ class TrainingRun:
                 ensure_empty(out, "out", ", or continue it (resume=)")
             return Path(out), False
         check_writable("runs", "the default run folder under")
-        # Every rank must derive the same name: torchrun's run id is shared, a clock is not.
-        when = os.environ["TORCHELASTIC_RUN_ID"][:12] if multi else stamp()
-        name = f"{short(cfg['data']['name'])}-{short(cfg['model']['name'])}-{cfg['optimizer']['name']}-{when}"
-        return Path("runs") / name, not multi
+        name = f"{short(cfg['data']['name'])}-{short(cfg['model']['name'])}-{cfg['optimizer']['name']}"
+        if not multi:
+            return Path("runs") / f"{name}-{stamp()}", True
+        # Every rank must use the same folder, a restarted attempt too: rank 0's time, kept in
+        # torchrun's store (without one, torchrun's run id, which every rank shares).
+        path = agreed("run-folder", lambda: str(free_name(Path("runs") / f"{name}-{stamp()}")))
+        return (Path(path) if path else Path("runs") / f"{name}-{os.environ['TORCHELASTIC_RUN_ID'][:12]}"), False
 
     @property
     def is_main_process(self) -> bool:
