@@ -66,7 +66,7 @@ def custom_step(model, batch):
     return ol.StepOutput(loss, outputs=logits, targets=batch["y"], count=(batch["y"] >= 0).sum())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("run_dir")
     p.add_argument("out")
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--slow-save", type=int, default=0)
     p.add_argument("--custom-step", action="store_true")
     p.add_argument("--average", choices=("ema", "swa"))
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.slow_save:
         slow_save(a.slow_save)
     g = torch.Generator().manual_seed(0)

@@ -1,6 +1,7 @@
-"""``optiloop predict`` and ``optiloop eval`` by subprocess, as a user runs them: on a copy of a run
-folder after the training data is deleted, with columns reordered and extra columns present, against
-the in-process model's predictions."""
+"""``optiloop predict`` and ``optiloop eval`` by subprocess, as a user runs them (and, where a
+test calls the command again, in this process: each start-up imports torch and its compiler stack
+anew): on a copy of a run folder after the training data is deleted, with columns reordered and
+extra columns present, against the in-process model's predictions."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ def test_predict_writes_original_labels_and_probabilities_of_the_in_process_mode
 
     # without --out: the same table on stdout; the label column in the input is optional
     df.drop(columns=["cultivar"]).to_csv(tmp_path / "unlabelled.csv", index=False)
-    printed = cli(tmp_path, "predict", str(run), "--data", "unlabelled.csv")
+    printed = in_process(tmp_path, "predict", str(run), "--data", "unlabelled.csv")
     assert printed.returncode == 0, printed.stderr
     assert printed.stdout.replace("\r\n", "\n") == (tmp_path / "predictions.csv").read_text().replace("\r\n", "\n")
 
@@ -141,7 +142,7 @@ def test_eval_on_new_rows_after_the_data_is_gone(tmp_path, wine_run):
     loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(truth)).item()
     assert got["loss"] == pytest.approx(loss, rel=1e-4)
     # the run's own validation split needs its data: one line saying so, and what to do instead
-    one_line_error(cli(tmp_path, "eval", str(run)), "wine.csv", "--data")
+    one_line_error(in_process(tmp_path, "eval", str(run)), "wine.csv", "--data")
 
 
 @pytest.mark.parametrize(("edit", "needles"), [
@@ -181,9 +182,10 @@ def test_regression_predict_and_eval_in_the_targets_units(tmp_path, monkeypatch)
     assert proc.returncode == 0, proc.stderr
     got = np.array([float(r["progression"]) for r in csv.DictReader(proc.stdout.splitlines())])
     np.testing.assert_allclose(got, expected, rtol=1e-4)
-    ev = cli(tmp_path, "eval", "run", "--data", "new.csv", "--json")
+    ev = in_process(tmp_path, "eval", "run", "--data", "new.csv", "--json")
     assert ev.returncode == 0, ev.stderr
     results = json.loads(ev.stdout)
     assert results["units"] == "the target's original units"
     assert results["mae"] == pytest.approx(np.abs(got - df["progression"].to_numpy()).mean(), rel=1e-4)
-    one_line_error(cli(tmp_path, "eval", "run", "--data", "new.csv", "--target", "nope"), "no label column 'nope'")
+    one_line_error(in_process(tmp_path, "eval", "run", "--data", "new.csv", "--target", "nope"),
+                   "no label column 'nope'")

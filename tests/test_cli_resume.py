@@ -45,9 +45,9 @@ def one_line_error(proc, needle):
 
 
 @pytest.mark.slow
-def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
-    straight = optiloop(tmp_path, *TRAIN, "--out", "a")
-    assert straight.returncode == 0, straight.stderr
+def test_killed_cli_run_resumes_to_the_uninterrupted_result(run_main, tmp_path):
+    code, _, err = run_main(*TRAIN, "--out", "a")  # the uninterrupted run, in this process
+    assert code == 0, err
     p = subprocess.Popen([sys.executable, "-m", "optiloop", *TRAIN, "--out", "b"], cwd=tmp_path, env=env(),
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in p.stdout:
@@ -61,8 +61,8 @@ def test_killed_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert 1 <= len(history_without_time(tmp_path / "b")) <= 2
     assert history_without_time(tmp_path / "b") == history_without_time(tmp_path / "a")[:len(
         history_without_time(tmp_path / "b"))]
-    resumed = optiloop(tmp_path, "train", "--resume", "b")
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = run_main("train", "--resume", "b")
+    assert code == 0, err
     assert history_without_time(tmp_path / "b") == history_without_time(tmp_path / "a")
     a, b = (ol.load_checkpoint(tmp_path / d / "last.pt") for d in "ab")
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
@@ -136,7 +136,6 @@ def cli(run_main):
     return lambda *args: subprocess.CompletedProcess(args, *run_main(*args))
 
 
-@pytest.mark.slow
 def test_resume_decides_per_setting_and_writes_config_only_once_accepted(cli, tmp_path):
     assert cli("train", "--data", "wine", "--epochs", "2", "--out", "run").returncode == 0
     config = (tmp_path / "run" / "config.toml").read_bytes()
@@ -198,7 +197,6 @@ def test_a_run_folder_in_use_is_refused_and_a_dead_holder_frees_it(cli, tmp_path
     assert cli("train", "--data", "wine", "--epochs", "1", "--out", "fresh").returncode == 0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("command", [("compare", "--optimizers", "sgd", "--epochs", "1"),
                                      ("lr-find", "--steps", "5")])
 def test_compare_and_lr_find_refuse_a_folder_in_use(cli, tmp_path, command):

@@ -120,12 +120,12 @@ def test_training_in_another_thread_keeps_the_processes_handlers(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_on_the_command_line_saves_exits_143_and_resumes_to_the_same_end(tmp_path):
+def test_sigterm_on_the_command_line_saves_exits_143_and_resumes_to_the_same_end(run_main, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
-    args = [sys.executable, "-m", "optiloop", "train", "--data", "wine", "--epochs", "30", "--batch-size", "16"]
-    assert subprocess.run([*args, "--out", "a"], cwd=tmp_path, env=env, capture_output=True).returncode == 0
-    p = subprocess.Popen([*args, "--out", "b"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    train = ["train", "--data", "wine", "--epochs", "30", "--batch-size", "16"]
+    assert run_main(*train, "--out", "a")[0] == 0  # the uninterrupted run, in this process
+    p = subprocess.Popen([sys.executable, "-m", "optiloop", *train, "--out", "b"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # the one that gets SIGTERM
     for line in p.stdout:
         if line.startswith("epoch 5/30"):
             p.send_signal(signal.SIGTERM)
@@ -136,9 +136,8 @@ def test_sigterm_on_the_command_line_saves_exits_143_and_resumes_to_the_same_end
     assert len(lines) == 1 and lines[0].endswith("saved b/last.pt; continue with: optiloop train --resume b")
     saved = C.load_checkpoint(tmp_path / "b" / "last.pt")
     assert saved["epoch"] >= 5  # what it had done, not the best epoch kept since the last minute's save
-    resumed = subprocess.run([*args[:3], "train", "--resume", "b"], cwd=tmp_path, env=env, capture_output=True,
-                             text=True)
-    assert resumed.returncode == 0, resumed.stderr
+    code, _, err = run_main("train", "--resume", "b")  # the command it printed, in this process
+    assert code == 0, err
     a, b = (C.load_checkpoint(tmp_path / d / "last.pt") for d in "ab")
     assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
 

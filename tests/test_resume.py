@@ -2,6 +2,8 @@
 and in the middle of a checkpoint write. Final weights, optimizer state and history (timing
 aside) must equal an uninterrupted run's exactly."""
 
+import contextlib
+import io
 import os
 import random
 import signal
@@ -26,9 +28,14 @@ def start(run_dir, out, *extra):
 
 
 def run_to_end(run_dir, out, *extra):
-    p = start(run_dir, out, *extra)
-    stdout, err = p.communicate(timeout=HANG)
-    assert p.returncode == 0, err
+    """The worker run to its end in this process: only a process to be killed needs one of its own
+    (a start-up, torch and its compiler stack imported again, costs more than this whole run)."""
+    import resume_worker
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        resume_worker.main([str(run_dir), str(out), *extra])
+    stdout = printed.getvalue()
     result = torch.load(out, weights_only=True)
     result["first_step"] = int(next(ln for ln in stdout.splitlines() if ln.startswith("STEP")).split()[1])
     return result
