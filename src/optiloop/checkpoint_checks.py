@@ -41,14 +41,17 @@ def check_content(ckpt: Mapping[str, Any], path: str | os.PathLike) -> None:
     """What a training checkpoint's types cannot say: its optimizer and scheduler states are
     states, its weights are finite (optiloop never saves a broken state) and its epoch agrees
     with the history it holds."""
-    if not is_optimizer_state(ckpt["optimizer"]):
+    # One optimizer and one schedule, or several by name (optimizer={"generator": ..., "discriminator": ...}).
+    optimizers = _named(ckpt["optimizer"], is_optimizer_state)
+    if optimizers is None:
         raise CheckpointError(f"checkpoint {path}: its optimizer entry is not a torch.optim state (state and "
                               "param_groups)")
-    schedule = ckpt["scheduler"]
-    bad = [k for k, t in _SCHEDULE.items() if not isinstance(schedule.get(k), t)]
-    if bad or not isinstance(schedule.get("scheduler"), (dict, type(None))):
-        raise CheckpointError(f"checkpoint {path}: its scheduler entry is not an optiloop schedule state"
-                              f" ({(bad or ['scheduler'])[0]!r} missing or of the wrong type)")
+    schedules = _named(ckpt["scheduler"], lambda s: "interval" in s)
+    for schedule in schedules or [ckpt["scheduler"]]:
+        bad = [k for k, t in _SCHEDULE.items() if not isinstance(schedule.get(k), t)]
+        if bad or not isinstance(schedule.get("scheduler"), (dict, type(None))):
+            raise CheckpointError(f"checkpoint {path}: its scheduler entry is not an optiloop schedule state"
+                                  f" ({(bad or ['scheduler'])[0]!r} missing or of the wrong type)")
     for name, weight in ckpt["model"].items():
         if (weight.is_floating_point() or weight.is_complex()) and not bool(torch.isfinite(weight).all()):
             raise CheckpointError(f"checkpoint {path}: non-finite weights in {name!r} (optiloop never saves "
@@ -68,7 +71,18 @@ def check_fits(ckpt: Mapping[str, Any], path: str | os.PathLike, *, optimizer: t
     anything is loaded, so a checkpoint of another run never half-loads."""
     _same_optimizer(ckpt["optimizer"], optimizer.state_dict(), path, type(optimizer).__name__)
     saved, live = ckpt["scheduler"], schedule.state_dict()
-    mine = f"this run's {_schedule_name(schedule)}"
+    if "interval" not in live:  # several optimizers: a schedule each, by the optimizer's name
+        if not isinstance(saved, Mapping) or set(saved) != set(live):
+            raise CheckpointError(f"checkpoint {path}: its schedules are for optimizers "
+                                  f"{', '.join(saved) if isinstance(saved, Mapping) else 'none'}; this run has "
+                                  f"{', '.join(live)}: it is another run's")
+        for name, part in schedule.parts.items():
+            _same_schedule(saved[name], live[name], path, f"this run's {name} {_schedule_name(part.schedule)}")
+        return
+    _same_schedule(saved, live, path, f"this run's {_schedule_name(schedule)}")
+
+
+def _same_schedule(saved: Mapping[str, Any], live: Mapping[str, Any], path: Any, mine: str) -> None:
     if saved["interval"] != live["interval"]:
         raise CheckpointError(f"checkpoint {path}: its scheduler steps per {saved['interval']}, {mine} per "
                               f"{live['interval']}: it is another run's scheduler")
@@ -199,3 +213,12 @@ def check_run_checkpoint(ckpt: Any, path: str | os.PathLike) -> None:
 def _expect(value: Any, kind: type, where: str) -> None:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise CheckpointError(f"{where} must be a {kind.__name__}, got {_type(value)}")
+
+
+def _named(value: Any, one: Any) -> list[Mapping[str, Any]] | None:
+    """``[value]`` when it is one state (``one(value)``), its values when it is states by name, else None."""
+    if isinstance(value, Mapping) and one(value):
+        return [value]
+    if isinstance(value, Mapping) and value and all(isinstance(v, Mapping) and one(v) for v in value.values()):
+        return list(value.values())
+    return None

@@ -158,7 +158,8 @@ def write(source: str | os.PathLike, out: str | os.PathLike, *, format: str | No
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     info = config.get("inference")
     weights = inference_weights(ckpt)  # an EMA / SWA average where the run validated one
-    if info is None or info.get("preprocessing") is None:  # not rows of features: the weights as they are
+    if info is None or info.get("preprocessing") is None or "missing" in info["model"]:
+        # not rows of features, or a model that cannot be built again here: the weights as they are
         return _weights_only(src, weights, out, fmt, dtype)
 
     m = info["model"]
@@ -226,8 +227,10 @@ def _metadata(prep: Preprocessing, m: dict[str, Any], model: nn.Module) -> dict[
         gives = f"float32 [rows, {len(prep.classes)}] 'probabilities' of the classes {_shown(prep.classes, 10)}"
     else:
         gives = f"float32 [rows] 'prediction': {prep.target} in its own units"
-    architecture = {"name": m["name"], "in_features": m["in_features"], "out_features": m["out_features"],
-                    "options": m["options"], "module": _structure(model)}
+    # optiloop train's model by name; fit(out=)'s by its import path and arguments
+    architecture = {"name": m.get("name", m.get("import")), "in_features": m.get("in_features"),
+                    "out_features": m.get("out_features"), "options": m.get("options", m.get("kwargs", {})),
+                    "module": _structure(model)}
     return {"format": "pt", "optiloop": __version__, "task": prep.task, "target": str(prep.target),
             "features": json.dumps(columns), "raw_features": json.dumps(prep.features),
             "classes": json.dumps(prep.classes, default=str), "architecture": json.dumps(architecture),
