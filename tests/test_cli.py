@@ -108,6 +108,7 @@ def test_train_flags_config_and_rerun(run_main, tmp_path):
     assert tomllib.loads((tmp_path / "r2" / "config.toml").read_text()) == cfg
 
 
+@pytest.mark.slow  # a CNN on digits: the quick loop leaves it to CI
 def test_regression_and_cnn(run_main, tmp_path):
     code, out, err = run_main("train", "--data", "diabetes", "--epochs", "2", "--out", "reg")
     assert code == 0, err
