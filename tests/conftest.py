@@ -10,6 +10,12 @@ from pathlib import Path
 
 import pytest
 
+# torch single-threaded in the tests and every process they start (unless OMP_NUM_THREADS is set):
+# on 2 cores shared with other work, torch's two OpenMP threads wait for each other at every small
+# op, and a test ran up to 10 times slower than on one thread; the tests' small models gain nothing
+# from a second thread. Set before torch is imported, so torch reads it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # A subprocess a test starts gets this long before the test calls it hung. It guards against a
 # hang only, never against slowness: a correct run on the busiest machine ends long before it
 # (override with OPTILOOP_TEST_HANG_SECONDS).

@@ -48,6 +48,7 @@ def _fields(row, skip=("seconds", "sec_per_epoch", "run")):
     return {k: v for k, v in row.items() if k not in skip}
 
 
+@pytest.mark.slow  # eight runs and their pictures: the quick loop leaves it to CI
 def test_report_holds_every_combination(tmp_path):
     train, val = _data()
     out = tmp_path / "report"
@@ -115,6 +116,7 @@ def test_best_figures_of_a_run_come_from_its_one_best_epoch():
         "val_loss ≤ 0.1"
 
 
+@pytest.mark.slow  # ten runs and their pictures: the quick loop leaves it to CI
 def test_lr_grid_picks_each_optimizers_best_lr_with_mean_and_std_over_seeds(tmp_path):
     train, val = _data()
     out = tmp_path / "grid"

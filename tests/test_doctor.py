@@ -4,6 +4,7 @@ watch(), the rules on scripted timelines, watch() itself, and the command line b
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -41,8 +42,10 @@ def batches() -> int:
     return len(digits()[0])
 
 
+@functools.cache
 def watched(script: str, *args: str):
-    """Run a corpus script in this process under watch(); its stdout is kept aside."""
+    """Run a corpus script in this process under watch(); its stdout is kept aside. Each script
+    and arguments run once per session: the tests only read what the watch saw."""
     out = io.StringIO()
     with watch() as w, contextlib.redirect_stdout(out):
         code, error = run_script(str(CORPUS / script), list(args))

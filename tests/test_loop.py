@@ -27,6 +27,7 @@ def quiet(**kw):
     return {"progress": False, "seed": 0, **kw}
 
 
+@pytest.mark.slow  # up to 30 epochs on digits: the quick loop leaves it to CI
 def test_digits_above_95_percent_with_early_stopping_and_checkpoints(tmp_path):
     d = load_digits()
     X = torch.tensor(d.data, dtype=torch.float32) / 16
