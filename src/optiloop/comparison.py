@@ -13,8 +13,12 @@ momentum 0.9, adam / adamw / rmsprop 1e-3, adagrad 1e-2); and with an LR grid (`
 "Adam's default LR suits this task". The LR is chosen on the validation split the tables report:
 those figures are optimistic for the chosen LR; confirm on data the choice never saw.
 
-Runs are independent: ``jobs=N`` runs N at a time in worker processes, with results identical
-to ``jobs=1`` (only the timings differ).
+Runs are independent. With a folder (``out``), ``jobs > 1`` or a ``storage``, they are the trials of
+an Optuna study on its grid sampler (``optiloop.tuning.sweep``): the same comparison run again
+continues where it stopped (a killed run is trained again from its start), ``jobs=N`` runs N at a
+time in processes, and processes or machines naming one storage and study share the grid; results
+are identical to ``jobs=1`` (only the timings differ). Without Optuna installed, a comparison runs
+here, one run after the other, and cannot be resumed (``pip install 'optiloop[tune]'``).
 
 Example:
     >>> import torch, optiloop as ol
@@ -29,14 +33,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import functools
 import hashlib
+import importlib.util
+import json
 import math
-import multiprocessing
 import os
 import pickle
+import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,8 +52,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .callbacks import Monitor
 from .distributed import resolve_device, seed_everything
-from .errors import OptiloopError
+from .errors import NonFiniteLossError, OptiloopError
 from .grid import (
     DEFAULT_EPOCHS,
     DEFAULT_OPTIMIZERS,
@@ -64,6 +73,7 @@ from .loop import fit, logged_keys
 from .optim import OPTIMIZERS, build_optimizer
 from .results import headline, pick_best, run_row, summarize, to_frame
 from .schedules import SCHEDULERS, build_scheduler
+from .tuning.study import Storage, folder_study, require_optuna, write_folder_study
 
 
 def state_hash(model: nn.Module) -> str:
@@ -108,6 +118,10 @@ class _Plan:
     runs: list[tuple[str, str, float, int, Path | None]]  # optimizer, scheduler, LR, seed, run folder
     out: Path | None
     jobs: int
+    on_study: bool  # the runs are trials of an Optuna study (resumable, shared); else a loop here
+    storage: Storage | None  # the study's storage (None on a study: a temporary one)
+    study: str
+    continuing: bool  # out holds this comparison's study already
 
 
 
@@ -136,6 +150,8 @@ def compare(
     progress: Callable[[str], None] | None = None,
     as_frame: bool = False,
     tracker: Any = None,
+    storage: str | None = None,
+    study: str | None = None,
 ) -> list[dict[str, Any]] | Any:
     """Train every optimizer x LR x scheduler x seed from the same initial weights and data order.
 
@@ -160,19 +176,27 @@ def compare(
         target: ``"val_acc=0.95"``: also report the first epoch that reaches it (val_acc ≥ 0.95;
             ``val_loss=0.1`` means val_loss ≤ 0.1).
         out: a new (or empty) folder for results.csv, report.md / report.html, the PNGs and one
-            run folder per run; None writes nothing.
+            run folder per run, and (with Optuna) the study in ``study.db``: the same comparison
+            into the same folder continues it; None writes nothing.
         checkpoints: also write best.pt / last.pt in each run folder.
         device: as ``fit``.
         jobs: run this many runs at once, each in its own process (torch threads split between
-            them). Every run is computed exactly as with ``jobs=1``; only the timings differ.
-            The model factory, data, loss and metrics must then be picklable (module-level
-            functions), or use ``config``.
+            them) on one Optuna study. Every run is computed exactly as with ``jobs=1``; only the
+            timings differ. The model factory, data, loss, metrics and ``progress`` must then be
+            picklable (module-level functions), or use ``config``; a script needs the usual
+            ``if __name__ == "__main__":`` guard (the processes are spawned).
         progress: called with one line once the input is checked (what will run), then one
             line per finished run with the overall ETA (the CLI prints them).
         as_frame: return a pandas DataFrame instead of a list of dicts.
         tracker: an ``optiloop.trackers.MLflowSweep`` (or any context manager with its
             ``start``, ``log_child`` and ``end``): the comparison becomes one parent run with each
-            run as a child (its config, figures, per-epoch history and folder's files) as it finishes.
+            run as a child (its config, figures, per-epoch history and folder's files), in the
+            table's order once every run is done.
+        storage: an Optuna storage URL shared by every process that names it (``sqlite:///PATH.db``,
+            ``postgresql://...``, ``journal:PATH``; see ``optiloop.tuning.study``): several processes
+            or machines running the same comparison on it split its runs. Default: ``out/study.db``.
+        study: the study's name in the storage (default: the folder's name, else
+            ``compare-<hash of the comparison>``).
 
     Returns:
         One dict per run, in a fixed order (seed, optimizer, scheduler, LR): optimizer,
@@ -185,7 +209,8 @@ def compare(
     """
     plan = _plan(model, train_data, val_data, config=config, optimizers=optimizers, schedulers=schedulers,
                  epochs=epochs, seeds=seeds, lrs=lrs, lr_grid=lr_grid, monitor=monitor, loss=loss, metrics=metrics,
-                 batch_size=batch_size, target=target, out=out, checkpoints=checkpoints, device=device, jobs=jobs)
+                 batch_size=batch_size, target=target, out=out, checkpoints=checkpoints, device=device, jobs=jobs,
+                 storage=storage, study=study, progress=progress)
     if progress is not None:  # everything checked: say what is about to run
         progress(_announce(plan))
     with contextlib.ExitStack() as held:
@@ -195,21 +220,23 @@ def compare(
             plan.out.mkdir(parents=True, exist_ok=True)
             # Held to the end: a second compare (or train) into the same folder is refused in one
             # line instead of interleaving its runs and report with ours.
-            held.callback(RunFolder(plan.out).lock(new=True).release)
+            held.callback(RunFolder(plan.out).lock(new=not plan.continuing).release)
+            if plan.on_study and not plan.continuing:  # the same comparison into this folder continues it
+                write_folder_study(plan.out, plan.storage, plan.study, "compare")
         if tracker is not None:
             held.enter_context(tracker)  # a comparison that fails ends its parent run as failed
             tracker.start(params=_settings(plan))
-        results = _run_all(plan, progress, tracker)
-        rows = [row for row, _ in results]
+        rows, histories = _run_all(plan, progress)
         if plan.out is not None:
-            _report(plan, rows, {run[:4]: history for run, (_, history) in zip(plan.runs, results, strict=True)})
+            _report(plan, rows, {run[:4]: h for run, h in zip(plan.runs, histories, strict=True)})
         if tracker is not None:
+            _log_children(plan, rows, histories, tracker)
             tracker.end(artifacts=plan.out)
         return to_frame(rows) if as_frame else rows
 
 
 def _plan(model, train_data, val_data, *, config, optimizers, schedulers, epochs, seeds, lrs, lr_grid, monitor,
-          loss, metrics, batch_size, target, out, checkpoints, device, jobs) -> _Plan:
+          loss, metrics, batch_size, target, out, checkpoints, device, jobs, storage, study, progress) -> _Plan:
     """Check everything before anything is trained or written; one line names the first problem."""
     opt_names = parse_names(optimizers, "optimizer", OPTIMIZERS)
     sched_names = parse_names(schedulers, "scheduler", SCHEDULERS)
@@ -242,11 +269,28 @@ def _plan(model, train_data, val_data, *, config, optimizers, schedulers, epochs
     if monitor not in val_keys:
         raise OptiloopError(f"monitor {monitor!r} is not a validation figure of this comparison; choose one "
                             f"of: {', '.join(val_keys)}")
-    out_dir = None
-    if out is not None:
-        from .runs import ensure_empty  # (as above)
+    # On a study when there is something to resume or share; Optuna is needed for jobs and storage.
+    on_study = storage is not None or jobs > 1 or (out is not None and _have_optuna())
+    if on_study:
+        require_optuna()  # without it: one line saying how to install it
+    store = Storage.parse(storage) if storage is not None else None
+    out_dir, saved = (Path(out), None) if out is not None else (None, None)
+    if out_dir is not None:
+        if on_study:
+            saved = folder_study(out_dir, "compare", "out")  # a new or empty folder, or this comparison's own
+        else:
+            from .runs import ensure_empty  # (as above)
 
-        out_dir = ensure_empty(out, "out")
+            ensure_empty(out_dir, "out")
+    if saved is not None:
+        given = store
+        store = given or Storage.parse(saved["storage"])
+        if (study or saved["study"]) != saved["study"] or store.url != saved["storage"]:
+            raise OptiloopError(f"{out_dir} holds study {saved['study']!r} on {Storage.parse(saved['storage']).shown}, "
+                                f"not {study or saved['study']!r} on {store.shown}; continue that one, or choose a "
+                                "new out folder")
+    elif out_dir is not None and on_study and store is None:
+        store = Storage.sqlite(out_dir / "study.db")
     combos = [(o, s, lr) for o in opt_names for s in sched_names for lr in lr_of[o]]
     n_train = _length(train_data)
     _dry_build(model, combos, epochs, math.ceil(n_train / batch_size) if n_train else 1)
@@ -258,11 +302,15 @@ def _plan(model, train_data, val_data, *, config, optimizers, schedulers, epochs
                    task.config if task else None, loss, metrics, batch_size, epochs, str(device), goal, monitor,
                    checkpoints and out_dir is not None)
     if jobs > 1:
-        _check_picklable(setup)
+        _check_picklable(setup, progress)
     # Every run of the comparison, in the order the rows come back: seed, optimizer, scheduler, LR.
     runs = [(o, s, lr, seed, _run_dir(out_dir, o, s, lr, seed, len(lr_of[o]) > 1))
             for seed in seed_list for o, s, lr in combos]
-    return _Plan(setup, task, opt_names, sched_names, lr_of, seed_list, runs, out_dir, min(jobs, len(runs)))
+    plan = _Plan(setup, task, opt_names, sched_names, lr_of, seed_list, runs, out_dir, min(jobs, len(runs)),
+                 on_study, store, "", saved is not None)
+    name = study or (saved["study"] if saved else out_dir.name if out_dir is not None
+                     else f"compare-{_digest(_signature(plan))}")
+    return dataclasses.replace(plan, study=name)
 
 
 def _dry_build(model: Callable[[], nn.Module], combos: list[tuple[str, str, float]], epochs: int,
@@ -286,52 +334,116 @@ def _announce(plan: _Plan) -> str:
             f"{', '.join(plan.schedulers)} x {seeds} seed{'s' if seeds > 1 else ''})"
             f" of {setup.epochs} epoch{'s' if setup.epochs > 1 else ''}: {where}{grids}"
             + (f"; {plan.jobs} at a time" if plan.jobs > 1 else "")
-            + (f" -> {plan.out}/" if plan.out is not None else ""))
+            + (f" -> {plan.out}/" if plan.out is not None else "")
+            + (f"; study {plan.study!r} on {plan.storage.shown}" if plan.storage is not None else "")
+            + ("; not resumable without Optuna (pip install 'optiloop[tune]')"
+               if plan.out is not None and not plan.on_study else ""))
 
 
-def _run_all(plan: _Plan, progress: Callable[[str], None] | None,
-             tracker: Any = None) -> list[tuple[dict[str, Any], Any]]:
-    """Train every run (here, or ``jobs`` at a time in worker processes); each finished run
-    writes its folder, becomes the tracker's child run, and reports a line with the overall ETA.
-    Results in the plan's order."""
-    total, results = len(plan.runs), {}
+def _run_all(plan: _Plan, progress: Callable[[str], None] | None) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Train every run: as trials of the plan's Optuna study, or one after the other here.
+    Rows and histories in the plan's order."""
+    if plan.on_study:
+        from .tuning.sweep import CellObjective, run_grid, run_name
+
+        names = tuple(run_name(*run[:4]) for run in plan.runs)
+        objective = CellObjective(tuple(plan.runs), names, functools.partial(run_cell, setup=plan.setup, out=plan.out),
+                                  functools.partial(_data_of, plan.setup),
+                                  Monitor(plan.setup.monitor).mode == "max", progress, progress_line, time.time(), 0)
+        objective._built = _data_of(plan.setup, plan.task)  # this process has them already
+        result = run_grid(objective, storage=plan.storage, study=plan.study, signature=_signature(plan),
+                          direction="maximize" if objective.maximize else "minimize", jobs=plan.jobs,
+                          say=progress or (lambda line: None))
+        return result.rows, result.histories
+    setup = plan.setup
+    built = _data_of(setup, plan.task)
+    rows, histories = [], []
     t_start = time.perf_counter()
-
-    def finished(i: int, row: dict[str, Any], history: Any) -> None:
-        o, s, lr, seed, run_dir = plan.runs[i]
-        if run_dir is not None:
-            row["run"] = str(run_dir.relative_to(plan.out))
-            _write_run(run_dir, history, row, o, s, lr, plan.setup.epochs, plan.setup.batch_size, seed,
-                       plan.setup.config)
-        results[i] = (row, history)
-        if tracker is not None:
-            cfg, _ = _run_config(o, s, lr, plan.setup.epochs, plan.setup.batch_size, seed, row["monitor"],
-                                 plan.setup.config)
-            figures = {k: v for k, v in row.items() if k.startswith(("best_", "final_", "epochs_", "sec"))}
-            tracker.log_child(f"{o}-{s}-lr{lr:g}-seed{seed}", params=cfg, metrics=figures, history=history,
-                              artifacts=run_dir, tags={"optiloop.init_hash": row["init_hash"]})
+    for i, run in enumerate(plan.runs):
+        row, history = run_cell(*built, run, setup=setup, out=plan.out)
+        rows.append(row)
+        histories.append(history)
         if progress is not None:
-            done = len(results)
-            eta = (time.perf_counter() - t_start) / done * (total - done)
-            progress(f"[{done}/{total}] {o}+{s} lr {lr:g} seed {seed}: {headline(row)} (ETA {_clock(eta)})")
+            eta = (time.perf_counter() - t_start) / (i + 1) * (len(plan.runs) - i - 1)
+            progress(progress_line(run, row, i + 1, len(plan.runs), eta))
+    return rows, histories
 
-    if plan.jobs == 1:
-        task, setup = plan.task, plan.setup
-        model = task.new_model if task else setup.model
-        train_data, val_data = (task.train_data, task.val_data) if task else (setup.train_data, setup.val_data)
-        bases: dict[int, tuple[nn.Module, str]] = {}
-        for i, (o, s, lr, seed, run_dir) in enumerate(plan.runs):
-            if seed not in bases:  # the initial weights follow the seed, as in `optiloop train`
-                seed_everything(seed)
-                base = model()
-                bases = {seed: (base, state_hash(base))}
-            base, init_hash = bases[seed]
-            # every run of a seed starts from these very weights
-            finished(i, *_fit_one(setup, train_data, val_data, copy.deepcopy(base), init_hash,
-                                  o, s, lr, seed, run_dir))
-    else:
-        _run_parallel(plan.setup, plan.runs, plan.jobs, finished)
-    return [results[i] for i in range(total)]
+
+def progress_line(run: tuple, row: Mapping[str, Any], done: int, total: int, eta: float) -> str:
+    """The line a finished run prints: ``[3/8] sgd+cosine lr 0.1 seed 0: val_acc 0.9611 (best epoch 9) (ETA 0:12)``."""
+    o, s, lr, seed = run[:4]
+    return f"[{done}/{total}] {o}+{s} lr {lr:g} seed {seed}: {headline(row)} (ETA {_clock(eta)})"
+
+
+class _SeededModels:
+    """The initial weights of each seed, built once after seeding (as ``optiloop train`` builds
+    them); every run of the seed gets a copy of the very same weights and their hash."""
+
+    def __init__(self, factory: Callable[[], nn.Module]):
+        self.factory = factory
+        self._last: tuple[int, nn.Module, str] | None = None  # runs come seed by seed: keep one
+
+    def __call__(self, seed: int) -> tuple[nn.Module, str]:
+        if self._last is None or self._last[0] != seed:
+            seed_everything(seed)
+            base = self.factory()
+            self._last = (seed, base, state_hash(base))
+        return copy.deepcopy(self._last[1]), self._last[2]
+
+
+def _data_of(setup: _Setup, task: Any = None) -> tuple[_SeededModels, Any, Any]:
+    """The initial weights and data of a comparison, in whichever process trains its runs (a
+    config is built again with ``build_task``, which is deterministic, unless ``task`` is it)."""
+    if setup.config is not None:
+        if task is None:
+            from .runs import build_task  # (as in _plan)
+
+            task = build_task(setup.config)
+        return _SeededModels(task.new_model), task.train_data, task.val_data
+    return _SeededModels(setup.model), setup.train_data, setup.val_data
+
+
+def run_cell(models: _SeededModels, train_data: Any, val_data: Any, run: tuple, *, setup: _Setup,
+             out: Path | None) -> tuple[dict[str, Any], Any]:
+    """One run of the grid, the same in this process and in a worker: the seed's initial weights,
+    the fit, the run's folder. Returns its row and history."""
+    o, s, lr, seed, run_dir = run
+    net, init_hash = models(seed)
+    if run_dir is not None and run_dir.exists():  # left by a killed trial of this run: it starts over
+        shutil.rmtree(run_dir)
+    row, history = _fit_one(setup, train_data, val_data, net, init_hash, o, s, lr, seed, run_dir)
+    if run_dir is not None and out is not None:
+        row["run"] = str(run_dir.relative_to(out))
+        _write_run(run_dir, history, row, o, s, lr, setup.epochs, setup.batch_size, seed, setup.config)
+    return row, history
+
+
+def _log_children(plan: _Plan, rows: Sequence[Mapping[str, Any]], histories: Sequence[Any], tracker: Any) -> None:
+    """Each run as a child of the tracker's parent run, in the table's order."""
+    from .tuning.sweep import run_name
+
+    for run, row, history in zip(plan.runs, rows, histories, strict=True):
+        o, s, lr, seed, run_dir = run
+        cfg, _ = _run_config(o, s, lr, plan.setup.epochs, plan.setup.batch_size, seed, row["monitor"],
+                             plan.setup.config)
+        figures = {k: v for k, v in row.items() if k.startswith(("best_", "final_", "epochs_", "sec"))}
+        tracker.log_child(run_name(o, s, lr, seed), params=cfg, metrics=figures, history=history,
+                          artifacts=run_dir if run_dir is not None and run_dir.is_dir() else None,
+                          tags={"optiloop.init_hash": row["init_hash"]})
+
+
+def _signature(plan: _Plan) -> dict[str, Any]:
+    """What makes a study this comparison: it continues only with the same (as JSON, as stored)."""
+    settings = {k: v for k, v in _settings(plan).items() if k != "jobs"}
+    run = {"config": {k: v for k, v in plan.setup.config.items() if k in ("data", "model")}
+           if plan.setup.config is not None else None,
+           "runs": [list(run[:4]) for run in plan.runs], "checkpoints": plan.setup.checkpoints}
+    return json.loads(json.dumps({"command": "compare", "settings": settings, "run": run}, sort_keys=True,
+                                 default=str))
+
+
+def _digest(signature: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _settings(plan: _Plan) -> dict[str, Any]:
@@ -362,57 +474,27 @@ def _fit_one(setup: _Setup, train_data: Any, val_data: Any, net: nn.Module, init
 
         callbacks.append(Checkpoint(run_dir, monitor=setup.monitor))
     t0 = time.perf_counter()
-    history = fit(net, train_data, val_data=val_data, loss=setup.loss,
-                  optimizer={"name": o, **default_options(o)}, lr=lr,
-                  scheduler=scheduler_spec(s, setup.epochs), epochs=setup.epochs, batch_size=setup.batch_size,
-                  metrics=setup.metrics, callbacks=callbacks, device=setup.device, seed=seed,
-                  progress=False, nonfinite="ignore")
+    try:
+        history = fit(net, train_data, val_data=val_data, loss=setup.loss,
+                      optimizer={"name": o, **default_options(o)}, lr=lr,
+                      scheduler=scheduler_spec(s, setup.epochs), epochs=setup.epochs, batch_size=setup.batch_size,
+                      metrics=setup.metrics, callbacks=callbacks, device=setup.device, seed=seed,
+                      progress=False, nonfinite="ignore")
+    except NonFiniteLossError:
+        # Diverged (its validation loss is no longer finite): the run ends there and its row says
+        # so (final figures nan); the other runs of the comparison go on.
+        history = callbacks[0].history  # the epochs it finished
+        if history is None:
+            raise
+        history.append({"epoch": len(history) + 1, "train_loss": math.nan, "val_loss": math.nan,
+                        setup.monitor: math.nan, "lr": history.rows[-1]["lr"] if len(history) else lr})
     seconds = time.perf_counter() - t0
     return run_row(history, o, s, seed, lr, setup.monitor, setup.goal, seconds, init_hash), history
 
 
-# --- jobs > 1: one process per run at a time ------------------------------------------------------
-_WORKER: dict[str, Any] = {}  # in a worker process: the setup, model factory and data, built once
-
-
-def _init_worker(setup: _Setup, threads: int) -> None:
-    torch.set_num_threads(threads)  # the cores are shared between the workers
-    model, train_data, val_data = setup.model, setup.train_data, setup.val_data
-    if setup.config is not None:
-        from .runs import build_task  # (as in _plan)
-
-        task = build_task(setup.config)
-        model, train_data, val_data = task.new_model, task.train_data, task.val_data
-    _WORKER.update(setup=setup, model=model, train_data=train_data, val_data=val_data)
-
-
-def _work(o: str, s: str, lr: float, seed: int, run_dir: Path | None) -> tuple[dict[str, Any], Any]:
-    w = _WORKER
-    seed_everything(seed)  # the same initial weights as jobs=1 builds for this seed
-    net = w["model"]()
-    return _fit_one(w["setup"], w["train_data"], w["val_data"], net, state_hash(net), o, s, lr, seed, run_dir)
-
-
-def _run_parallel(setup: _Setup, runs: list[tuple], jobs: int, finished: Callable[..., None]) -> None:
-    """Run in ``jobs`` fresh processes (spawned: no state inherited from this one, and no fork of
-    a process whose thread pools are running); report each run as it finishes."""
-    threads = max(1, torch.get_num_threads() // jobs)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(setup, threads))
+def _check_picklable(setup: _Setup, progress: Any) -> None:
     try:
-        pending = {pool.submit(_work, *run): i for i, run in enumerate(runs)}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=pending.get):
-                i = pending.pop(future)
-                finished(i, *future.result())  # a run's error surfaces here, as with jobs=1
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _check_picklable(setup: _Setup) -> None:
-    try:
-        pickle.dumps(setup)
+        pickle.dumps((setup, progress))
     except Exception as e:  # noqa: BLE001 - pickle raises several kinds; the message says which part
         raise OptiloopError(f"jobs > 1 runs each combination in its own process, so the model factory, data, loss "
                             f"and metrics must be picklable (module-level functions, not lambdas): {e}; "
@@ -420,6 +502,13 @@ def _check_picklable(setup: _Setup) -> None:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+def _have_optuna() -> bool:
+    """Whether Optuna can be imported, without importing it (a None entry: imports of it fail)."""
+    if "optuna" in sys.modules:
+        return sys.modules["optuna"] is not None
+    return importlib.util.find_spec("optuna") is not None
+
+
 def _length(data: Any) -> int:
     try:
         return len(data[0]) if isinstance(data, (tuple, list)) else len(data)

@@ -284,6 +284,11 @@ class StepHistory(Logger):
         self._restored: list[dict[str, Any]] | None = None
         self._history: Any = None
 
+    @property
+    def history(self) -> Any:
+        """The run's History once the fit started (its epochs so far, if the fit raised)."""
+        return self._history
+
     def on_fit_start(self, state, logs):
         super().on_fit_start(state, logs)
         self._history = state.history

@@ -1,4 +1,5 @@
-"""Pieces several subcommands share: number formatting and the data / model arguments."""
+"""Pieces several subcommands share: number formatting, progress lines, the data / model
+arguments, and the sweep arguments of compare and tune (storage, study, MLflow)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,32 @@ def fmt(v: Any) -> str:
 def keywords(section: dict[str, Any], *skip: str) -> str:
     """``lr=0.001, weight_decay=0.01``: a config section's keys besides ``name`` (and ``skip``)."""
     return ", ".join(f"{k}={fmt(v)}" for k, v in section.items() if k != "name" and k not in skip)
+
+
+def echo(line: str) -> None:
+    """Print a progress line now (module level: worker processes get it by pickle)."""
+    print(line, flush=True)
+
+
+def add_sweep_arguments(p: argparse.ArgumentParser, *, runs: str, default_study: str) -> None:
+    """--storage, --study and --mlflow: where a sweep's study lives, and its tracker (compare, tune)."""
+    p.add_argument("--storage", metavar="URL", help="where the study lives, shared by every process that names "
+                   "it: sqlite:///PATH.db, postgresql://USER:PASSWORD@HOST/DB, or journal:PATH (a journal file, "
+                   "e.g. on a shared file system); default: OUT/study.db")
+    p.add_argument("--study", metavar="NAME", help=f"the study's name in the storage (default {default_study})")
+    p.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
+                   help=f"also log it to MLflow: one parent run, {runs} a child with its config, figures, "
+                   "history and files; URI as in optiloop train --mlflow (needs: pip install 'optiloop[mlflow]')")
+
+
+def sweep_tracker(uri: Any, run_name: str | None) -> Any:
+    """The MLflow tracker of a sweep (``--mlflow``), or None; made before anything is written, so a
+    missing mlflow package is one line."""
+    if not uri:
+        return None
+    from ..trackers import MLflowSweep  # mlflow: only when asked for
+
+    return MLflowSweep(None if uri is True else uri, run_name=run_name)
 
 
 def add_task_arguments(p: argparse.ArgumentParser) -> None:

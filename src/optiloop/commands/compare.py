@@ -1,16 +1,20 @@
 """``optiloop compare``: every optimizer x LR x scheduler (x seed) from the same start, each
-optimizer judged at its best LR, one report; ``--jobs N`` runs N at a time."""
+optimizer judged at its best LR, one report. The runs are the trials of an Optuna study on its grid
+sampler (with optiloop[tune]): the same command continues a stopped comparison, ``--jobs N`` runs N
+at a time, and processes on several machines naming one ``--storage`` share the grid."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from pathlib import Path
 
 from ..errors import OptiloopError
 from ..grid import DEFAULT_EPOCHS, DEFAULT_OPTIMIZERS, DEFAULT_SCHEDULERS  # torch-free: --help stays instant
 from . import Command, command
-from .common import add_task_arguments, task_flags
+from .common import add_sweep_arguments, add_task_arguments, echo, sweep_tracker, task_flags
 
 
 @command("compare")
@@ -43,17 +47,15 @@ class CompareCommand(Command):
                        "else val_loss)")
         p.add_argument("--target", metavar="KEY=VALUE", help="also report epochs to reach it, e.g. "
                        "val_acc=0.95")
-        p.add_argument("--out", metavar="DIR", help="report folder (default runs/compare-<data>-"
-                       "<time>); must not exist or be empty")
+        p.add_argument("--out", metavar="DIR", help="report folder (default runs/compare-<data>-<hash of the "
+                       "comparison>, the same for the same command); new or empty, or this comparison's own: then "
+                       "it continues (only the runs not done yet are trained)")
         p.add_argument("--checkpoints", action="store_true",
                        help="also write best.pt / last.pt in each run folder (off: saves time)")
         p.add_argument("--jobs", type=int, default=1, metavar="N",
                        help="run N runs at a time in separate processes; results equal --jobs 1's, only "
-                       "the timings differ (default 1)")
-        p.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
-                       help="also log the comparison to MLflow: one parent run, each run a child with its config, "
-                       "figures, history and files; URI as in optiloop train --mlflow (default: train.mlflow of "
-                       "the config; needs: pip install 'optiloop[mlflow]')")
+                       "the timings differ (default 1; needs: pip install 'optiloop[tune]')")
+        add_sweep_arguments(p, runs="each run", default_study="the --out folder's name")
         add_task_arguments(p)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -63,7 +65,7 @@ class CompareCommand(Command):
         from ..optim import OPTIMIZERS
         from ..report import format_table
         from ..results import pick_best, summarize
-        from ..runs import ensure_empty, free_name, short, stamp
+        from ..runs import short
         from ..schedules import SCHEDULERS
 
         # Cheap checks first (one line each), then the data; compare() checks the rest before
@@ -78,15 +80,15 @@ class CompareCommand(Command):
             raise OptiloopError("--epochs, --seeds and --jobs: must be >= 1")
         cfg = resolve(args.config, args.set, task_flags(args))
         if args.out is not None:
-            out = ensure_empty(args.out, "--out")
-        else:
-            out = free_name(Path("runs") / f"compare-{short(cfg['data']['name'])}-{stamp()}")
-        tracker = None
-        uri = args.mlflow if args.mlflow is not None else cfg["train"].get("mlflow")
-        if uri:  # before anything is written: a missing mlflow package is one line
-            from ..trackers import MLflowSweep
-
-            tracker = MLflowSweep(None if uri is True else uri, run_name=out.name)
+            out = Path(args.out)
+        else:  # named by what it compares: the same command finds its folder and continues there
+            grid = {"data": cfg["data"], "model": cfg["model"], "batch_size": cfg["train"]["batch_size"],
+                    "optimizers": optimizers, "schedulers": schedulers, "lrs": lrs, "epochs": args.epochs,
+                    "seeds": args.seeds, "monitor": args.monitor, "target": args.target,
+                    "checkpoints": args.checkpoints}
+            digest = hashlib.sha256(json.dumps(grid, sort_keys=True, default=str).encode()).hexdigest()[:8]
+            out = Path("runs") / f"compare-{short(cfg['data']['name'])}-{digest}"
+        tracker = sweep_tracker(args.mlflow if args.mlflow is not None else cfg["train"].get("mlflow"), out.name)
         runs = sum(len(v) for v in lrs.values()) * len(schedulers) * args.seeds
         t0 = time.perf_counter()
         # compare() checks the rest (out folder, target key, device, each optimizer's LR) before
@@ -95,11 +97,12 @@ class CompareCommand(Command):
             rows = compare(config=cfg, optimizers=optimizers, schedulers=schedulers,
                            epochs=args.epochs, seeds=args.seeds, lrs=lrs, monitor=args.monitor,
                            target=args.target, out=out, checkpoints=args.checkpoints,
-                           device=cfg["train"]["device"], jobs=args.jobs, tracker=tracker,
-                           progress=lambda line: print(line, flush=True))
+                           device=cfg["train"]["device"], jobs=args.jobs, tracker=tracker, storage=args.storage,
+                           study=args.study, progress=echo)
         except OptiloopError as e:  # the library names its argument; the user typed the flag
             message = str(e)
-            raise OptiloopError("--" + message if message.startswith(("target ", "monitor ")) else message) from None
+            flag = message.startswith(("target ", "monitor ", "out "))
+            raise OptiloopError("--" + message if flag else message) from None
         print(f"\ndone: {runs} runs in {time.perf_counter() - t0:.1f} s"
               + (f"; mean ± std over {args.seeds} seeds" if args.seeds > 1 else ""))
         summary = summarize(rows)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import Command, command
+from .common import add_sweep_arguments, echo, sweep_tracker
 
 # Shown in --help without importing the library (a test checks they equal the library's).
 DEFAULT_TRIALS = 20
@@ -27,11 +28,6 @@ TASK_FLAGS: dict[str, tuple[str, str, type, str]] = {
     "--batch-size": ("train", "batch_size", int, "samples per batch; given, it is no longer searched"),
     "--device": ("train", "device", str, "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps"),
 }
-
-
-def echo(line: str) -> None:
-    """Print a progress line now (module level: worker processes get it by pickle)."""
-    print(line, flush=True)
 
 
 @command("tune")
@@ -58,19 +54,12 @@ class TuneCommand(Command):
                        "of earlier trials at the same epoch), halving (successive halving), hyperband, or none")
         p.add_argument("--sampler", choices=SAMPLERS, help="tpe (default), random, or grid (every [tune.space] "
                        "entry a list of values)")
-        p.add_argument("--storage", metavar="URL", help="where the study lives, shared by every process that names "
-                        "it: sqlite:///PATH.db, postgresql://USER:PASSWORD@HOST/DB, or journal:PATH (a journal file, "
-                        "e.g. on a shared file system); default: OUT/study.db")
-        p.add_argument("--study", metavar="NAME", help="the study's name in the storage (default tune-<data>-<model>-"
-                       "<hash of the search>, the same for the same command)")
         p.add_argument("--jobs", type=int, metavar="N", help="run N processes on the study at once (default 1)")
         p.add_argument("--out", metavar="DIR", help="the tune folder: trials/ (one run folder each), trials.csv, "
                        "best.toml, report.md / report.html (default runs/<study>); a new or empty folder, or this "
                        "study's own (it continues)")
-        p.add_argument("--mlflow", nargs="?", const=True, default=None, metavar="URI",
-                       help="log the search to MLflow as one parent run with each new trial as a child (its "
-                       "config, value, history and files); URI as in optiloop train --mlflow (needs: pip install "
-                       "'optiloop[mlflow]')")
+        add_sweep_arguments(p, runs="each new trial", default_study="tune-<data>-<model>-<hash of the search>, "
+                            "the same for the same command")
         p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="any config key, as in optiloop train; a key set here is no longer searched")
         for flag, (section, key, typ, text) in TASK_FLAGS.items():
@@ -91,12 +80,7 @@ class TuneCommand(Command):
         raw = read_toml(args.config) if args.config else {}
         sections = merge(raw, {k: v for k, v in layer.items()}, renames=False) if layer else raw
         fixed = [f"{s}.{k}" for s, values in layer.items() for k in values]
-        tracker = None
-        if args.mlflow:  # before anything is written: a missing mlflow package is one line
-            from ..trackers import MLflowSweep
-
-            tracker = MLflowSweep(None if args.mlflow is True else args.mlflow,
-                                  run_name=Path(args.out).name if args.out else None)
+        tracker = sweep_tracker(args.mlflow, Path(args.out).name if args.out else None)
         result = tune(sections, trials=args.trials, timeout=args.timeout, monitor=args.monitor, epochs=args.epochs,
                       seed=args.seed, pruner=args.pruner, sampler=args.sampler, storage=args.storage,
                       study=args.study, jobs=args.jobs, out=args.out, fixed=fixed, progress=echo,

@@ -38,15 +38,16 @@ from .study import (
     WorkerResult,
     counted,
     fail_dead_trials,
+    folder_study,
     optimize,
     require_optuna,
+    write_folder_study,
 )
 
 DEFAULT_TRIALS = 20
 DEFAULT_EPOCHS = 10  # as compare: long enough to rank settings, short enough for many trials
 DEFAULT_PRUNER = "median"
 DEFAULT_SAMPLER = "tpe"
-STUDY_FILE = "study.toml"  # in the tune folder: which storage and study it belongs to
 DB_FILE = "study.db"  # the default storage, in the tune folder
 TRIALS_DIR = "trials"
 # Settings of how a run is carried out, not what it computes: a study continues across them.
@@ -174,7 +175,7 @@ def tune(
     named = _pick(study, table.get("study"), None)
     default_name = f"tune-{short(base['data']['name'])}-{short(base['model']['name'])}-{_digest(signature)}"
     folder = Path(out) if out is not None else Path("runs") / (named or default_name)
-    saved = _check_folder(folder)  # this folder's own study, if it is a tune folder already
+    saved = folder_study(folder, "tune")  # this folder's own study, if it is a tune folder already
     name = named or (saved["study"] if saved else default_name)
     given = _pick(storage, table.get("storage"), None)
     if given is not None:
@@ -198,7 +199,7 @@ def tune(
             spec.check(existing, signature)
     folder.mkdir(parents=True, exist_ok=True)
     if not saved:
-        _write_study_file(folder, spec)
+        write_folder_study(folder, spec.storage, spec.name, "tune")
     handle = existing if existing is not None else spec.create(signature)
     dead = fail_dead_trials(handle)
     have = counted(handle)
@@ -317,32 +318,6 @@ def _signature(space: Any, monitor: str, direction: str, base: Mapping[str, Any]
 
 def _digest(signature: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def _check_folder(folder: Path) -> dict[str, str] | None:
-    """The tune folder is new or empty (None), or a tune folder: then its study.toml (storage, study)."""
-    from ..config import read_toml
-    from ..files import check_writable
-    from ..runs import ensure_empty
-
-    marker = folder / STUDY_FILE
-    if marker.is_file():
-        saved = read_toml(marker)
-        if not isinstance(saved.get("storage"), str) or not isinstance(saved.get("study"), str):
-            raise OptiloopError(f"{marker}: names no storage and study; is it an optiloop tune folder?")
-        return {"storage": saved["storage"], "study": saved["study"]}
-    ensure_empty(folder, "--out", " (a tune folder holds study.toml; this one does not)")
-    check_writable(folder, "--out")
-    return None
-
-
-def _write_study_file(folder: Path, spec: StudySpec) -> None:
-    import tomli_w
-
-    from ..files import write_text
-
-    write_text(folder / STUDY_FILE, "# optiloop tune: the study this folder's trials belong to. Run the same "
-               "command again to continue it.\n" + tomli_w.dumps({"storage": spec.storage.url, "study": spec.name}))
 
 
 def _header(data: str, space: Any, spec: StudySpec, monitor: str, trials: int, epochs: int, jobs: int,

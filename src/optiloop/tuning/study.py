@@ -237,7 +237,7 @@ class StudySpec:
                                 f"{study.direction.name.lower()}, not {self.direction}; use another --study")
         saved = study.user_attrs.get("optiloop")
         if saved is None:
-            raise OptiloopError(f"study {self.name!r} on {self.storage.shown} was not made by optiloop tune; "
+            raise OptiloopError(f"study {self.name!r} on {self.storage.shown} was not made by optiloop; "
                                 "use another --study name")
         for part in sorted(signature, key=lambda p: (p != "space", p)):  # the space first: the likeliest change
             if saved.get(part) != signature[part]:
@@ -285,6 +285,38 @@ def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
 def _brief(v: Any) -> str:
     text = "absent" if v is None else str(v)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- the folder a study's runs go to -------------------------------------------------------------------------
+STUDY_FILE = "study.toml"  # in a tune or compare folder: which storage and study its runs belong to
+
+
+def folder_study(folder: Path, command: str, what: str = "--out") -> dict[str, str] | None:
+    """``folder`` is new or empty (None), or a ``command`` folder (tune, compare): then what its
+    study.toml says (storage, study), so the same command continues that study there."""
+    from ..config import read_toml
+    from ..files import check_writable
+    from ..runs import ensure_empty
+
+    marker = folder / STUDY_FILE
+    if marker.is_file():
+        saved = read_toml(marker)
+        if not isinstance(saved.get("storage"), str) or not isinstance(saved.get("study"), str):
+            raise OptiloopError(f"{marker}: names no storage and study; is it an optiloop {command} folder?")
+        return {"storage": saved["storage"], "study": saved["study"]}
+    ensure_empty(folder, what, f" (a {command} folder holds study.toml; this one does not)")
+    check_writable(folder, what)
+    return None
+
+
+def write_folder_study(folder: Path, storage: Storage, study: str, command: str) -> None:
+    """study.toml: the storage and study this folder's runs belong to."""
+    import tomli_w
+
+    from ..files import write_text
+
+    write_text(folder / STUDY_FILE, f"# optiloop {command}: the study this folder's runs belong to. Run the same "
+               "command again to continue it.\n" + tomli_w.dumps({"storage": storage.url, "study": study}))
 
 
 # --- trials whose process died ---------------------------------------------------------------------------------
