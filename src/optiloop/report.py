@@ -290,7 +290,7 @@ def _markdown(summary, best, pictures, settings) -> str:
     return "\n".join(out)
 
 
-_CSS = """
+CSS = """  # the reports' style sheet (compare's; tune's adds to it)
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em;
        max-width: 1400px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.84em; }
@@ -311,7 +311,7 @@ def _html(summary, best, pictures, settings, out: Path) -> str:
     grid = any(len(r.get("lrs_tried", [])) > 1 for r in best)
     esc = html.escape
     parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-             "<title>optiloop compare</title>", f"<style>{_CSS}</style></head><body>",
+             "<title>optiloop compare</title>", f"<style>{CSS}</style></head><body>",
              f"<h1>optiloop compare <small>({datetime.now():%Y-%m-%d %H:%M})</small></h1>", "<ul>"]
     parts += [f"<li>{esc(line)}</li>" for line in _settings_lines(settings, grid)]
     parts.append("</ul>")

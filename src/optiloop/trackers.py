@@ -218,7 +218,23 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class MLflow(Logger):
+class _Tracked:
+    """What a tracker says of its MLflow store (``self._store``)."""
+
+    _store: _Store
+
+    @property
+    def failed(self) -> bool:
+        """Whether a call to MLflow failed (it warned once; nothing more was sent)."""
+        return self._store.failed
+
+    @property
+    def uri(self) -> str | None:
+        """The tracking URI in use (MLflow's default resolved) once the run started."""
+        return self._store.uri
+
+
+class MLflow(_Tracked, Logger):
     """Log the run to MLflow as it trains (rank 0 only under DDP / FSDP).
 
     What the run gets:
@@ -264,16 +280,6 @@ class MLflow(Logger):
         self.run_id: str | None = None
         self._store = _Store(self.tracking_uri, "MLflow")
         self._saved: tuple[str | None, str | None] = (None, None)  # (run id, store) from a checkpoint
-
-    @property
-    def failed(self) -> bool:
-        """Whether a call to MLflow failed (it warned once; nothing more was sent)."""
-        return self._store.failed
-
-    @property
-    def uri(self) -> str | None:
-        """The tracking URI in use (MLflow's default resolved) once the run started."""
-        return self._store.uri
 
     # -- the run -------------------------------------------------------------------------------
     def on_fit_start(self, state, logs):
@@ -343,7 +349,7 @@ class MLflow(Logger):
         self._saved = (state.get("run_id"), state.get("tracking_uri"))
 
 
-class MLflowSweep:
+class MLflowSweep(_Tracked):
     """A sweep in MLflow: one parent run, one child run per run or trial.
 
     Each child (tag ``mlflow.parentRunId``) gets its params, its final figures as metrics, and
@@ -380,14 +386,6 @@ class MLflowSweep:
         self._experiment_id: str | None = None
         self._ended = False
         self._store = _Store(tracking_uri, "MLflow sweep")
-
-    @property
-    def failed(self) -> bool:
-        return self._store.failed
-
-    @property
-    def uri(self) -> str | None:
-        return self._store.uri
 
     def child_tags(self) -> dict[str, str]:
         """Tags that make a run a child of this sweep's parent: ``ol.MLflow(tags=sweep.child_tags())``

@@ -7,15 +7,7 @@ import argparse
 from typing import Any
 
 from ..errors import OptiloopError
-
-
-def fmt(v: Any) -> str:
-    """A value as a person reads it: floats to 4 significant digits, lists bracketed."""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(fmt(x) for x in v) + "]"
-    return str(v)
+from ..formatting import fmt
 
 
 def keywords(section: dict[str, Any], *skip: str) -> str:

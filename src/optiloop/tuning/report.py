@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..formatting import fmt
+from ..report import CSS
 from .result import TuneResult
 from .study import NOTE_ATTR, WORKER_ATTR
 
@@ -180,16 +182,8 @@ def _settings(cfg: Mapping[str, Any] | None, params: Mapping[str, Any]) -> str:
         if key == "optimizer.lr_scale":
             section, name = "optimizer", "lr"
         value = cfg.get(section, {}).get(name)
-        words.append(f"{section}.{name} {_fmt(value)}")
+        words.append(f"{section}.{name} {fmt(value, none='')}")
     return ", ".join(words)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    return "" if v is None else str(v)
 
 
 _SHOWN = 30  # trials listed in the report; trials.csv has them all
@@ -206,7 +200,7 @@ def _shown_rows(result: TuneResult, header: list[str], rows: list[list[Any]]) ->
         return (order.get(r[1], 2), sign * v if isinstance(v, (int, float)) and math.isfinite(v) else math.inf, r[0])
 
     picked = sorted(rows, key=key)[:_SHOWN]
-    return [header[i] for i in keep], [[_fmt(r[i]) for i in keep] for r in picked]
+    return [header[i] for i in keep], [[fmt(r[i], none="") for i in keep] for r in picked]
 
 
 def _markdown(result: TuneResult, facts: list[str], header: list[str], rows: list[list[Any]],
@@ -224,23 +218,11 @@ def _markdown(result: TuneResult, facts: list[str], header: list[str], rows: lis
     return "\n".join(out) + "\n"
 
 
-_CSS = """
-body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em;
-       max-width: 1400px; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.84em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.55em; white-space: nowrap; }
-th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+_CSS = CSS + """
+th, td { white-space: nowrap; }
 tr.pruned td { color: #777; }
-.scroll { overflow-x: auto; }
-tr:nth-child(even) td { background: #fafafa; }
-img { max-width: 100%; height: auto; display: block; margin: 0.3em 0 1em; }
-.figures { display: grid; grid-template-columns: repeat(auto-fit, minmax(600px, 1fr)); gap: 0.5em 1.5em; }
-figure { margin: 0; }
-figcaption { font-weight: 600; font-size: 1.1em; margin-top: 0.6em; }
 figcaption small { font-weight: normal; color: #555; }
 code { background: #f3f3f3; padding: 0.1em 0.3em; }
-ul { line-height: 1.5; }
 """
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DiskError, NonFiniteLossError, OptiloopError
+from ..formatting import fmt
 from .result import TuneResult
 from .space import Space, SpaceLike, check_space, default_space, overrides_of, parse_space, trial_config
 from .study import (
@@ -423,15 +424,7 @@ def describe(overrides: Mapping[str, Mapping[str, Any]]) -> str:
     for section in ("optimizer", "scheduler", "model", "train"):
         values = overrides.get(section) or {}
         words = [str(values["name"])] if "name" in values else []
-        words += [f"{k} {_fmt(v)}" for k, v in values.items() if k != "name"]
+        words += [f"{k} {fmt(v, 3)}" for k, v in values.items() if k != "name"]
         if words:
             parts.append(" ".join(words))
     return " · ".join(parts) or "the base config"
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    return str(v)

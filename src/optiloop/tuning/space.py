@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import OptiloopError, choices
+from ..formatting import fmt
 
 if TYPE_CHECKING:
     import optuna
@@ -117,7 +118,7 @@ class Dimension:
 
     def describe(self) -> str:
         if self.choices is not None:
-            return f"{self.key} [{', '.join(_show(c) for c in self.choices)}]"
+            return f"{self.key} [{', '.join(fmt(c, 6) for c in self.choices)}]"
         extra = [x for x in ("log" if self.log else "", f"step {self.step:g}" if self.step else "") if x]
         return f"{self.key} {self.low:g}..{self.high:g}" + (f" ({', '.join(extra)})" if extra else "")
 
@@ -135,14 +136,6 @@ class Dimension:
 
 def _encode(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -300,7 +293,7 @@ def _choices(key: str, values: list[Any], where: str) -> Dimension:
             raise OptiloopError(f"{where}: {key!r}: {v!r} is not a value a setting can take")
     encoded = [_encode(v) for v in values]
     if len(set(map(json.dumps, encoded))) != len(encoded):
-        raise OptiloopError(f"{where}: {key!r}: each choice once, please (got {_show(values)})")
+        raise OptiloopError(f"{where}: {key!r}: each choice once, please (got {fmt(values, 6)})")
     if key in NAME_KEYS:
         values = [str(v).lower() if key != "model.name" else v for v in values]
         known = _known_names(key)
@@ -460,7 +453,7 @@ def check_space(space: Space, base: Mapping[str, Any], task: Task, *, where: str
             try:
                 dry_build(trial_config(base, layer), task)
             except OptiloopError as e:
-                raise OptiloopError(f"{where}: {d.key!r} = {_show(value)}: {e}") from None
+                raise OptiloopError(f"{where}: {d.key!r} = {fmt(value, 6)}: {e}") from None
 
 
 def dry_build(cfg: Mapping[str, Any], task: Task) -> None:
