@@ -42,6 +42,7 @@ from .study import (
     folder_study,
     optimize,
     require_optuna,
+    startup_trials,
     write_folder_study,
 )
 
@@ -188,7 +189,7 @@ def tune(
                             f"not {name!r} on {store.shown}; continue that one, or choose a new --out")
     seed_value = base["train"]["seed"]
     spec = StudySpec(store, name, direction,
-                     SamplerSpec(sampler, seed_value, grid),
+                     SamplerSpec(sampler, seed_value, grid, startup_trials(trials)),
                      PrunerSpec(pruner if isinstance(pruner, str) else type(pruner).__name__, epochs,
                                 None if isinstance(pruner, str) else pruner))
 

@@ -157,6 +157,18 @@ def _first_line(e: BaseException) -> str:
 
 
 # --- samplers and pruners ----------------------------------------------------------------------------------
+def startup_trials(trials: int) -> int:
+    """TPE's random start for a search of ``trials``: a quarter of them, 4 to 10. Optuna's default, 10,
+    suits searches of hundreds of trials; in a 20-trial search it would spend half the budget at random
+    (benchmarks/bench_tune.py measured the difference: docs/tune.md).
+
+    Example:
+        >>> [startup_trials(n) for n in (8, 20, 40, 200)]
+        [4, 5, 10, 10]
+    """
+    return max(4, min(10, trials // 4))
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     """Which sampler, its seed and (grid) its search space: picklable, built in each process."""
@@ -164,6 +176,7 @@ class SamplerSpec:
     name: str = "tpe"
     seed: int | None = 0
     grid: Mapping[str, Sequence[Any]] | None = None
+    startup: int = 10  # tpe: random trials before the model takes over (``startup_trials``)
 
     def build(self, worker: int = 0, offset: int = 0) -> Any:
         """The sampler of process ``worker``; ``offset`` (trials already in the study) moves the seed
@@ -173,7 +186,8 @@ class SamplerSpec:
         if self.name == "tpe":
             # multivariate + group: a conditional space (momentum for sgd only) is modelled per group;
             # constant_liar: processes sharing the study do not all pick the same point.
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                              n_startup_trials=self.startup)
         if self.name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if self.name == "grid":
