@@ -121,6 +121,10 @@ def test_storage_urls():
     assert Storage.parse("journal:/shared/tune.log").path == Path("/shared/tune.log")
     pg = Storage.parse("postgresql://me:secret@db.example/optuna")
     assert pg.kind == "rdb" and "secret" not in pg.shown and "me:***@db.example" in pg.shown
+    # a driver named, and a server reached through a unix socket (the tests' own server): kept whole
+    socket = "postgresql+psycopg2://postgres@/postgres?host=/tmp/optiloop-pg-x&port=5432"
+    assert Storage.parse(socket).kind == "rdb" and Storage.parse(socket).shown == socket
+    assert Storage.parse(socket.replace("postgres@", "me:pw@")).shown == socket.replace("postgres@", "me:***@")
     for bad in ("redis://x", "tune.db", "sqlite:///", "journal:"):
         with pytest.raises(OptiloopError):
             Storage.parse(bad)
@@ -406,13 +410,15 @@ def test_jobs_runs_processes_on_one_study(tmp_path):
     assert [r["state"] for r in rows] == ["COMPLETE"] * 4 and len({r["worker"] for r in rows}) == 2
 
 
-def test_postgresql_storage(tmp_path):
-    url = os.environ.get("OPTILOOP_TEST_POSTGRES")
-    if not url:
-        pytest.skip("no PostgreSQL server to test against: set OPTILOOP_TEST_POSTGRES=postgresql://USER:PASS@HOST/DB")
-    pytest.importorskip("psycopg2", reason="the PostgreSQL driver: pip install psycopg2-binary")
+@pytest.mark.slow
+def test_postgresql_storage(tmp_path, postgres_url):
+    storage = Storage.parse(postgres_url)
+    assert storage.kind == "rdb" and storage.url == postgres_url
     name = f"optiloop-test-{os.getpid()}-{time.time_ns()}"
-    result = ol.tune(WINE, space={"optimizer.lr": {"low": 1e-3, "high": 1e-2}}, trials=2, epochs=1, storage=url,
-                     study=name, out=tmp_path / "t", pruner="none")
+    result = ol.tune(WINE, space={"optimizer.lr": {"low": 1e-3, "high": 1e-2}}, trials=2, epochs=1,
+                     storage=postgres_url, study=name, out=tmp_path / "t", pruner="none")
     assert len(result.study.trials) == 2 and math.isfinite(result.best["value"])
-    optuna.delete_study(study_name=name, storage=url)
+    store = storage.open(create=False)
+    assert store.engine.dialect.name == "postgresql"  # the study really lives there
+    assert len(optuna.load_study(study_name=name, storage=store).trials) == 2
+    optuna.delete_study(study_name=name, storage=postgres_url)
