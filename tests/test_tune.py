@@ -382,22 +382,29 @@ def test_a_sigkill_mid_trial_leaves_the_study_usable(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "journal:{}/shared.log"], ids=["sqlite", "journal"])
-def test_two_processes_share_one_study(tmp_path, storage):
-    storage = storage.format(tmp_path)
+@pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "journal:{}/shared.log", "postgresql"],
+                         ids=["sqlite", "journal", "postgresql"])
+def test_two_processes_share_one_study(tmp_path, storage, request):
+    # postgresql: the session's server (conftest's postgres_url; skips where none can start), shared
+    # by other tests: a study name of this test's own
+    kind = storage
+    storage = request.getfixturevalue("postgres_url") if kind == "postgresql" else storage.format(tmp_path)
+    name = f"shared-{os.getpid()}-{time.time_ns()}"
     # digits: trials long enough (a few seconds) that the process started second gets some of them
     args = ["--data", "digits", "--set", "model.hidden=[16]", "--epochs", "2", "--trials", "8", "--storage", storage,
-            "--study", "shared", "--pruner", "none"]
-    procs = [_cli(tmp_path, *args, "--out", name) for name in ("a", "b")]
+            "--study", name, "--pruner", "none"]
+    procs = [_cli(tmp_path, *args, "--out", out) for out in ("a", "b")]
     outs = [_done(p) for p in procs]
     ran = [int(re.search(r"done: (\d+) new trials", out).group(1)) for out in outs]
     store = Storage.parse(storage).open()
-    study = optuna.load_study(study_name="shared", storage=store)
+    study = optuna.load_study(study_name=name, storage=store)
     numbers = [t.number for t in study.trials if t.state.name == "COMPLETE"]
     assert len(numbers) == len(set(numbers)) == sum(ran) == 8
-    folders = [p.name for name in ("a", "b") for p in (tmp_path / name / "trials").iterdir()]
+    folders = [p.name for out in ("a", "b") for p in (tmp_path / out / "trials").iterdir()]
     assert len(folders) == len(set(folders)) == 8  # each trial trained once, by one process
     assert all(n > 0 for n in ran), ran  # both really worked on it
+    if kind == "postgresql":  # the server may outlive the session (OPTILOOP_TEST_POSTGRES)
+        optuna.delete_study(study_name=name, storage=store)
 
 
 @pytest.mark.slow
