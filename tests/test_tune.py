@@ -407,6 +407,57 @@ def test_two_processes_share_one_study(tmp_path, storage, request):
         optuna.delete_study(study_name=name, storage=store)
 
 
+# Opens the storage argv[1] once argv[3] processes are ready (a file each in folder argv[2]): all at once.
+_OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from optiloop.tuning.study import Storage
+import optuna
+url, ready, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+(ready / str(time.time_ns())).touch()
+while len(list(ready.iterdir())) < n:
+    time.sleep(0.001)
+Storage.parse(url).open()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_processes_opening_a_new_storage_at_once_all_open_it(tmp_path, kind, request):
+    # Optuna creates a new database's tables check-then-create: of several processes that open it at
+    # once, all but one used to fail ("table studies already exists", a duplicate key); now they wait
+    # and open it.
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'new.db'}"
+    else:  # a new database of its own, on the session's throwaway server
+        if os.environ.get("OPTILOOP_TEST_POSTGRES"):
+            pytest.skip("makes a database of its own: only on the suite's own throwaway server")
+        base = request.getfixturevalue("postgres_url")
+        import psycopg2
+        import sqlalchemy
+
+        parts = sqlalchemy.engine.make_url(base)
+        db = f"new_{os.getpid()}_{time.time_ns()}"
+        conn = psycopg2.connect(dbname=parts.database, user=parts.username, **parts.query)
+        conn.autocommit = True
+        conn.cursor().execute(f"CREATE DATABASE {db}")
+        conn.close()
+        url = parts.set(database=db).render_as_string(hide_password=False)
+    n = 4
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, url, str(ready), str(n)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    errors = []
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        if p.returncode != 0:
+            errors.append(err[-2000:])
+    assert not errors, errors[0]
+    assert Storage.parse(url).open().get_all_studies() == []
+
+
 @pytest.mark.slow
 def test_jobs_runs_processes_on_one_study(tmp_path):
     out = _done(_cli(tmp_path, "--data", "wine", "--set", "model.hidden=[8]", "--epochs", "1", "--trials", "4",
