@@ -1,11 +1,15 @@
-"""Fixtures shared by the tests: the command line in-process, and trained runs shared by a session."""
+"""Fixtures shared by the tests: the command line in-process, trained runs shared by a session, and a
+throwaway PostgreSQL server."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import pwd
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -71,3 +75,71 @@ def copy_run(trained_runs, tmp_path):
         return Path(shutil.copytree(trained_runs[name], tmp_path / to))
 
     return copy
+
+
+# --- a throwaway PostgreSQL server ----------------------------------------------------------------------
+def _postgres_missing() -> str | None:
+    """Why this machine cannot start a PostgreSQL server for the tests, or None if it can."""
+    missing = [b for b in ("initdb", "pg_ctl", "postgres") if shutil.which(b) is None]
+    if missing:
+        return (f"no PostgreSQL server to test against: {', '.join(missing)} not on PATH, and "
+                "OPTILOOP_TEST_POSTGRES (postgresql+psycopg2://USER:PASS@HOST/DB) is not set")
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        return "the PostgreSQL driver psycopg2 is not installed: pip install psycopg2-binary"
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root, and there is no 'postgres' user to run the PostgreSQL server as"
+        if shutil.which("runuser") is None:
+            return "running as root, and runuser (to start PostgreSQL as the 'postgres' user) is not on PATH"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A SQLAlchemy URL of a PostgreSQL database for the session: OPTILOOP_TEST_POSTGRES where set;
+    else a throwaway server started here (initdb + pg_ctl, as the 'postgres' user when we are root),
+    reached only through a unix socket in its own temporary folder, and removed at the end. Skips,
+    saying what is missing, where neither is possible. The database is shared by the session's
+    tests: each uses a study name of its own."""
+    url = os.environ.get("OPTILOOP_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    why = _postgres_missing()
+    if why:
+        pytest.skip(why)
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    # Not under pytest's tmp_path_factory: its folders are 0700 and owned by us, so the 'postgres'
+    # user could not reach them. A short path too: a unix socket's path is limited to ~107 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="optiloop-pg-"))
+    if as_postgres:
+        user = pwd.getpwnam("postgres")
+        os.chown(folder, user.pw_uid, user.pw_gid)
+    folder.chmod(0o700)
+    data, log, port = folder / "data", folder / "server.log", 5432  # the port only names the socket file
+
+    def run(*cmd: str, timeout: float = 120) -> None:
+        done = subprocess.run([*as_postgres, *cmd], cwd=folder, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            tail = log.read_text()[-2000:] if log.is_file() else ""
+            pytest.fail(f"{Path(cmd[0]).name} failed ({done.returncode}): {done.stderr.strip()[-2000:]}\n{tail}")
+
+    started = False
+    try:
+        run(initdb, "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync")
+        # Only the unix socket (no TCP port to collide with); durability off: the data is thrown away.
+        options = (f"-k {folder} -c listen_addresses='' -p {port} -c fsync=off -c synchronous_commit=off "
+                   "-c full_page_writes=off")
+        run(pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start")
+        started = True
+        yield f"postgresql+psycopg2://postgres@/postgres?host={folder}&port={port}"
+    finally:
+        if started:
+            subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], cwd=folder,
+                           capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)

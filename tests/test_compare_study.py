@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import optiloop as ol
+from optiloop.tuning.study import Storage
 
 optuna = pytest.importorskip("optuna", reason="compare's study runs on Optuna: pip install 'optiloop[tune]'")
 
@@ -177,10 +178,14 @@ def test_a_comparison_killed_mid_grid_continues_to_the_same_results(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "journal:{}/shared.log"], ids=["sqlite", "journal"])
-def test_two_processes_on_one_storage_split_the_grid(tmp_path, storage):
-    url = storage.format(tmp_path)
-    procs = [_cli(tmp_path, *GRID, "--storage", url, "--study", "grid", "--out", name) for name in ("a", "b")]
+@pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "journal:{}/shared.log", "postgresql"],
+                         ids=["sqlite", "journal", "postgresql"])
+def test_two_processes_on_one_storage_split_the_grid(tmp_path, storage, request):
+    # postgresql: the session's server (conftest's postgres_url; skips where none can start), shared
+    # by other tests: a study name of this test's own
+    url = request.getfixturevalue("postgres_url") if storage == "postgresql" else storage.format(tmp_path)
+    study = f"grid-{os.getpid()}-{time.time_ns()}"
+    procs = [_cli(tmp_path, *GRID, "--storage", url, "--study", study, "--out", name) for name in ("a", "b")]
     outs = [_done(p) for p in procs]
     trained = [len(re.findall(r"^\[\d/6\]", out, re.M)) for out in outs]
     assert sum(trained) == 6 and all(n > 0 for n in trained), outs  # both worked, no run twice
@@ -189,6 +194,12 @@ def test_two_processes_on_one_storage_split_the_grid(tmp_path, storage):
     # Each process writes the whole report, from the study: the same figures in both.
     a, b = (_csv(tmp_path / name / "results.csv") for name in ("a", "b"))
     assert _figures(a) == _figures(b) and len(a) == 6
+    store = Storage.parse(url).open(create=False)
+    complete = [t.params["run"] for t in optuna.load_study(study_name=study, storage=store).trials
+                if t.state.name == "COMPLETE"]
+    assert sorted(complete) == sorted(set(complete)) and len(complete) == 6  # in that storage, each run once
+    if storage == "postgresql":  # the server may outlive the session (OPTILOOP_TEST_POSTGRES)
+        optuna.delete_study(study_name=study, storage=store)
 
 
 @pytest.mark.slow

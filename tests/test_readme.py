@@ -50,8 +50,9 @@ NOT_RUN = {
     "torchrun": "starts several processes for minutes on 2 cores; test_distributed.py, test_fsdp.py and "
                 "test_cli_resume.py run the same commands under 2 processes",
     "optiloop export runs/big": "exports the run the torchrun line before it makes",
-    "optiloop tune --data wine --storage postgresql": "needs a PostgreSQL server; tests/test_tune.py runs a study on "
-                                                      "one where OPTILOOP_TEST_POSTGRES names it",
+    "optiloop tune --data wine --storage postgresql": "needs a PostgreSQL server at db; tests/test_tune.py and "
+                                                      "tests/test_compare_study.py run studies on a throwaway one "
+                                                      "(tests/conftest.py, postgres_url)",
 }
 
 

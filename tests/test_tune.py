@@ -121,6 +121,10 @@ def test_storage_urls():
     assert Storage.parse("journal:/shared/tune.log").path == Path("/shared/tune.log")
     pg = Storage.parse("postgresql://me:secret@db.example/optuna")
     assert pg.kind == "rdb" and "secret" not in pg.shown and "me:***@db.example" in pg.shown
+    # a driver named, and a server reached through a unix socket (the tests' own server): kept whole
+    socket = "postgresql+psycopg2://postgres@/postgres?host=/tmp/optiloop-pg-x&port=5432"
+    assert Storage.parse(socket).kind == "rdb" and Storage.parse(socket).shown == socket
+    assert Storage.parse(socket.replace("postgres@", "me:pw@")).shown == socket.replace("postgres@", "me:***@")
     for bad in ("redis://x", "tune.db", "sqlite:///", "journal:"):
         with pytest.raises(OptiloopError):
             Storage.parse(bad)
@@ -378,22 +382,80 @@ def test_a_sigkill_mid_trial_leaves_the_study_usable(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "journal:{}/shared.log"], ids=["sqlite", "journal"])
-def test_two_processes_share_one_study(tmp_path, storage):
-    storage = storage.format(tmp_path)
+@pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "journal:{}/shared.log", "postgresql"],
+                         ids=["sqlite", "journal", "postgresql"])
+def test_two_processes_share_one_study(tmp_path, storage, request):
+    # postgresql: the session's server (conftest's postgres_url; skips where none can start), shared
+    # by other tests: a study name of this test's own
+    kind = storage
+    storage = request.getfixturevalue("postgres_url") if kind == "postgresql" else storage.format(tmp_path)
+    name = f"shared-{os.getpid()}-{time.time_ns()}"
     # digits: trials long enough (a few seconds) that the process started second gets some of them
     args = ["--data", "digits", "--set", "model.hidden=[16]", "--epochs", "2", "--trials", "8", "--storage", storage,
-            "--study", "shared", "--pruner", "none"]
-    procs = [_cli(tmp_path, *args, "--out", name) for name in ("a", "b")]
+            "--study", name, "--pruner", "none"]
+    procs = [_cli(tmp_path, *args, "--out", out) for out in ("a", "b")]
     outs = [_done(p) for p in procs]
     ran = [int(re.search(r"done: (\d+) new trials", out).group(1)) for out in outs]
     store = Storage.parse(storage).open()
-    study = optuna.load_study(study_name="shared", storage=store)
+    study = optuna.load_study(study_name=name, storage=store)
     numbers = [t.number for t in study.trials if t.state.name == "COMPLETE"]
     assert len(numbers) == len(set(numbers)) == sum(ran) == 8
-    folders = [p.name for name in ("a", "b") for p in (tmp_path / name / "trials").iterdir()]
+    folders = [p.name for out in ("a", "b") for p in (tmp_path / out / "trials").iterdir()]
     assert len(folders) == len(set(folders)) == 8  # each trial trained once, by one process
     assert all(n > 0 for n in ran), ran  # both really worked on it
+    if kind == "postgresql":  # the server may outlive the session (OPTILOOP_TEST_POSTGRES)
+        optuna.delete_study(study_name=name, storage=store)
+
+
+# Opens the storage argv[1] once argv[3] processes are ready (a file each in folder argv[2]): all at once.
+_OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from optiloop.tuning.study import Storage
+import optuna
+url, ready, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+(ready / str(time.time_ns())).touch()
+while len(list(ready.iterdir())) < n:
+    time.sleep(0.001)
+Storage.parse(url).open()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_processes_opening_a_new_storage_at_once_all_open_it(tmp_path, kind, request):
+    # Optuna creates a new database's tables check-then-create: of several processes that open it at
+    # once, all but one used to fail ("table studies already exists", a duplicate key); now they wait
+    # and open it.
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'new.db'}"
+    else:  # a new database of its own, on the session's throwaway server
+        if os.environ.get("OPTILOOP_TEST_POSTGRES"):
+            pytest.skip("makes a database of its own: only on the suite's own throwaway server")
+        base = request.getfixturevalue("postgres_url")
+        import psycopg2
+        import sqlalchemy
+
+        parts = sqlalchemy.engine.make_url(base)
+        db = f"new_{os.getpid()}_{time.time_ns()}"
+        conn = psycopg2.connect(dbname=parts.database, user=parts.username, **parts.query)
+        conn.autocommit = True
+        conn.cursor().execute(f"CREATE DATABASE {db}")
+        conn.close()
+        url = parts.set(database=db).render_as_string(hide_password=False)
+    n = 4
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, url, str(ready), str(n)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    errors = []
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        if p.returncode != 0:
+            errors.append(err[-2000:])
+    assert not errors, errors[0]
+    assert Storage.parse(url).open().get_all_studies() == []
 
 
 @pytest.mark.slow
@@ -406,13 +468,15 @@ def test_jobs_runs_processes_on_one_study(tmp_path):
     assert [r["state"] for r in rows] == ["COMPLETE"] * 4 and len({r["worker"] for r in rows}) == 2
 
 
-def test_postgresql_storage(tmp_path):
-    url = os.environ.get("OPTILOOP_TEST_POSTGRES")
-    if not url:
-        pytest.skip("no PostgreSQL server to test against: set OPTILOOP_TEST_POSTGRES=postgresql://USER:PASS@HOST/DB")
-    pytest.importorskip("psycopg2", reason="the PostgreSQL driver: pip install psycopg2-binary")
+@pytest.mark.slow
+def test_postgresql_storage(tmp_path, postgres_url):
+    storage = Storage.parse(postgres_url)
+    assert storage.kind == "rdb" and storage.url == postgres_url
     name = f"optiloop-test-{os.getpid()}-{time.time_ns()}"
-    result = ol.tune(WINE, space={"optimizer.lr": {"low": 1e-3, "high": 1e-2}}, trials=2, epochs=1, storage=url,
-                     study=name, out=tmp_path / "t", pruner="none")
+    result = ol.tune(WINE, space={"optimizer.lr": {"low": 1e-3, "high": 1e-2}}, trials=2, epochs=1,
+                     storage=postgres_url, study=name, out=tmp_path / "t", pruner="none")
     assert len(result.study.trials) == 2 and math.isfinite(result.best["value"])
-    optuna.delete_study(study_name=name, storage=url)
+    store = storage.open(create=False)
+    assert store.engine.dialect.name == "postgresql"  # the study really lives there
+    assert len(optuna.load_study(study_name=name, storage=store).trials) == 2
+    optuna.delete_study(study_name=name, storage=postgres_url)

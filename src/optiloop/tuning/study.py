@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ SAMPLERS = ("tpe", "random", "grid")
 HEARTBEAT_INTERVAL = 20  # seconds between a running trial's heartbeats (RDB storages)
 HEARTBEAT_GRACE = 120  # a trial silent this long is failed by the next process that looks
 SQLITE_BUSY_SECONDS = 60  # processes sharing one SQLite file wait this long for its lock
+SCHEMA_TRIES = 5  # opening a new database that other processes are creating the tables of, at once
 WORKER_ATTR = "optiloop_worker"  # trial user attribute: the host and process that run it
 NOTE_ATTR = "note"  # trial user attribute: why it ended as it did, in words
 
@@ -108,16 +110,21 @@ class Storage:
         engine: dict[str, Any] = {}
         if self.kind == "sqlite":
             engine = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
-        try:
-            return optuna.storages.RDBStorage(self.url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
-                                              grace_period=HEARTBEAT_GRACE)
-        except ModuleNotFoundError as e:  # the database driver
-            driver = {"psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL"}.get(
-                e.name or "", e.name)
-            raise OptiloopError(f"storage {self.shown}: needs the database driver {e.name}, which is not "
-                                f"installed: pip install {driver}") from None
-        except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the message says which
-            raise OptiloopError(f"storage {self.shown}: cannot open it ({_first_line(e)})") from None
+        for attempt in range(SCHEMA_TRIES):
+            try:
+                return optuna.storages.RDBStorage(self.url, engine_kwargs=engine,
+                                                  heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE)
+            except ModuleNotFoundError as e:  # the database driver
+                driver = {"psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL"}.get(
+                    e.name or "", e.name)
+                raise OptiloopError(f"storage {self.shown}: needs the database driver {e.name}, which is not "
+                                    f"installed: pip install {driver}") from None
+            except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the message says which
+                if attempt + 1 < SCHEMA_TRIES and _schema_race(e):
+                    time.sleep(0.2 * (attempt + 1))  # the other process's tables are there once it commits
+                    continue
+                raise OptiloopError(f"storage {self.shown}: cannot open it ({_first_line(e)})") from None
+        raise AssertionError("unreachable")
 
     def _journal(self, optuna: Any, create: bool) -> Any:
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
@@ -139,6 +146,16 @@ class Storage:
         if self.kind == "journal":
             return f"optuna-dashboard {self.path}"
         return f"optuna-dashboard {self.shown}"
+
+
+def _schema_race(e: BaseException) -> bool:
+    """Whether opening a storage failed because another process was creating its tables at that moment:
+    Optuna creates them (and stamps their version) check-then-create, so of several processes that
+    open a new database at once, all but one may find a table or row the others just made."""
+    from sqlalchemy import exc
+
+    return isinstance(e, (exc.IntegrityError, exc.ProgrammingError)) or (
+        isinstance(e, exc.OperationalError) and "already exists" in str(e))
 
 
 def _safe(url: str) -> str:
