@@ -116,11 +116,36 @@ def test_bad_spaces_are_one_line(space, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_missing_database_driver_is_one_line_naming_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg2", None)  # `import psycopg2` raises ImportError
+    with pytest.raises(OptiloopError, match=r"needs the database driver psycopg2, which is not installed: "
+                                            r"pip install psycopg2-binary$"):
+        Storage.parse("postgresql://me:secret@127.0.0.1:1/x").open()
+
+
+def test_a_password_is_not_written_into_the_folder_and_continuing_asks_for_it(tmp_path):
+    from optiloop.tuning.study import continued_storage, folder_study, write_folder_study
+
+    folder = tmp_path / "t"
+    folder.mkdir()
+    write_folder_study(folder, Storage.parse("postgresql://me:secret@db.example/optuna"), "s", "tune")
+    assert "secret" not in (folder / "study.toml").read_text()
+    saved = folder_study(folder, "tune")
+    with pytest.raises(OptiloopError, match="study.toml keeps no password: give it again with --storage"):
+        continued_storage(folder, saved, None, None)
+    again = continued_storage(folder, saved, Storage.parse("postgresql://me:secret@db.example/optuna"), None)
+    assert again.url == "postgresql+psycopg2://me:secret@db.example/optuna"
+    with pytest.raises(OptiloopError, match="holds study 's' on postgresql"):
+        continued_storage(folder, saved, Storage.parse("postgresql://me:secret@other.example/optuna"), None)
+
+
 def test_storage_urls():
     assert Storage.parse("sqlite:///a/b.db").kind == "sqlite"
     assert Storage.parse("journal:/shared/tune.log").path == Path("/shared/tune.log")
     pg = Storage.parse("postgresql://me:secret@db.example/optuna")
     assert pg.kind == "rdb" and "secret" not in pg.shown and "me:***@db.example" in pg.shown
+    # the driver the install hint names (SQLAlchemy 2.1 would read a bare postgresql:// as psycopg 3)
+    assert pg.url == "postgresql+psycopg2://me:secret@db.example/optuna"
     # a driver named, and a server reached through a unix socket (the tests' own server): kept whole
     socket = "postgresql+psycopg2://postgres@/postgres?host=/tmp/optiloop-pg-x&port=5432"
     assert Storage.parse(socket).kind == "rdb" and Storage.parse(socket).shown == socket
@@ -292,7 +317,8 @@ def _bad_cases(tmp_path: Path) -> list[tuple[list[str], str]]:
          "log = true needs low > 0"),
         (["--config", cfg("tkey", "[tune]\ntrails = 3\n")], "tune.trails: unknown key"),
         (["--data", "wine", "--storage", "sqlite:///no/such/folder/x.db"], "no folder no/such/folder"),
-        (["--data", "wine", "--storage", "postgresql://me:secret@127.0.0.1:1/x"], "storage postgresql://me:***@"),
+        (["--data", "wine", "--storage", "postgresql://me:secret@127.0.0.1:1/x"],
+         "storage postgresql+psycopg2://me:***@127.0.0.1:1/x: cannot open it"),  # no server there
         (["--data", "wine", "--storage", "redis://localhost"], "use sqlite:///PATH.db"),
         (["--data", "wine", "--sampler", "grid"], "sampler 'grid' needs a space of lists"),
         (["--data", "wine", "--trials", "0"], "trials: must be an integer >= 1"),

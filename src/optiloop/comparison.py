@@ -73,7 +73,7 @@ from .loop import fit, logged_keys
 from .optim import OPTIMIZERS, build_optimizer
 from .results import headline, pick_best, run_row, summarize, to_frame
 from .schedules import SCHEDULERS, build_scheduler
-from .tuning.study import Storage, folder_study, require_optuna, write_folder_study
+from .tuning.study import Storage, continued_storage, folder_study, require_optuna, write_folder_study
 
 
 def state_hash(model: nn.Module) -> str:
@@ -283,12 +283,7 @@ def _plan(model, train_data, val_data, *, config, optimizers, schedulers, epochs
 
             ensure_empty(out_dir, "out")
     if saved is not None:
-        given = store
-        store = given or Storage.parse(saved["storage"])
-        if (study or saved["study"]) != saved["study"] or store.url != saved["storage"]:
-            raise OptiloopError(f"{out_dir} holds study {saved['study']!r} on {Storage.parse(saved['storage']).shown}, "
-                                f"not {study or saved['study']!r} on {store.shown}; continue that one, or choose a "
-                                "new out folder")
+        store = continued_storage(out_dir, saved, store, study)
     elif out_dir is not None and on_study and store is None:
         store = Storage.sqlite(out_dir / "study.db")
     combos = [(o, s, lr) for o in opt_names for s in sched_names for lr in lr_of[o]]

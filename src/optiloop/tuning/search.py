@@ -37,6 +37,7 @@ from .study import (
     Storage,
     StudySpec,
     WorkerResult,
+    continued_storage,
     counted,
     fail_dead_trials,
     folder_study,
@@ -180,13 +181,10 @@ def tune(
     saved = folder_study(folder, "tune")  # this folder's own study, if it is a tune folder already
     name = named or (saved["study"] if saved else default_name)
     given = _pick(storage, table.get("storage"), None)
-    if given is not None:
-        store = Storage.parse(given)
+    if saved:
+        store = continued_storage(folder, saved, Storage.parse(given) if given is not None else None, name)
     else:
-        store = Storage.parse(saved["storage"]) if saved else Storage.sqlite(folder / DB_FILE)
-    if saved and (saved["study"] != name or saved["storage"] != store.url):
-        raise OptiloopError(f"{folder} holds study {saved['study']!r} on {Storage.parse(saved['storage']).shown}, "
-                            f"not {name!r} on {store.shown}; continue that one, or choose a new --out")
+        store = Storage.parse(given) if given is not None else Storage.sqlite(folder / DB_FILE)
     seed_value = base["train"]["seed"]
     spec = StudySpec(store, name, direction,
                      SamplerSpec(sampler, seed_value, grid, startup_trials(trials)),

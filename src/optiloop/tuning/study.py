@@ -81,8 +81,13 @@ class Storage:
                 raise OptiloopError(f"{what} {text!r}: name the database file, e.g. sqlite:///tune.db "
                                     "(an in-memory database cannot be shared or resumed)")
             return cls(text, "sqlite", Path(path))
-        scheme = text.partition("://")[0].partition("+")[0].lower()
+        head, _, rest = text.partition("://")
+        scheme = head.partition("+")[0].lower()
         if "://" in text and scheme in ("postgresql", "postgres", "mysql", "mariadb", "oracle", "mssql"):
+            if head.lower() in ("postgresql", "postgres"):
+                # The driver the hint installs (psycopg2-binary): SQLAlchemy 2.1 reads a bare
+                # postgresql:// as psycopg 3, which that does not install.
+                text = f"postgresql+psycopg2://{rest}"
             return cls(text, "rdb")
         raise OptiloopError(f"{what} {_safe(text)!r}: use sqlite:///PATH.db, postgresql://USER:PASSWORD@HOST/DB "
                             "(or mysql://...), or journal:PATH (a journal file, e.g. on a shared file system)")
@@ -114,10 +119,11 @@ class Storage:
             try:
                 return optuna.storages.RDBStorage(self.url, engine_kwargs=engine,
                                                   heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=HEARTBEAT_GRACE)
-            except ModuleNotFoundError as e:  # the database driver
-                driver = {"psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient", "pymysql": "PyMySQL"}.get(
-                    e.name or "", e.name)
-                raise OptiloopError(f"storage {self.shown}: needs the database driver {e.name}, which is not "
+            except ImportError as e:  # the database driver (Optuna wraps SQLAlchemy's ModuleNotFoundError)
+                name = getattr(e.__cause__, "name", None) or e.name or "its driver"
+                driver = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'", "MySQLdb": "mysqlclient",
+                          "pymysql": "PyMySQL"}.get(name, name)
+                raise OptiloopError(f"storage {self.shown}: needs the database driver {name}, which is not "
                                     f"installed: pip install {driver}") from None
             except Exception as e:  # noqa: BLE001 - SQLAlchemy raises many kinds; the message says which
                 if attempt + 1 < SCHEMA_TRIES and _schema_race(e):
@@ -340,14 +346,28 @@ def folder_study(folder: Path, command: str, what: str = "--out") -> dict[str, s
     return None
 
 
+def continued_storage(folder: Path, saved: Mapping[str, str], given: Storage | None, study: str | None) -> Storage:
+    """The storage of the study a folder holds (``saved``: its study.toml), checked against what the
+    command gives: another storage or study is one line, and so is a password study.toml does not keep."""
+    kept = Storage.parse(saved["storage"])
+    store = given or kept
+    if (study or saved["study"]) != saved["study"] or store.shown != kept.shown:
+        raise OptiloopError(f"{folder} holds study {saved['study']!r} on {kept.shown}, not {study or saved['study']!r} "
+                            f"on {store.shown}; continue that one, or choose a new --out")
+    if given is None and ":***@" in kept.url:  # written with the password hidden
+        raise OptiloopError(f"{folder}'s study is on {kept.shown}; study.toml keeps no password: give it again with "
+                            "--storage")
+    return store
+
+
 def write_folder_study(folder: Path, storage: Storage, study: str, command: str) -> None:
-    """study.toml: the storage and study this folder's runs belong to."""
+    """study.toml: the storage (its password left out) and study this folder's runs belong to."""
     import tomli_w
 
     from ..files import write_text
 
     write_text(folder / STUDY_FILE, f"# optiloop {command}: the study this folder's runs belong to. Run the same "
-               "command again to continue it.\n" + tomli_w.dumps({"storage": storage.url, "study": study}))
+               "command again to continue it.\n" + tomli_w.dumps({"storage": storage.shown, "study": study}))
 
 
 # --- trials whose process died ---------------------------------------------------------------------------------
