@@ -142,11 +142,10 @@ def _queue_again(study: Any, missing: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class GridResult:
-    """The rows and histories of every run, in the plan's order; how many this call trained."""
+    """The rows and histories of every run, in the plan's order."""
 
     rows: list[dict[str, Any]]
     histories: list[Any]
-    trained: int
 
 
 def run_grid(objective: CellObjective, *, storage: Storage | None, study: str, signature: Mapping[str, Any],
@@ -172,27 +171,29 @@ def run_grid(objective: CellObjective, *, storage: Storage | None, study: str, s
             say(f"  continuing study {study!r} on {storage.shown}: {len(done)} of {len(names)} runs already done"
                 + (f"; run {', '.join(str(n) for n in dead)} marked failed (its process died)" if dead else ""))
         objective.done_before = len(done)
-        trained, waited, stalled = 0, False, 0
+        waited, stalled = False, 0
         while True:
             fail_dead_trials(handle)
             done = _complete(handle, names)
             missing = set(names) - set(done) - _running(handle, names)
             if len(done) == len(names):
                 break
-            if not missing:  # the rest are being trained by other processes: their trials end the wait
+            if not missing:
+                # The rest are being trained by other processes: their trials end the wait (or their
+                # process's death: at once on this machine, by the heartbeat on others; a journal
+                # storage has none, so a run lost on another machine is waited for until Ctrl-C).
                 if not waited:
                     say(f"  waiting for {len(names) - len(done)} runs that other processes are training")
                     waited = True
                 time.sleep(WAIT_SECONDS)
                 continue
-            if handle.get_trials(deepcopy=False):  # a fresh study: the grid sampler hands out every run
+            if handle.get_trials(deepcopy=False):  # (on a fresh study the grid sampler hands out every run)
                 _queue_again(handle, [n for n in names if n in missing])
             workers = optimize(spec, objective, trials=len(names), jobs=min(jobs, len(missing)), catch=(_Taken,))
             errors = [w.error for w in workers if w.error]
             if errors:
                 raise OptiloopError(errors[0] if len(errors) == 1 else f"{errors[0]} (and {len(errors) - 1} more "
                                     "processes failed)")
-            trained += sum(len(w.trials) for w in workers)
             # A round may end with nothing new when two processes took the same queued run (both step
             # back); three such rounds in a row mean the study cannot finish this grid.
             stalled = stalled + 1 if len(_complete(handle, names)) == len(done) else 0
@@ -208,4 +209,4 @@ def run_grid(objective: CellObjective, *, storage: Storage | None, study: str, s
         t = done[name]
         rows.append(dict(t.user_attrs["row"]))
         histories.append(History(t.user_attrs.get("history") or (), t.user_attrs.get("steps") or ()))
-    return GridResult(rows, histories, trained)
+    return GridResult(rows, histories)
