@@ -139,6 +139,14 @@ def test_without_optuna_a_comparison_runs_here_and_says_it_cannot_be_resumed(tmp
         ol.compare(_factory, train, val, optimizers="sgd", epochs=1, jobs=2, device="cpu")
 
 
+def test_without_optuna_the_same_command_again_writes_a_new_folder(run_main, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    args = ["compare", "--data", "wine", "--set", "model.hidden=[8]", "--epochs", "1", "--optimizers", "sgd"]
+    assert run_main(*args)[0] == 0 and run_main(*args)[0] == 0  # nothing to continue: a second folder
+    first, second = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert second == f"{first}-2" and (tmp_path / "runs" / second / "results.csv").is_file()
+
+
 # --- processes -----------------------------------------------------------------------------------------
 def _cli(cwd: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC), "MPLBACKEND": "Agg"}
@@ -157,7 +165,7 @@ GRID = ["--data", "digits", "--set", "model.hidden=[16]", "--optimizers", "sgd,a
 
 
 @pytest.mark.slow
-def test_a_comparison_killed_mid_grid_continues_to_the_same_results(tmp_path):
+def test_a_comparison_killed_mid_grid_continues_to_the_same_results(tmp_path, run_main):
     proc = _cli(tmp_path, *GRID, "--out", "c")
     deadline = time.monotonic() + 240
     # A run's folder is complete a moment before its trial: wait for three, so at least two trials are.
@@ -169,8 +177,8 @@ def test_a_comparison_killed_mid_grid_continues_to_the_same_results(tmp_path):
     out = _done(_cli(tmp_path, *GRID, "--out", "c"))
     done_before = int(re.search(r"(\d) of 6 runs already done", out).group(1))
     assert done_before >= 2 and len(re.findall(r"^\[\d/6\]", out, re.M)) == 6 - done_before, out
-    whole = _done(_cli(tmp_path, *GRID, "--out", "whole"))
-    assert "already done" not in whole
+    code, whole, _ = run_main("compare", *GRID, "--out", "whole")  # uninterrupted (in this process: no start-up)
+    assert code == 0 and "already done" not in whole
     assert _figures(_csv(tmp_path / "c" / "results.csv")) == _figures(_csv(tmp_path / "whole" / "results.csv"))
     study = _study(tmp_path / "c")
     complete = [t.params["run"] for t in study.trials if t.state.name == "COMPLETE"]
@@ -178,9 +186,9 @@ def test_a_comparison_killed_mid_grid_continues_to_the_same_results(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "journal:{}/shared.log", "postgresql"],
-                         ids=["sqlite", "journal", "postgresql"])
+@pytest.mark.parametrize("storage", ["sqlite:///{}/shared.db", "postgresql"], ids=["sqlite", "postgresql"])
 def test_two_processes_on_one_storage_split_the_grid(tmp_path, storage, request):
+    # (the journal file: tune's test_two_processes_share_one_study; the engine underneath is the same)
     # postgresql: the session's server (conftest's postgres_url; skips where none can start), shared
     # by other tests: a study name of this test's own
     url = request.getfixturevalue("postgres_url") if storage == "postgresql" else storage.format(tmp_path)

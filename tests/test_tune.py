@@ -486,12 +486,14 @@ def test_processes_opening_a_new_storage_at_once_all_open_it(tmp_path, kind, req
 
 @pytest.mark.slow
 def test_jobs_runs_processes_on_one_study(tmp_path):
-    out = _done(_cli(tmp_path, "--data", "wine", "--set", "model.hidden=[8]", "--epochs", "1", "--trials", "4",
+    # digits: trials long enough (a second or two each) that the spawned process, which first pays its
+    # interpreter and torch's import, still finds some to run (wine's were all done before it started)
+    out = _done(_cli(tmp_path, "--data", "digits", "--set", "model.hidden=[16]", "--epochs", "2", "--trials", "6",
                      "--jobs", "2", "--out", "t", "--pruner", "none"))
     per = [int(n) for n in re.search(r"per process: (.*) trials", out).group(1).split(", ")]
-    assert len(per) == 2 and sum(per) == 4
+    assert len(per) == 2 and sum(per) == 6
     rows = _csv(tmp_path / "t" / "trials.csv")
-    assert [r["state"] for r in rows] == ["COMPLETE"] * 4 and len({r["worker"] for r in rows}) == 2
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 6 and len({r["worker"] for r in rows}) == 2
 
 
 @pytest.mark.slow

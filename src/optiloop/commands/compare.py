@@ -65,8 +65,9 @@ class CompareCommand(Command):
         from ..optim import OPTIMIZERS
         from ..report import format_table
         from ..results import pick_best, summarize
-        from ..runs import short
+        from ..runs import free_name, short
         from ..schedules import SCHEDULERS
+        from ..tuning.study import STUDY_FILE
 
         # Cheap checks first (one line each), then the data; compare() checks the rest before
         # it creates the folder.
@@ -88,6 +89,8 @@ class CompareCommand(Command):
                     "checkpoints": args.checkpoints}
             digest = hashlib.sha256(json.dumps(grid, sort_keys=True, default=str).encode()).hexdigest()[:8]
             out = Path("runs") / f"compare-{short(cfg['data']['name'])}-{digest}"
+            if out.exists() and not (out / STUDY_FILE).is_file():  # written without Optuna: nothing to continue
+                out = free_name(out)
         tracker = sweep_tracker(args.mlflow if args.mlflow is not None else cfg["train"].get("mlflow"), out.name)
         runs = sum(len(v) for v in lrs.values()) * len(schedulers) * args.seeds
         t0 = time.perf_counter()
