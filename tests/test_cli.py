@@ -273,6 +273,7 @@ def test_the_header_says_lr_schedule_and_when_early_stopping_can_end_the_run(run
     assert config["train"]["early_stopping"] == 0  # recorded: the re-run does the same
 
 
+@pytest.mark.slow  # several trainings in a row: many seconds
 def test_train_compare_and_lr_find_share_one_table_of_optimizer_defaults(run_main, tmp_path):
     code, out, err = run_main("train", "--data", "wine", "--optimizer", "sgd", "--epochs", "1", "--out", "t")
     assert code == 0, err

@@ -66,6 +66,7 @@ def test_the_study_holds_one_complete_trial_per_run_and_matches_results_csv(tmp_
         assert len(t.user_attrs["history"]) == 2  # the report's curves come from the study
 
 
+@pytest.mark.slow  # several trainings in a row: many seconds
 def test_an_interrupted_comparison_continues_and_trains_only_what_is_missing(tmp_path):
     train, val = _data()
     kw = dict(optimizers="sgd,adam", schedulers="constant", lrs={"sgd": [0.05, 0.2]}, epochs=2, device="cpu")
@@ -99,6 +100,7 @@ def test_a_changed_grid_is_refused_in_one_line_and_writes_nothing(run_main, tmp_
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == before
 
 
+@pytest.mark.slow  # several trainings in a row: many seconds
 def test_the_default_folder_is_named_by_the_comparison_so_the_command_continues_there(run_main, tmp_path):
     args = ["compare", "--data", "wine", "--set", "model.hidden=[8]", "--epochs", "1", "--optimizers", "sgd"]
     code, out, _ = run_main(*args)

@@ -214,6 +214,7 @@ def test_pruning_callback_refuses_a_study_that_runs_the_wrong_way():
 
 
 # --- searches ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # several trainings in a row: many seconds
 def test_cli_search_files_match_the_study(run_main, tmp_path):
     code, out, err = run_main("tune", "--data", "wine", "--set", "model.hidden=[16]", "--epochs", "2",
                               "--trials", "3", "--out", "t", "--pruner", "none")
@@ -253,6 +254,7 @@ def test_cli_search_files_match_the_study(run_main, tmp_path):
     assert code == 0 and "nothing to run" in out and len(_csv(folder / "trials.csv")) == 3
 
 
+@pytest.mark.slow  # several trainings in a row: many seconds
 def test_pruned_trials_keep_their_run_folder_and_history(tmp_path):
     lines = []
     result = ol.tune(WINE, space={"optimizer.lr": {"low": 1e-3, "high": 1e-2, "log": True}}, trials=3, epochs=3,
@@ -272,6 +274,7 @@ def test_pruned_trials_keep_their_run_folder_and_history(tmp_path):
     assert result.best["number"] == 0
 
 
+@pytest.mark.slow  # several trainings in a row: many seconds
 def test_a_search_continues_to_its_total(tmp_path):
     args = dict(space={"optimizer.lr": {"low": 1e-3, "high": 1e-2, "log": True}}, epochs=1, out=tmp_path / "t",
                 pruner="none")
@@ -283,6 +286,7 @@ def test_a_search_continues_to_its_total(tmp_path):
     assert len(_csv(tmp_path / "t" / "trials.csv")) == 3
 
 
+@pytest.mark.slow  # several trainings in a row: many seconds
 def test_define_by_run_space_and_grid_sampler(tmp_path):
     def space(trial):
         name = trial.suggest_categorical("opt", ["sgd", "adam"])
