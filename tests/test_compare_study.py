@@ -114,6 +114,50 @@ def test_the_default_folder_is_named_by_the_comparison_so_the_command_continues_
     assert code == 0 and len(list((tmp_path / "runs").iterdir())) == 2
 
 
+def test_the_same_folder_with_another_model_or_data_given_in_python_is_refused(tmp_path):
+    train, val = _data()
+    kw = dict(optimizers="sgd", schedulers="constant", epochs=1, out=tmp_path / "c", device="cpu")
+    ol.compare(_factory, train, val, **kw)
+
+    def wider():
+        return torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.ReLU(), torch.nn.Linear(12, 2))
+
+    with pytest.raises(ol.OptiloopError, match="was made with another run"):
+        ol.compare(wider, train, val, **kw)  # another model: its initial weights' hash differs
+    other = (train[0] + 1, train[1])
+    with pytest.raises(ol.OptiloopError, match="was made with another run"):
+        ol.compare(_factory, other, val, **kw)  # other data of the same shape
+
+
+def test_lrs_that_print_alike_are_refused_before_anything_is_written(tmp_path):
+    train, val = _data()
+    with pytest.raises(ol.OptiloopError, match="two of its LRs both read 0.1 to 6 significant digits"):
+        ol.compare(_factory, train, val, lrs={"sgd": [0.1, 0.1000001]}, optimizers="sgd", epochs=1,
+                   out=tmp_path / "c", device="cpu")
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_unreachable_storage_leaves_the_folder_free_for_the_corrected_command(tmp_path):
+    train, val = _data()
+    kw = dict(optimizers="sgd", schedulers="constant", epochs=1, out=tmp_path / "c", device="cpu")
+    with pytest.raises(ol.OptiloopError, match="no folder"):
+        ol.compare(_factory, train, val, storage=f"sqlite:///{tmp_path}/no/such/x.db", **kw)
+    assert not (tmp_path / "c" / "study.toml").exists()  # the folder is not bound to the wrong storage
+    assert len(ol.compare(_factory, train, val, **kw)) == 1
+
+
+def test_the_folder_continues_from_any_working_folder(tmp_path, monkeypatch):
+    train, val = _data()
+    kw = dict(optimizers="sgd", schedulers="constant", epochs=1, device="cpu")
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = ol.compare(_factory, train, val, out="c", **kw)
+    monkeypatch.chdir(tmp_path)
+    lines: list[str] = []
+    again = ol.compare(_factory, train, val, out="a/c", progress=lines.append, **kw)
+    assert any("1 of 1 runs already done" in line for line in lines) and _figures(again) == _figures(first)
+
+
 def test_a_diverged_run_is_a_row_and_the_comparison_goes_on(tmp_path):
     train, val = _data()
     rows = ol.compare(_factory, train, val, optimizers="sgd,adam", schedulers="constant", epochs=3,
@@ -216,5 +260,7 @@ def test_two_processes_on_one_storage_split_the_grid(tmp_path, storage, request)
 def test_jobs_2_runs_the_grid_in_two_processes_on_one_study(tmp_path):
     out = _done(_cli(tmp_path, *GRID, "--jobs", "2", "--out", "c"))
     assert "2 at a time" in out
-    workers = {t.user_attrs["optiloop_worker"]["pid"] for t in _study(tmp_path / "c").trials}
-    assert len(workers) == 2
+    trials = _study(tmp_path / "c").trials
+    # Both processes shuffle the grid alike, so each trial number is one run: no trial stepped back.
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 6 and len({t.params["run"] for t in trials}) == 6
+    assert len({t.user_attrs["optiloop_worker"]["pid"] for t in trials}) == 2  # both trained runs

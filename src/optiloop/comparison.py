@@ -122,6 +122,7 @@ class _Plan:
     storage: Storage | None  # the study's storage (None on a study: a temporary one)
     study: str
     continuing: bool  # out holds this comparison's study already
+    given: dict[str, Any] | None  # a model factory and data given in Python: what they are, by hashes
 
 
 
@@ -221,8 +222,6 @@ def compare(
             # Held to the end: a second compare (or train) into the same folder is refused in one
             # line instead of interleaving its runs and report with ours.
             held.callback(RunFolder(plan.out).lock(new=not plan.continuing).release)
-            if plan.on_study and not plan.continuing:  # the same comparison into this folder continues it
-                write_folder_study(plan.out, plan.storage, plan.study, "compare")
         if tracker is not None:
             held.enter_context(tracker)  # a comparison that fails ends its parent run as failed
             tracker.start(params=_settings(plan))
@@ -285,8 +284,14 @@ def _plan(model, train_data, val_data, *, config, optimizers, schedulers, epochs
     if saved is not None:
         store = continued_storage(out_dir, saved, store, study)
     elif out_dir is not None and on_study and store is None:
-        store = Storage.sqlite(out_dir / "study.db")
+        store = Storage.sqlite((out_dir / "study.db").resolve())  # the same from any working folder
     combos = [(o, s, lr) for o in opt_names for s in sched_names for lr in lr_of[o]]
+    for o in opt_names:  # a run is named by its LR as printed: two that print alike would be one run
+        shown = [f"{lr:g}" for lr in lr_of[o]]
+        twice = next((x for x in shown if shown.count(x) > 1), None)
+        if twice is not None:
+            raise OptiloopError(f"{o}: two of its LRs both read {twice} to 6 significant digits; give LRs that "
+                                "differ there")
     n_train = _length(train_data)
     _dry_build(model, combos, epochs, math.ceil(n_train / batch_size) if n_train else 1)
     if goal is not None:
@@ -301,8 +306,12 @@ def _plan(model, train_data, val_data, *, config, optimizers, schedulers, epochs
     # Every run of the comparison, in the order the rows come back: seed, optimizer, scheduler, LR.
     runs = [(o, s, lr, seed, _run_dir(out_dir, o, s, lr, seed, len(lr_of[o]) > 1))
             for seed in seed_list for o, s, lr in combos]
+    given = None  # (a config names its data and model; the study's signature holds it)
+    if on_study and task is None:
+        given = {"init": {seed: _initial_hash(model, seed) for seed in seed_list},
+                 "train": _fingerprint(train_data), "val": _fingerprint(val_data)}
     plan = _Plan(setup, task, opt_names, sched_names, lr_of, seed_list, runs, out_dir, min(jobs, len(runs)),
-                 on_study, store, "", saved is not None)
+                 on_study, store, "", saved is not None, given)
     name = study or (saved["study"] if saved else out_dir.name if out_dir is not None
                      else f"compare-{_digest(_signature(plan))}")
     return dataclasses.replace(plan, study=name)
@@ -346,9 +355,13 @@ def _run_all(plan: _Plan, progress: Callable[[str], None] | None) -> tuple[list[
                                   functools.partial(_data_of, plan.setup),
                                   Monitor(plan.setup.monitor).mode == "max", progress, progress_line, time.time(), 0)
         objective._built = _data_of(plan.setup, plan.task)  # this process has them already
+        def opened(storage: Storage) -> None:  # the study is open and is this comparison's
+            if plan.out is not None and not plan.continuing:  # the same comparison here continues it
+                write_folder_study(plan.out, storage, plan.study, "compare")
+
         result = run_grid(objective, storage=plan.storage, study=plan.study, signature=_signature(plan),
                           direction="maximize" if objective.maximize else "minimize", jobs=plan.jobs,
-                          say=progress or (lambda line: None))
+                          say=progress or (lambda line: None), opened=opened)
         return result.rows, result.histories
     setup = plan.setup
     built = _data_of(setup, plan.task)
@@ -376,7 +389,7 @@ class _SeededModels:
 
     def __init__(self, factory: Callable[[], nn.Module]):
         self.factory = factory
-        self._last: tuple[int, nn.Module, str] | None = None  # runs come seed by seed: keep one
+        self._last: tuple[int, nn.Module, str] | None = None  # one seed's: the loop here runs seed by seed
 
     def __call__(self, seed: int) -> tuple[nn.Module, str]:
         if self._last is None or self._last[0] != seed:
@@ -431,10 +444,36 @@ def _signature(plan: _Plan) -> dict[str, Any]:
     """What makes a study this comparison: it continues only with the same (as JSON, as stored)."""
     settings = {k: v for k, v in _settings(plan).items() if k != "jobs"}
     run = {"config": {k: v for k, v in plan.setup.config.items() if k in ("data", "model")}
-           if plan.setup.config is not None else None,
+           if plan.setup.config is not None else None, "given": plan.given,
            "runs": [list(run[:4]) for run in plan.runs], "checkpoints": plan.setup.checkpoints}
     return json.loads(json.dumps({"command": "compare", "settings": settings, "run": run}, sort_keys=True,
                                  default=str))
+
+
+def _initial_hash(model: Callable[[], nn.Module], seed: int) -> str:
+    """The hash of a seed's initial weights (as its runs get them)."""
+    seed_everything(seed)
+    return state_hash(model())
+
+
+def _fingerprint(data: Any) -> str:
+    """What a comparison's data given in Python is, for its study's signature: tensors and arrays
+    by their shape, type and bytes (the first 64 MiB), anything else by its type and length."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for part in data if isinstance(data, (tuple, list)) else [data]:
+        if isinstance(part, torch.Tensor):
+            h.update(f"tensor {tuple(part.shape)} {part.dtype}".encode())
+            raw = part.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+        elif isinstance(part, np.ndarray) and part.dtype != object:
+            h.update(f"array {part.shape} {part.dtype}".encode())
+            raw = np.ascontiguousarray(part).reshape(-1).view(np.uint8)
+        else:
+            h.update(f"{type(part).__name__} {_length(part)}".encode())
+            continue
+        h.update(memoryview(raw)[:64 << 20])
+    return h.hexdigest()[:16]
 
 
 def _digest(signature: Mapping[str, Any]) -> str:
@@ -491,9 +530,9 @@ def _check_picklable(setup: _Setup, progress: Any) -> None:
     try:
         pickle.dumps((setup, progress))
     except Exception as e:  # noqa: BLE001 - pickle raises several kinds; the message says which part
-        raise OptiloopError(f"jobs > 1 runs each combination in its own process, so the model factory, data, loss "
-                            f"and metrics must be picklable (module-level functions, not lambdas): {e}; "
-                            "or use jobs=1") from None
+        raise OptiloopError(f"jobs > 1 runs each combination in its own process, so the model factory, data, loss, "
+                            f"metrics and progress callback must be picklable (module-level functions, not lambdas): "
+                            f"{e}; or use jobs=1") from None
 
 
 # --- helpers -----------------------------------------------------------------------------------

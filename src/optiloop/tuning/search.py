@@ -184,7 +184,7 @@ def tune(
     if saved:
         store = continued_storage(folder, saved, Storage.parse(given) if given is not None else None, name)
     else:
-        store = Storage.parse(given) if given is not None else Storage.sqlite(folder / DB_FILE)
+        store = Storage.parse(given) if given is not None else Storage.sqlite((folder / DB_FILE).resolve())
     seed_value = base["train"]["seed"]
     spec = StudySpec(store, name, direction,
                      SamplerSpec(sampler, seed_value, grid, startup_trials(trials)),

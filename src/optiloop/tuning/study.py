@@ -206,6 +206,10 @@ class SamplerSpec:
         so a resumed search does not draw its first trials again."""
         optuna = require_optuna()
         seed = None if self.seed is None else self.seed + 1000 * worker + offset
+        if self.name == "grid":
+            # Every process must shuffle the grid alike: Optuna hands trial k the grid's k-th point,
+            # so processes with different orders would turn one trial number into different points.
+            seed = self.seed
         if self.name == "tpe":
             # multivariate + group: a conditional space (momentum for sgd only) is modelled per group;
             # constant_liar: processes sharing the study do not all pick the same point.
@@ -289,6 +293,8 @@ class StudySpec:
                                     sampler=self.sampler.build(), pruner=self.pruner.build(), load_if_exists=True)
         if "optiloop" not in study.user_attrs:
             study.set_user_attr("optiloop", dict(signature))
+        else:  # another process made it a moment ago: it must be for the same search
+            self.check(study, signature)
         return study
 
     def open(self, worker: int = 0) -> Any:

@@ -149,11 +149,13 @@ class GridResult:
 
 
 def run_grid(objective: CellObjective, *, storage: Storage | None, study: str, signature: Mapping[str, Any],
-             direction: str, jobs: int, say: Callable[[str], None]) -> GridResult:
+             direction: str, jobs: int, say: Callable[[str], None],
+             opened: Callable[[Storage], None] = lambda storage: None) -> GridResult:
     """Train every run of the grid that the study does not hold complete, in ``jobs`` processes,
     then return them all from the study. ``storage`` None: a temporary SQLite file (the processes
-    of this call share it; nothing to resume)."""
-    optuna = require_optuna()
+    of this call share it; nothing to resume). ``opened``: called once the study is open and
+    checked (the folder's study.toml is written then, not before)."""
+    require_optuna()
     names = list(objective.names)
     with contextlib.ExitStack() as stack:
         if storage is None:
@@ -165,11 +167,12 @@ def run_grid(objective: CellObjective, *, storage: Storage | None, study: str, s
             spec.check(handle, signature)
         else:
             handle = spec.create(signature)
+        opened(storage)
         dead = fail_dead_trials(handle)
         done = _complete(handle, names)
         if done or dead:
             say(f"  continuing study {study!r} on {storage.shown}: {len(done)} of {len(names)} runs already done"
-                + (f"; run {', '.join(str(n) for n in dead)} marked failed (its process died)" if dead else ""))
+                + (f"; trial {', '.join(str(n) for n in dead)} marked failed (its process died)" if dead else ""))
         objective.done_before = len(done)
         waited, stalled = False, 0
         while True:
@@ -200,7 +203,6 @@ def run_grid(objective: CellObjective, *, storage: Storage | None, study: str, s
             if stalled >= 3:
                 raise OptiloopError(f"study {study!r} on {storage.shown}: no run of the grid could be completed; "
                                     "use another --study or --out")
-        handle = optuna.load_study(study_name=study, storage=storage.open())
         done = _complete(handle, names)
     from ..history import History
 
