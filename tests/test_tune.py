@@ -240,7 +240,7 @@ def test_cli_search_files_match_the_study(run_main, tmp_path):
     # best.toml re-runs the best trial: the same config as its run folder's
     assert resolve(folder / "best.toml") == resolve(folder / rows[best.number]["run"] / "config.toml")
     assert f"best: trial {best.number}, val_acc {best.value:.4f}" in out
-    assert "optuna-dashboard sqlite:///t/study.db" in out
+    assert f"optuna-dashboard sqlite:///{(tmp_path / 't' / 'study.db').resolve()}" in out  # absolute
     html = (folder / "report.html").read_text()
     assert html.count(PNG) == 4 and "src=\"http" not in html and "<link" not in html  # self-contained
     for chunk in re.findall(r'data:image/png;base64,([^"]+)"', html):
