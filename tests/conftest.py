@@ -8,11 +8,16 @@ import io
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
+
+import optiloop as ol
 
 # torch single-threaded in the tests and every process they start (unless OMP_NUM_THREADS is set):
 # on 2 cores shared with other work, torch's two OpenMP threads wait for each other at every small
@@ -143,3 +148,30 @@ def postgres_url():
             subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], cwd=folder,
                            capture_output=True, timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class SignalAt(ol.Callback):
+    """A callback that sends this process ``signum`` after optimizer step ``step``, as a scheduler
+    or a user's Ctrl-C would (the interrupt, resume and averaging tests)."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM):
+        self.step, self.signum = step, signum
+
+    def on_step_end(self, state, logs):
+        if state.step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+# --- a tiny classification task (the logger and tracker tests) ------------------------------------
+def data(n=48, d=5, classes=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def quiet(**kw):
+    return {"progress": False, "seed": 0, **kw}

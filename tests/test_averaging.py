@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SignalAt
 from torch import nn
 from torch.nn import functional as F
 from torch.optim.swa_utils import SWALR, AveragedModel, get_ema_multi_avg_fn, update_bn
@@ -167,13 +168,6 @@ def train(folder, averager, *, epochs=3, accum=1, resume=None, callbacks=(), sch
     return model, [{k: v for k, v in r.items() if k != "seconds"} for r in h]
 
 
-class SignalAt(ol.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, state, logs):
-        if state.step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.parametrize("make, accum, stop_at", [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import HANG
+from conftest import HANG, SignalAt
 from torch import nn
 
 import optiloop as ol
@@ -32,15 +32,6 @@ def net():
     return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 2))
 
 
-class SignalAt(ol.Callback):
-    """Sends this process a signal after optimizer step ``step``, as a scheduler would."""
-
-    def __init__(self, step, signum=signal.SIGTERM, again=False):
-        self.step, self.signum, self.again = step, signum, again
-
-    def on_step_end(self, state, logs):
-        if state.step == self.step:
-            os.kill(os.getpid(), self.signum)
 
 
 def train(model, folder, epochs=3, resume=None, callbacks=()):

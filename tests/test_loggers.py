@@ -8,25 +8,11 @@ import math
 
 import pytest
 import torch
+from conftest import data, model, quiet
 from test_loop import count_syncs_in_step_loop  # the suite's own sync counter
-from torch import nn
 
 import optiloop as ol
 from optiloop.loggers import Logger
-
-
-def data(n=48, d=5, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
-
-
-def model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
-
-
-def quiet(**kw):
-    return {"progress": False, "seed": 0, **kw}
 
 
 def test_step_history_costs_no_host_sync_in_the_step_loop(monkeypatch):

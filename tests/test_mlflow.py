@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import sys
 import warnings
 
 import pytest
 import torch
+from conftest import SignalAt, data, model, quiet
 from test_loop import count_syncs_in_step_loop  # the suite's own sync counter
-from torch import nn
 
 import optiloop as ol
 from optiloop.loggers import flatten, param_text
@@ -48,18 +47,6 @@ def store(tmp_path_factory):
     return uri, client
 
 
-def data(n=48, d=5, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g), torch.randint(0, classes, (n,), generator=g)
-
-
-def model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
-
-
-def quiet(**kw):
-    return {"progress": False, "seed": 0, **kw}
 
 
 def history_of(client, run_id, key):
@@ -119,15 +106,6 @@ def test_mlflow_costs_no_host_sync_in_the_step_loop(monkeypatch, store):
     assert [s for s, _ in history_of(client, tracker.run_id, "step/loss")] == list(range(1, 17))  # and it logged
 
 
-class SignalAt(ol.Callback):
-    """Sends this process SIGTERM after optimizer step ``step``, as a scheduler would."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, state, logs):
-        if state.step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_a_resumed_fit_continues_the_same_run(store, tmp_path):

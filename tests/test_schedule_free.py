@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 
 import pytest
 import torch
+from conftest import SignalAt
 from torch import nn
 from torch.nn import functional as F
 from torch.optim.swa_utils import update_bn
@@ -99,13 +99,6 @@ def test_a_scheduler_other_than_warmup_is_refused_with_why():
     assert h["lr"] == [0.01 / 4, 0.01]  # warmup: the LR of each epoch's first step
 
 
-class SignalAt(ol.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, state, logs):
-        if state.step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def train(folder, *, resume=None, callbacks=(), bn=True, epochs=3):

@@ -4,13 +4,12 @@ manual-optimization loop written out, checkpoints holding all of them, exact res
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import SignalAt
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -121,13 +120,6 @@ def test_manual_step_equals_lightnings_manual_optimization_loop_written_out():
     assert_equal(ours.state_dict(), ref.state_dict())
 
 
-class SignalAt(ol.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, state, logs):
-        if state.step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.parametrize("manual", [False, True])

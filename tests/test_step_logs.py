@@ -3,12 +3,11 @@ with metrics on the output's logits and the batch's labels."""
 
 from __future__ import annotations
 
-import os
-import signal
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import SignalAt
 from test_loop import count_syncs_in_step_loop  # the suite's own sync counter
 from torch import nn
 from torch.nn import functional as F
@@ -59,11 +58,6 @@ def test_step_logs_add_no_host_sync_per_step(monkeypatch):
 
 
 def test_step_logs_under_accumulation_and_a_partial_epoch_resume_exactly(tmp_path):
-    class SignalAt(ol.Callback):
-        def on_step_end(self, state, logs):
-            if state.step == 7:  # epoch 2 (5 steps each), after its 4th batch
-                os.kill(os.getpid(), signal.SIGTERM)
-
     def train(folder, resume=None, callbacks=()):
         X, y = data(70)
         h = ol.fit(net(), (X, y), val_data=(X, y), step=logging_step, epochs=2, batch_size=8, grad_accum=2,
@@ -73,7 +67,7 @@ def test_step_logs_under_accumulation_and_a_partial_epoch_resume_exactly(tmp_pat
 
     straight = train(tmp_path / "a")
     with pytest.raises(ol.TrainingInterrupted):
-        train(tmp_path / "b", callbacks=[SignalAt()])
+        train(tmp_path / "b", callbacks=[SignalAt(7)])  # epoch 2 (5 steps each), after its 4th batch
     assert C.load_checkpoint(tmp_path / "b" / "last.pt")["partial_train"]["logged"]["x1"]["at"] == [0, 1, 2, 3]
     assert train(tmp_path / "b", resume=tmp_path / "b") == straight
 
