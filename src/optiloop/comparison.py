@@ -273,6 +273,8 @@ def _plan(model, train_data, val_data, *, config, optimizers, schedulers, epochs
     if on_study:
         require_optuna()  # without it: one line saying how to install it
     store = Storage.parse(storage) if storage is not None else None
+    if store is not None:
+        store.open()  # an unreachable storage (no server, no driver, no folder) is one line, before any folder
     out_dir, saved = (Path(out), None) if out is not None else (None, None)
     if out_dir is not None:
         if on_study:
