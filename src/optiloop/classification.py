@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import drawing
 from .errors import OptiloopError
 from .files import atomic_open
 
@@ -87,10 +88,12 @@ class ClassReport:
     def write(self, folder: str | Path, *, title: str | None = None) -> list[str]:
         """confusion_matrix.csv, confusion_matrix.png and per_class.csv into ``folder`` (each
         written atomically); returns their names."""
-        from .plots import plot_confusion  # matplotlib: imported when a picture is drawn
-
         folder = Path(folder)
         names = [_plain(c) for c in self.labels]
+        # First: with the command line's helper it is drawn while the tables are written.
+        drawing.draw("plot_confusion", self.matrix, names, folder / "confusion_matrix.png",
+                     title=title or f"confusion matrix: accuracy {self.accuracy:.4f} on {int(self.matrix.sum())} "
+                     "samples")
         with atomic_open(folder / "confusion_matrix.csv", "w") as f:
             w = csv.writer(f)
             w.writerow(["true \\ predicted", *names])
@@ -99,9 +102,6 @@ class ClassReport:
             w = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
             w.writeheader()
             w.writerows(self.per_class())
-        plot_confusion(self.matrix, names, folder / "confusion_matrix.png",
-                       title=title or f"confusion matrix: accuracy {self.accuracy:.4f} on {int(self.matrix.sum())} "
-                       "samples")
         return list(FILES)
 
 

@@ -99,6 +99,16 @@ class TrainCommand(Command):
                        "or 'optiloop' (needs: pip install 'optiloop[mlflow]') (train.mlflow)")
 
     def run(self, args: argparse.Namespace) -> int:
+        from .. import drawing
+
+        # Before torch's import: the pictures' helper imports matplotlib on another core meanwhile.
+        drawing.start()
+        try:
+            return self._run(args)
+        finally:
+            drawing.stop()
+
+    def _run(self, args: argparse.Namespace) -> int:
         from ..config import resolve
         from ..files import check_writable
         from ..runs import TrainingRun, ensure_empty, torchrun_rank

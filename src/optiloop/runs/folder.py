@@ -19,6 +19,7 @@ from typing import Any
 import tomli_w
 import torch
 
+from .. import drawing
 from .._version import __version__
 from ..errors import OptiloopError
 from ..files import LOCK_NAME, TEMP_SUFFIX, FolderLock, write_text
@@ -125,9 +126,7 @@ class RunFolder:
         history.to_csv(self.path / "history.csv")
 
     def write_curves(self, history: Any, *, best_epoch: int | None, title: str) -> None:
-        from ..plots import plot_history  # matplotlib: imported when a picture is drawn
-
-        plot_history(history, self.path / "curves.png", best_epoch=best_epoch, title=title)
+        drawing.draw("plot_history", history, self.path / "curves.png", best_epoch=best_epoch, title=title)
 
     def write_steps(self, history: Any) -> None:
         """steps.csv: the recorded per-step rows (``History.steps``), when there are any."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import drawing
 from ..callbacks import Callback
 from ..checkpoint import Checkpoint
 from ..errors import OptiloopError, SettingsChanged, TrainingInterrupted
@@ -124,12 +125,13 @@ def finish_run(folder: RunFolder, history: Any, rec: RunCallbacks, *, title: str
     out = dict(summary)
     if not rec.info.is_main:
         return out
-    folder.write_curves(history, best_epoch=rec.checkpoint.best_epoch, title=title)
-    if class_report is not None:
-        figures = class_report(folder)
-        if figures is not None:
-            out["validation_classes"] = figures
-    folder.write_summary(out)
+    with drawing.pictures():  # with the command line's helper, the pictures are drawn beside the rest
+        folder.write_curves(history, best_epoch=rec.checkpoint.best_epoch, title=title)
+        if class_report is not None:
+            figures = class_report(folder)
+            if figures is not None:
+                out["validation_classes"] = figures
+        folder.write_summary(out)
     return out
 
 

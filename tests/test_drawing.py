@@ -1,0 +1,199 @@
+"""Pictures drawn by the command line's helper process (optiloop.drawing): the same files as drawn
+here, on disk when the block ends, errors raised as they would be here, and nothing lost or left
+running when the helper, a job or the command fails."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import HANG
+from matplotlib.image import imread
+
+from optiloop import drawing
+from optiloop.errors import OptiloopError
+from optiloop.history import History
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the helper's tests read POSIX sessions")
+
+ROWS = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_acc": 0.5 + e / 20, "val_acc": 0.45 + e / 20,
+         "lr": 0.1 * 0.5 ** e} for e in (1, 2, 3)]
+MATRIX = np.array([[5, 1, 0], [0, 4, 2], [1, 0, 6]])
+
+
+@pytest.fixture
+def helper(monkeypatch):
+    """A helper for this test, although this process has matplotlib imported (start() would not
+    start one here), and a record of every picture drawn in this process instead."""
+    h = drawing._Helper()
+    monkeypatch.setattr(drawing, "_helper", h)
+    here: list[str] = []
+    draw_here = drawing._draw_here
+    monkeypatch.setattr(drawing, "_draw_here", lambda job: (here.append(Path(job[1][-1]).name), draw_here(job)))
+    yield h, here
+    h.close()
+
+
+def _pictures(folder: Path, history=None) -> None:
+    drawing.draw("plot_history", history or History(ROWS), folder / "curves.png", best_epoch=2, title="a run")
+    drawing.draw("plot_confusion", MATRIX, ["a", "b", "c"], folder / "cm.png", title="classes")
+
+
+def test_pictures_the_helper_draws_equal_those_drawn_here_and_are_on_disk_when_the_block_ends(tmp_path, helper):
+    h, here = helper
+    (tmp_path / "helper").mkdir()
+    (tmp_path / "here").mkdir()
+    with drawing.pictures():
+        _pictures(tmp_path / "helper")
+    assert here == []  # neither was drawn in this process
+    assert {p.name for p in (tmp_path / "helper").iterdir()} == {"curves.png", "cm.png"}  # no temp file left
+    _pictures(tmp_path / "here")  # outside a block: drawn here, now
+    assert here == ["curves.png", "cm.png"]
+    for name in ("curves.png", "cm.png"):
+        assert np.array_equal(imread(tmp_path / "helper" / name), imread(tmp_path / "here" / name))
+
+
+def test_a_drawing_error_is_raised_when_the_block_ends_and_the_other_pictures_are_drawn(tmp_path, helper):
+    with pytest.raises(OptiloopError, match="history is empty: nothing to plot"):
+        with drawing.pictures():
+            drawing.draw("plot_history", History(), tmp_path / "empty.png")
+            drawing.draw("plot_history", History(ROWS), tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").is_file() and not (tmp_path / "empty.png").exists()
+    assert helper[1] == []  # the error came from the helper, not from drawing here
+
+
+def test_the_blocks_own_error_wins_and_its_pictures_are_still_drawn(tmp_path, helper):
+    with pytest.raises(KeyError, match="the block's"):
+        with drawing.pictures():
+            drawing.draw("plot_history", History(), tmp_path / "empty.png")  # fails too, later
+            drawing.draw("plot_history", History(ROWS), tmp_path / "curves.png")
+            raise KeyError("the block's")
+    assert (tmp_path / "curves.png").is_file()
+
+
+def test_a_helper_that_dies_leaves_its_pictures_to_this_process(tmp_path, helper):
+    h, here = helper
+    with drawing.pictures():
+        drawing.draw("plot_history", History(ROWS), tmp_path / "curves.png")  # handed over ...
+        h.proc.kill()  # ... and the helper is gone before it answered (its drawer may finish it too)
+        h.proc.wait()
+        drawing.draw("plot_confusion", MATRIX, ["a", "b", "c"], tmp_path / "cm.png")  # cannot be handed over
+    assert sorted(here) == ["cm.png", "curves.png"]
+    assert imread(tmp_path / "curves.png").ndim == 3 and imread(tmp_path / "cm.png").ndim == 3
+    with drawing.pictures():  # and from then on, every picture is drawn here
+        drawing.draw("plot_history", History(ROWS), tmp_path / "again.png")
+    assert here[-1] == "again.png" and (tmp_path / "again.png").is_file()
+
+
+def test_a_job_the_helper_cannot_take_is_drawn_here_and_the_others_there(tmp_path, helper):
+    class OnlyHere(History):
+        """A History the helper cannot receive: a class local to this function does not pickle."""
+
+    with pytest.raises((pickle.PicklingError, AttributeError)):
+        pickle.dumps(OnlyHere(ROWS))
+    with drawing.pictures():
+        drawing.draw("plot_history", OnlyHere(ROWS), tmp_path / "mine.png")
+        drawing.draw("plot_history", History(ROWS), tmp_path / "curves.png")
+    assert helper[1] == ["mine.png"]
+    assert (tmp_path / "mine.png").is_file() and (tmp_path / "curves.png").is_file()
+
+
+def test_the_helper_has_a_session_of_its_own_and_ends_with_its_pipe(helper):
+    h, _ = helper
+    assert os.getsid(h.proc.pid) != os.getsid(0)  # the terminal's Ctrl-C reaches the command only
+    h.proc.stdin.close()  # what a killed command leaves it
+    assert h.proc.wait(timeout=HANG) == 0
+
+
+START = """
+import os, sys
+from optiloop import drawing
+if sys.argv[1] == "matplotlib":
+    import matplotlib
+drawing.start()
+print(drawing._helper is not None)
+drawing.stop()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "rank", "started"), [
+    ("plain", None, True),
+    ("rank 0", "0", True),
+    ("rank 1", "1", False),  # rank 0 draws a torchrun's pictures
+    ("matplotlib", None, False),  # already paid for here: nothing to gain
+])
+def test_start_starts_a_helper_only_where_it_helps(case, rank, started):
+    env = {k: v for k, v in os.environ.items() if k != "RANK"} | {"PYTHONPATH": str(SRC)}
+    if rank is not None:
+        env["RANK"] = rank
+    proc = subprocess.run([sys.executable, "-c", START, case], env=env, capture_output=True, text=True, timeout=HANG)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(started)
+
+
+def _marked(mark: str) -> list[int]:
+    """Processes whose environment holds ``mark`` (the command's helper and drawers inherit it)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if mark.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _gone(mark: str) -> list[int]:
+    deadline = time.monotonic() + 60
+    while _marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return _marked(mark)
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
+
+
+@pytest.mark.slow
+@needs_proc
+def test_the_train_command_never_imports_matplotlib_its_pictures_are_there_when_it_ends_and_no_helper_stays(tmp_path):
+    mark = f"OPTILOOP_TEST_MARK={uuid.uuid4().hex}"
+    env = {**os.environ, "PYTHONPATH": str(SRC), mark.split("=")[0]: mark.split("=")[1]}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "optiloop", "train", "--epochs", "1",
+                           "--out", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "torch" in imported and "matplotlib" not in imported  # the helper drew both pictures
+    for name in ("curves.png", "confusion_matrix.png"):
+        assert imread(tmp_path / "run" / name).shape[1] > 500
+    assert "confusion_matrix.png, curves.png" in proc.stdout  # listed as there, and they were
+    assert _marked(mark) == []  # ended with the command, not after it
+
+
+@pytest.mark.slow
+@needs_proc
+def test_a_killed_command_leaves_no_helper_behind(tmp_path):
+    mark = f"OPTILOOP_TEST_MARK={uuid.uuid4().hex}"
+    env = {**os.environ, "PYTHONPATH": str(SRC), mark.split("=")[0]: mark.split("=")[1]}
+    proc = subprocess.Popen([sys.executable, "-m", "optiloop", "train", "--epochs", "1000", "--out", "run"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout.readline().startswith("optiloop train:")  # the header: training has begun
+        assert len(_marked(mark)) == 2  # the command and its helper
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=HANG)
+        assert _gone(mark) == []
+    finally:
+        proc.kill()
+        proc.wait()
