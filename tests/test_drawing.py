@@ -178,6 +178,7 @@ def test_the_train_command_never_imports_matplotlib_its_pictures_are_there_when_
     for name in ("curves.png", "confusion_matrix.png"):
         assert imread(tmp_path / "run" / name).shape[1] > 500
     assert "confusion_matrix.png, curves.png" in proc.stdout  # listed as there, and they were
+    assert "done: 1 epoch in" in proc.stdout  # (not "1 epochs")
     assert _marked(mark) == []  # ended with the command, not after it
 
 

@@ -148,7 +148,8 @@ class TrainCommand(Command):
         best = result.best
         vals = "  ".join(f"{k} {v:.4f}" for k, v in best.items() if k.startswith("val_"))
         stop = f" ({result.stop_reason})" if result.stop_reason else ""
-        print(f"done: {len(result.history)} epochs in {result.seconds:.1f} s{stop}")
+        n = len(result.history)
+        print(f"done: {n} epoch{'s' if n != 1 else ''} in {result.seconds:.1f} s{stop}")
         print(f"best epoch {best['epoch']}: {vals}")
         y_scaler = run.task.preprocessing.y_scaler
         if y_scaler is not None and "val_mae" in best:
