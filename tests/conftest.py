@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import matplotlib  # noqa: F401 - see below
 import pytest
 import torch
 from torch import nn
@@ -24,6 +25,11 @@ import optiloop as ol
 # op, and a test ran up to 10 times slower than on one thread; the tests' small models gain nothing
 # from a second thread. Set before torch is imported, so torch reads it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# matplotlib is imported here, so `optiloop train` run in-process by a test never starts the drawing
+# helper (optiloop.drawing.start skips it where matplotlib is already imported) whichever tests ran
+# before: in-process runs draw in the test's process, alike every time; the helper has tests of its
+# own (tests/test_drawing.py), and every test that starts the command as a process uses it.
 
 # A subprocess a test starts gets this long before the test calls it hung. It guards against a
 # hang only, never against slowness: a correct run on the busiest machine ends long before it

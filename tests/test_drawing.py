@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import HANG
+from drawing_jobs import Dies, Hangs, Warns
 from matplotlib.image import imread
 
 from optiloop import drawing
@@ -107,6 +108,72 @@ def test_a_job_the_helper_cannot_take_is_drawn_here_and_the_others_there(tmp_pat
     assert (tmp_path / "mine.png").is_file() and (tmp_path / "curves.png").is_file()
 
 
+def test_warnings_given_while_drawing_are_issued_here(tmp_path, helper):
+    with pytest.warns(UserWarning, match="drawn with a warning"):
+        with drawing.pictures():
+            drawing.draw("plot_history", Warns(ROWS, here=os.getpid()), tmp_path / "curves.png")
+    assert helper[1] == [] and (tmp_path / "curves.png").is_file()  # drawn there, warned here
+
+
+def test_a_drawer_that_dies_leaves_its_picture_to_this_process(tmp_path, helper):
+    with drawing.pictures():
+        drawing.draw("plot_history", Dies(ROWS, here=os.getpid()), tmp_path / "curves.png")
+        drawing.draw("plot_confusion", MATRIX, ["a", "b", "c"], tmp_path / "cm.png")
+    assert helper[1] == ["curves.png"]  # the other one was drawn there
+    assert imread(tmp_path / "curves.png").ndim == 3 and imread(tmp_path / "cm.png").ndim == 3
+
+
+def test_a_drawer_that_hangs_costs_time_only_and_stop_ends_it(tmp_path, helper, monkeypatch):
+    h, here = helper
+    monkeypatch.setattr(drawing._Helper, "SECONDS", 3.0)
+    with drawing.pictures():
+        drawing.draw("plot_history", Hangs(ROWS, here=os.getpid()), tmp_path / "curves.png")
+    assert here == ["curves.png"] and (tmp_path / "curves.png").is_file()
+    assert _group(h.proc.pid) != []  # the helper and its hung drawer
+    h.close()
+    assert _group(h.proc.pid) == []
+
+
+def test_a_helper_that_stops_reading_cannot_hang_the_command(tmp_path, helper, monkeypatch):
+    h, here = helper
+    monkeypatch.setattr(drawing._Helper, "SECONDS", 3.0)
+    h.proc.send_signal(signal.SIGSTOP)  # (as if hung): it reads nothing more
+    big = History(ROWS)
+    big.steps = type(big.steps)([{"step": i, "epoch": i / 1000, "lr": 0.1, "loss": 1.0} for i in range(40_000)])
+    assert len(pickle.dumps(big)) > 1_000_000  # far more than a pipe holds
+    with drawing.pictures():
+        drawing.draw("plot_history", big, tmp_path / "curves.png")
+    assert here == ["curves.png"] and (tmp_path / "curves.png").is_file()
+    h.close()  # a stopped helper is killed
+    assert h.proc.returncode == -signal.SIGKILL and _group(h.proc.pid) == []
+
+
+def test_ctrl_c_in_the_block_is_not_kept_waiting_for_its_pictures(tmp_path, helper, monkeypatch):
+    asked = []
+    monkeypatch.setattr(drawing._Helper, "answers", lambda self: asked.append(1) or [])
+    with pytest.raises(KeyboardInterrupt):
+        with drawing.pictures():
+            drawing.draw("plot_history", History(ROWS), tmp_path / "curves.png")
+            raise KeyboardInterrupt
+    assert asked == []  # straight out; the command's stop() ends the drawer
+
+
+def _group(pgid: int) -> list[int]:
+    """The processes of a process group (the helper leads its own)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return []
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _pgrp(p) == pgid]
+
+
+def _pgrp(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def test_the_helper_has_a_session_of_its_own_and_ends_with_its_pipe(helper):
     h, _ = helper
     assert os.getsid(h.proc.pid) != os.getsid(0)  # the terminal's Ctrl-C reaches the command only
@@ -180,6 +247,19 @@ def test_the_train_command_never_imports_matplotlib_its_pictures_are_there_when_
     assert "confusion_matrix.png, curves.png" in proc.stdout  # listed as there, and they were
     assert "done: 1 epoch in" in proc.stdout  # (not "1 epochs")
     assert _marked(mark) == []  # ended with the command, not after it
+
+
+@pytest.mark.slow
+@needs_proc
+@pytest.mark.parametrize("args", [["--optimizer", "nope"], ["--set", "train.epochs=0"]], ids=["optimizer", "epochs"])
+def test_a_command_refused_at_once_leaves_no_helper_behind(tmp_path, args):
+    mark = f"OPTILOOP_TEST_MARK={uuid.uuid4().hex}"
+    env = {**os.environ, "PYTHONPATH": str(SRC), mark.split("=")[0]: mark.split("=")[1]}
+    proc = subprocess.run([sys.executable, "-m", "optiloop", "train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=HANG)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr[-2000:]
+    assert _marked(mark) == []  # at once: stop() waited for the helper's end
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

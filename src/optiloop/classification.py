@@ -90,10 +90,6 @@ class ClassReport:
         written atomically); returns their names."""
         folder = Path(folder)
         names = [_plain(c) for c in self.labels]
-        # First: with the command line's helper it is drawn while the tables are written.
-        drawing.draw("plot_confusion", self.matrix, names, folder / "confusion_matrix.png",
-                     title=title or f"confusion matrix: accuracy {self.accuracy:.4f} on {int(self.matrix.sum())} "
-                     "samples")
         with atomic_open(folder / "confusion_matrix.csv", "w") as f:
             w = csv.writer(f)
             w.writerow(["true \\ predicted", *names])
@@ -102,6 +98,9 @@ class ClassReport:
             w = csv.DictWriter(f, fieldnames=["class", "precision", "recall", "f1", "support"])
             w.writeheader()
             w.writerows(self.per_class())
+        drawing.draw("plot_confusion", self.matrix, names, folder / "confusion_matrix.png",
+                     title=title or f"confusion matrix: accuracy {self.accuracy:.4f} on {int(self.matrix.sum())} "
+                     "samples")
         return list(FILES)
 
 
