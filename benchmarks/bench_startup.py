@@ -131,10 +131,14 @@ def report(sources: dict[str, Path], times: dict[tuple[str, str], list[float]], 
               "`torch.optim` class, with or without optiloop): together the floor row. The built-in "
               "data sets are read with numpy from scikit-learn's package folder and numbers are "
               "standardized with numpy, so scikit-learn is not imported (only a table with text "
-              "categories, dates or empty cells needs its pipeline). What remains above the floor: "
-              "the epoch itself, the config and data, and the two pictures drawn at the end "
-              "(matplotlib's import, curves.png and confusion_matrix.png). A shared machine (see the "
-              "load average) spreads the medians; the minima are the better comparison.", "", END]
+              "categories, dates or empty cells needs its pipeline). The two pictures of a run (curves.png, "
+              "confusion_matrix.png) are drawn by a helper process that `train` starts before it imports "
+              "torch (`optiloop.drawing`): matplotlib's import overlaps torch's on the other core, and the "
+              "pictures are drawn side by side, one forked drawer each, while the command writes the "
+              "run's other files; it waits for them before it lists the folder. What remains above the "
+              "floor: the config and data, the epoch itself, and the longer of the two pictures. A shared "
+              "machine (see the load average) spreads the medians; the minima are the better comparison.",
+              "", END]
     return "\n".join(lines) + "\n"
 
 
