@@ -72,6 +72,8 @@ def test_report_holds_every_combination(tmp_path):
             assert re.search(rf"\|\s*{o}\s*\|\s*{s}\s*\|", md), (o, s)
             assert f"<td>{o}</td><td>{s}</td>" in page, (o, s)
     assert "±" in md  # two seeds: mean ± std
+    style = re.search(r"<style>(.*?)</style>", page, re.S).group(1)
+    assert style.lstrip().startswith("body {")  # the first rule is the page's, not text before it
 
     # Every run folder, shaped like `optiloop train`'s (checkpoints off by default).
     for o, s, seed in combos:

@@ -290,7 +290,8 @@ def _markdown(summary, best, pictures, settings) -> str:
     return "\n".join(out)
 
 
-CSS = """  # the reports' style sheet (compare's; tune's adds to it)
+# The reports' style sheet (compare's; tune's adds to it).
+CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em;
        max-width: 1400px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.84em; }
