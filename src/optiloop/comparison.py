@@ -73,7 +73,7 @@ from .loop import fit, logged_keys
 from .optim import OPTIMIZERS, build_optimizer
 from .results import headline, pick_best, run_row, summarize, to_frame
 from .schedules import SCHEDULERS, build_scheduler
-from .tuning.study import Storage, continued_storage, folder_study, require_optuna, write_folder_study
+from .tuning.study import Storage, continued_storage, digest, folder_study, require_optuna, write_folder_study
 
 
 def state_hash(model: nn.Module) -> str:
@@ -310,12 +310,12 @@ def _plan(model, train_data, val_data, *, config, optimizers, schedulers, epochs
             for seed in seed_list for o, s, lr in combos]
     given = None  # (a config names its data and model; the study's signature holds it)
     if on_study and task is None:
-        given = {"init": {seed: _initial_hash(model, seed) for seed in seed_list},
+        given = {"init": {seed: _SeededModels(model)(seed)[1] for seed in seed_list},
                  "train": _fingerprint(train_data), "val": _fingerprint(val_data)}
     plan = _Plan(setup, task, opt_names, sched_names, lr_of, seed_list, runs, out_dir, min(jobs, len(runs)),
                  on_study, store, "", saved is not None, given)
     name = study or (saved["study"] if saved else out_dir.name if out_dir is not None
-                     else f"compare-{_digest(_signature(plan))}")
+                     else f"compare-{digest(_signature(plan))}")
     return dataclasses.replace(plan, study=name)
 
 
@@ -350,7 +350,7 @@ def _run_all(plan: _Plan, progress: Callable[[str], None] | None) -> tuple[list[
     """Train every run: as trials of the plan's Optuna study, or one after the other here.
     Rows and histories in the plan's order."""
     if plan.on_study:
-        from .tuning.sweep import CellObjective, run_grid, run_name
+        from .tuning.sweep import CellObjective, run_grid
 
         names = tuple(run_name(*run[:4]) for run in plan.runs)
         objective = CellObjective(tuple(plan.runs), names, functools.partial(run_cell, setup=plan.setup, out=plan.out),
@@ -430,8 +430,6 @@ def run_cell(models: _SeededModels, train_data: Any, val_data: Any, run: tuple, 
 
 def _log_children(plan: _Plan, rows: Sequence[Mapping[str, Any]], histories: Sequence[Any], tracker: Any) -> None:
     """Each run as a child of the tracker's parent run, in the table's order."""
-    from .tuning.sweep import run_name
-
     for run, row, history in zip(plan.runs, rows, histories, strict=True):
         o, s, lr, seed, run_dir = run
         cfg, _ = _run_config(o, s, lr, plan.setup.epochs, plan.setup.batch_size, seed, row["monitor"],
@@ -452,12 +450,6 @@ def _signature(plan: _Plan) -> dict[str, Any]:
                                  default=str))
 
 
-def _initial_hash(model: Callable[[], nn.Module], seed: int) -> str:
-    """The hash of a seed's initial weights (as its runs get them)."""
-    seed_everything(seed)
-    return state_hash(model())
-
-
 def _fingerprint(data: Any) -> str:
     """What a comparison's data given in Python is, for its study's signature: tensors and arrays
     by their shape, type and bytes (the first 64 MiB), anything else by its type and length."""
@@ -476,10 +468,6 @@ def _fingerprint(data: Any) -> str:
             continue
         h.update(memoryview(raw)[:64 << 20])
     return h.hexdigest()[:16]
-
-
-def _digest(signature: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _settings(plan: _Plan) -> dict[str, Any]:
@@ -556,10 +544,15 @@ def _name(x: Any) -> str:
     return x if isinstance(x, str) else getattr(x, "__name__", type(x).__name__)
 
 
+def run_name(o: str, s: str, lr: float, seed: int) -> str:
+    """A run's name in the study, the tracker and (with an LR grid) its folder: ``sgd-cosine-lr0.1-seed0``."""
+    return f"{o}-{s}-lr{lr:g}-seed{seed}"
+
+
 def _run_dir(out_dir: Path | None, o: str, s: str, lr: float, seed: int, grid: bool) -> Path | None:
     if out_dir is None:
         return None
-    return out_dir / "runs" / (f"{o}-{s}-lr{lr:g}-seed{seed}" if grid else f"{o}-{s}-seed{seed}")
+    return out_dir / "runs" / (run_name(o, s, lr, seed) if grid else f"{o}-{s}-seed{seed}")
 
 
 def _clock(seconds: float) -> str:

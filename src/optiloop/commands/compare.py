@@ -6,8 +6,6 @@ at a time, and processes on several machines naming one ``--storage`` share the 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -67,7 +65,7 @@ class CompareCommand(Command):
         from ..results import pick_best, summarize
         from ..runs import free_name, short
         from ..schedules import SCHEDULERS
-        from ..tuning.study import STUDY_FILE
+        from ..tuning.study import STUDY_FILE, digest
 
         # Cheap checks first (one line each), then the data; compare() checks the rest before
         # it creates the folder.
@@ -87,8 +85,7 @@ class CompareCommand(Command):
                     "optimizers": optimizers, "schedulers": schedulers, "lrs": lrs, "epochs": args.epochs,
                     "seeds": args.seeds, "monitor": args.monitor, "target": args.target,
                     "checkpoints": args.checkpoints}
-            digest = hashlib.sha256(json.dumps(grid, sort_keys=True, default=str).encode()).hexdigest()[:8]
-            out = Path("runs") / f"compare-{short(cfg['data']['name'])}-{digest}"
+            out = Path("runs") / f"compare-{short(cfg['data']['name'])}-{digest(grid)}"
             if out.exists() and not (out / STUDY_FILE).is_file():  # written without Optuna: nothing to continue
                 out = free_name(out)
         tracker = sweep_tracker(args.mlflow if args.mlflow is not None else cfg["train"].get("mlflow"), out.name)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..formatting import fmt
 from . import Command, command
-from .common import fmt
 
 
 @command("list")

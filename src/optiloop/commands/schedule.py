@@ -13,8 +13,8 @@ import math
 from typing import Any
 
 from ..errors import OptiloopError, choices
+from ..formatting import fmt
 from . import Command, command
-from .common import fmt
 
 PER_STEP_DEFAULT = 100  # steps per epoch a per-step schedule is previewed with when none is given
 MAX_STEPS = 1_000_000

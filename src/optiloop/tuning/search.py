@@ -13,7 +13,6 @@ monitored value over its epochs (the epoch best.pt holds).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from .study import (
     WorkerResult,
     continued_storage,
     counted,
+    digest,
     fail_dead_trials,
     folder_study,
     optimize,
@@ -176,7 +176,7 @@ def tune(
 
     signature = _signature(spc, monitor, direction, base)
     named = _pick(study, table.get("study"), None)
-    default_name = f"tune-{short(base['data']['name'])}-{short(base['model']['name'])}-{_digest(signature)}"
+    default_name = f"tune-{short(base['data']['name'])}-{short(base['model']['name'])}-{digest(signature)}"
     folder = Path(out) if out is not None else Path("runs") / (named or default_name)
     saved = folder_study(folder, "tune")  # this folder's own study, if it is a tune folder already
     name = named or (saved["study"] if saved else default_name)
@@ -314,10 +314,6 @@ def _signature(space: Any, monitor: str, direction: str, base: Mapping[str, Any]
            for s, section in base.items()}
     return json.loads(json.dumps({"space": shown, "monitor": monitor, "direction": direction, "run": run},
                                  sort_keys=True))
-
-
-def _digest(signature: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _header(data: str, space: Any, spec: StudySpec, monitor: str, trials: int, epochs: int, jobs: int,

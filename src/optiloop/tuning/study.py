@@ -22,6 +22,8 @@ command run again, add up to N: a resumed search continues where it stopped.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import socket
 import sys
@@ -331,6 +333,12 @@ def _brief(v: Any) -> str:
 
 
 # --- the folder a study's runs go to -------------------------------------------------------------------------
+def digest(signature: Any) -> str:
+    """A short name for a study's signature (or any JSON-able description): the default study
+    and folder names carry it, so that the same command finds them again."""
+    return hashlib.sha256(json.dumps(signature, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 STUDY_FILE = "study.toml"  # in a tune or compare folder: which storage and study its runs belong to
 
 

@@ -47,11 +47,6 @@ class _Taken(Exception):  # noqa: N818 - not an error: the run is complete, or r
     """This trial's run is already complete or being trained by another trial."""
 
 
-def run_name(o: str, s: str, lr: float, seed: int) -> str:
-    """A run's name in the study (and the tracker): ``sgd-cosine-lr0.1-seed0``."""
-    return f"{o}-{s}-lr{lr:g}-seed{seed}"
-
-
 @dataclass
 class CellObjective:
     """``trial -> value``: train the trial's run of the grid. Picklable (``jobs > 1`` sends it to
@@ -149,8 +144,7 @@ class GridResult:
 
 
 def run_grid(objective: CellObjective, *, storage: Storage | None, study: str, signature: Mapping[str, Any],
-             direction: str, jobs: int, say: Callable[[str], None],
-             opened: Callable[[Storage], None] = lambda storage: None) -> GridResult:
+             direction: str, jobs: int, say: Callable[[str], None], opened: Callable[[Storage], None]) -> GridResult:
     """Train every run of the grid that the study does not hold complete, in ``jobs`` processes,
     then return them all from the study. ``storage`` None: a temporary SQLite file (the processes
     of this call share it; nothing to resume). ``opened``: called once the study is open and
@@ -178,9 +172,9 @@ def run_grid(objective: CellObjective, *, storage: Storage | None, study: str, s
         while True:
             fail_dead_trials(handle)
             done = _complete(handle, names)
-            missing = set(names) - set(done) - _running(handle, names)
             if len(done) == len(names):
                 break
+            missing = set(names) - set(done) - _running(handle, names)
             if not missing:
                 # The rest are being trained by other processes: their trials end the wait (or their
                 # process's death: at once on this machine, by the heartbeat on others; a journal
@@ -203,7 +197,6 @@ def run_grid(objective: CellObjective, *, storage: Storage | None, study: str, s
             if stalled >= 3:
                 raise OptiloopError(f"study {study!r} on {storage.shown}: no run of the grid could be completed; "
                                     "use another --study or --out")
-        done = _complete(handle, names)
     from ..history import History
 
     rows, histories = [], []
