@@ -391,6 +391,27 @@ def _done(proc: subprocess.Popen, timeout: float = 240) -> str:
     return out
 
 
+def test_a_study_another_process_has_just_created_is_waited_for_not_refused(tmp_path, monkeypatch):
+    """Two processes on one new study: one creates it and then records what it is for; the other,
+    finding it in between, waits for the record instead of calling it foreign."""
+    import threading
+
+    from optiloop.tuning import study as study_module
+    from optiloop.tuning.study import StudySpec
+
+    spec = StudySpec(Storage.sqlite(tmp_path / "s.db"), "shared", "minimize")
+    bare = optuna.create_study(storage=spec.storage.open(), study_name="shared", direction="minimize")
+    later = threading.Timer(0.5, lambda: bare.set_user_attr("optiloop", {"space": "a"}))
+    later.start()
+    spec.check(spec.find(), {"space": "a"})  # (raised "was not made by optiloop" before the wait)
+    later.join()
+    monkeypatch.setattr(study_module, "RECORD_SECONDS", 0.2)
+    optuna.create_study(storage=spec.storage.open(), study_name="foreign", direction="minimize")
+    foreign = StudySpec(spec.storage, "foreign", "minimize")
+    with pytest.raises(OptiloopError, match="was not made by optiloop"):
+        foreign.check(foreign.find(), {"space": "a"})
+
+
 @pytest.mark.slow
 def test_a_sigkill_mid_trial_leaves_the_study_usable(tmp_path):
     args = ["--data", "digits", "--epochs", "3", "--trials", "3", "--out", "t", "--pruner", "none"]

@@ -251,6 +251,9 @@ class PrunerSpec:
 
 
 # --- a study ------------------------------------------------------------------------------------------------
+RECORD_SECONDS = 5.0  # how long a new, empty study may go without optiloop's record (see StudySpec.check)
+
+
 @dataclass(frozen=True)
 class StudySpec:
     """Everything a process needs to open the study: picklable, so every worker opens its own."""
@@ -279,6 +282,12 @@ class StudySpec:
             raise OptiloopError(f"study {self.name!r} on {self.storage.shown} was made to "
                                 f"{study.direction.name.lower()}, not {self.direction}; use another --study")
         saved = study.user_attrs.get("optiloop")
+        # An empty study without a record may be one another process has just created and is about
+        # to record (create() makes the study, then sets the attribute): give it a moment.
+        deadline = time.monotonic() + RECORD_SECONDS
+        while saved is None and time.monotonic() < deadline and not study.get_trials(deepcopy=False):
+            time.sleep(0.05)
+            saved = study.user_attrs.get("optiloop")
         if saved is None:
             raise OptiloopError(f"study {self.name!r} on {self.storage.shown} was not made by optiloop; "
                                 "use another --study name")
