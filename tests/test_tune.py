@@ -216,9 +216,14 @@ def test_pruning_callback_refuses_a_study_that_runs_the_wrong_way():
 # --- searches ------------------------------------------------------------------------------------------------
 @pytest.mark.slow  # several trainings in a row: many seconds
 def test_cli_search_files_match_the_study(run_main, tmp_path):
+    import matplotlib
+
+    style = dict(matplotlib.rcParams)
     code, out, err = run_main("tune", "--data", "wine", "--set", "model.hidden=[16]", "--epochs", "2",
                               "--trials", "3", "--out", "t", "--pruner", "none")
     assert code == 0, err
+    # Optuna's plots (the report's) set their ggplot style for the whole process; it is put back
+    assert {k: v for k, v in matplotlib.rcParams.items() if style.get(k) != v} == {}
     folder = tmp_path / "t"
     study = optuna.load_study(study_name=re.search(r"study '([^']+)'", out).group(1),
                               storage=f"sqlite:///{folder / 'study.db'}")

@@ -95,6 +95,7 @@ def _plots(result: TuneResult, out: Path) -> list[tuple[str | None, str, str, st
     """(file or None, title, caption, why not drawn) for each of Optuna's plots."""
     import warnings
 
+    import matplotlib
     import optuna
     from optuna.visualization import matplotlib as ovm
 
@@ -107,21 +108,24 @@ def _plots(result: TuneResult, out: Path) -> list[tuple[str | None, str, str, st
     }
     done = []
     for file, title, caption in PLOTS:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # experimental-API and "too few trials" warnings
-                ax = draw[file]()
-            fig = ax.figure if not hasattr(ax, "__len__") else ax.flat[0].figure
-            if file == "intermediate.png":  # Optuna's steps are our epochs
-                from matplotlib.ticker import MaxNLocator
+        # Optuna's plots switch matplotlib to its ggplot style for the whole process: kept to them
+        with matplotlib.rc_context():
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # experimental-API and "too few trials" warnings
+                    ax = draw[file]()
+                fig = ax.figure if not hasattr(ax, "__len__") else ax.flat[0].figure
+                if file == "intermediate.png":  # Optuna's steps are our epochs
+                    from matplotlib.ticker import MaxNLocator
 
-                ax.set_xlabel("epoch")
-                ax.set_ylabel(monitor)
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            _save(fig, out / file, wide=file == "parallel.png")
-            done.append((file, title, caption, None))
-        except (ValueError, RuntimeError, ZeroDivisionError, IndexError, optuna.exceptions.OptunaError) as e:
-            done.append((None, title, caption, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
+                    ax.set_xlabel("epoch")
+                    ax.set_ylabel(monitor)
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                _save(fig, out / file, wide=file == "parallel.png")
+                done.append((file, title, caption, None))
+            except (ValueError, RuntimeError, ZeroDivisionError, IndexError, optuna.exceptions.OptunaError) as e:
+                why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                done.append((None, title, caption, why))
     return done
 
 
