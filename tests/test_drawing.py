@@ -59,8 +59,19 @@ def test_pictures_the_helper_draws_equal_those_drawn_here_and_are_on_disk_when_t
     assert {p.name for p in (tmp_path / "helper").iterdir()} == {"curves.png", "cm.png"}  # no temp file left
     _pictures(tmp_path / "here")  # outside a block: drawn here, now
     assert here == ["curves.png", "cm.png"]
+    # The same pixels as a fresh process draws (what `optiloop train` drew before the helper); this
+    # test's process may hold matplotlib state that other tests left, so it is not the reference.
+    (tmp_path / "fresh").mkdir()
+    code = ("import sys, numpy as np; from pathlib import Path; from optiloop.history import History; "
+            "from optiloop import plots; folder = Path(sys.argv[1]); "
+            f"plots.plot_history(History({ROWS!r}), folder / 'curves.png', best_epoch=2, title='a run'); "
+            f"plots.plot_confusion(np.array({MATRIX.tolist()!r}), ['a', 'b', 'c'], folder / 'cm.png', title='classes')")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "fresh")], env=env, capture_output=True,
+                          text=True, timeout=HANG)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     for name in ("curves.png", "cm.png"):
-        assert np.array_equal(imread(tmp_path / "helper" / name), imread(tmp_path / "here" / name))
+        assert np.array_equal(imread(tmp_path / "helper" / name), imread(tmp_path / "fresh" / name))
 
 
 def test_a_drawing_error_is_raised_when_the_block_ends_and_the_other_pictures_are_drawn(tmp_path, helper):
